@@ -1,0 +1,167 @@
+"""The command line: parse, load the config, call the runner, turn user errors into one line (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from ml_playground.configuration import experiment_config_path, list_experiments, load_config
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.errors import UserError
+
+EXIT_USER_ERROR = 2
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment name (see `ml_playground experiments`)")
+    parser.add_argument("--config", type=Path, help="config file (default: the experiment's config.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.max_iters=500 (repeatable; values are TOML)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output, only results and errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ml_playground",
+        description="Prepare a corpus, train a GPT, sample from it: one command per task, one TOML per experiment.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("experiments", help="list the experiments")
+    specs: list[tuple[str, str]] = [
+        ("prepare", "raw text -> token files, tokenizer and meta.json in prepare.dataset_dir"),
+        ("train", "train (resuming from the last checkpoint if there is one) -> out_dir"),
+        ("sample", "generate text from a checkpoint (sample.checkpoint: best, last or a path)"),
+        ("loop", "prepare, train and sample in one go"),
+        ("eval", "loss of a checkpoint over the whole validation split"),
+    ]
+    for name, help_text in specs:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_common(sub)
+        if name in ("train", "loop"):
+            sub.add_argument("--fresh", action="store_true", help="start over; the previous run is moved aside, not deleted")
+        if name == "eval":
+            sub.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> ExperimentConfig:
+    path = args.config or experiment_config_path(args.experiment)
+    if args.config is None and not path.is_file():
+        known = ", ".join(name for name, _ in list_experiments())
+        raise UserError(f"unknown experiment {args.experiment!r} (known: {known})")
+    return load_config(path, args.overrides)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def cmd_experiments(args: argparse.Namespace, console: Console) -> int:
+    for name, summary in list_experiments():
+        console.print(f"{name:<28} {summary}", highlight=False)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.data_pipeline.preparer import prepare
+
+    report = prepare(_load(args).prepare)
+    console.print(report.summary(), highlight=False)
+    return 0
+
+
+def _run_train(config: ExperimentConfig, args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.training.trainer import train
+
+    result = train(config, fresh=args.fresh, quiet=args.quiet, console=console)
+    if result.interrupted_by is not None:
+        console.print(
+            f"interrupted by {result.interrupted_by} at step {result.step}; last checkpoint written. "
+            f"Resume with: ml_playground train {args.experiment} (same --config/--set)",
+            highlight=False,
+        )
+        return SIGNAL_EXIT_CODES.get(result.interrupted_by, 1)
+    if result.stop_reason:
+        console.print(f"stopped early: {result.stop_reason}", highlight=False)
+    if result.best_val_loss is not None:
+        console.print(
+            f"done at step {result.step} in {result.elapsed_s:.1f} s; best val loss {result.best_val_loss:.4f}; outputs in {result.out_dir}",
+            highlight=False,
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    return _run_train(_load(args), args, console)
+
+
+def cmd_sample(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.sampling.runner import sample
+
+    samples = sample(_load(args), emit=_write)
+    if not args.quiet:
+        console.print(f"wrote {len(samples)} sample(s) to {samples[0].path.parent}", highlight=False)
+    return 0
+
+
+def cmd_loop(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.data_pipeline.preparer import prepare
+    from ml_playground.sampling.runner import sample
+
+    config = _load(args)
+    console.print(prepare(config.prepare).summary(), highlight=False)
+    code = _run_train(config, args, console)
+    if code != 0:
+        return code
+    sample(config, emit=_write)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.evaluation.runner import evaluate_checkpoint
+
+    report = evaluate_checkpoint(_load(args))
+    if args.json:
+        _write(json.dumps(report.to_dict()) + "\n")
+    else:
+        console.print(
+            f"val loss {report.val_loss:.4f} over {report.tokens:,} tokens (checkpoint {report.checkpoint}, step {report.step})",
+            highlight=False,
+        )
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
+    "experiments": cmd_experiments,
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "loop": cmd_loop,
+    "eval": cmd_eval,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        return COMMANDS[args.command](args, console)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

@@ -1,0 +1,131 @@
+"""The experiment config tree: one pydantic model per TOML section, unknown keys rejected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TokenizerName = Literal["char", "bpe", "gpt2", "tiktoken"]
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DtypeName = Literal["float32", "bfloat16", "float16"]
+
+TINY_SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PrepareConfig(Section):
+    input_path: str = Field(description="A file, a folder of .txt files, or an http(s) URL fetched once into cache_dir.")
+    dataset_dir: Path
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    tokenizer: TokenizerName = "char"
+    bpe_vocab_size: int = Field(2048, ge=260, le=65535 * 16)
+    tiktoken_encoding: str = "gpt2"
+    tiktoken_file: Path | None = None
+    cache_dir: Path = Path("~/.cache/ml_playground")
+    encoding: str | None = Field(None, description="Force a text encoding instead of requiring UTF-8.")
+
+
+class ModelConfig(Section):
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=1)
+    block_size: int = Field(64, ge=2)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class DataConfig(Section):
+    batch_size: int = Field(12, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+
+
+class OptimConfig(Section):
+    learning_rate: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.99, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping.")
+
+
+class ScheduleConfig(Section):
+    warmup_iters: int = Field(100, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr: float = Field(1e-4, ge=0.0)
+    decay_iters: int | None = Field(None, ge=1, description="Defaults to train.max_iters.")
+
+
+class CheckpointConfig(Section):
+    interval: int = Field(250, ge=1)
+    keep_last: int = Field(2, ge=1)
+
+
+class EmaConfig(Section):
+    enabled: bool = False
+    decay: float = Field(0.999, ge=0.0, le=1.0)
+    start_step: int = Field(0, ge=0)
+
+
+class EarlyStoppingConfig(Section):
+    patience: int | None = Field(None, ge=1, description="Evaluations without improvement before stopping.")
+    target_val_loss: float | None = Field(None, description="Stop as soon as the validation loss reaches this.")
+
+
+class SampleDuringTrainingConfig(Section):
+    every_evals: int = Field(0, ge=0, description="0 disables sampling during training.")
+    max_new_tokens: int = Field(100, ge=1)
+    prompt: str = "\n"
+
+
+class TrainConfig(Section):
+    out_dir: Path
+    max_iters: int = Field(2000, ge=1)
+    eval_interval: int = Field(250, ge=1)
+    eval_iters: int = Field(20, ge=1, description="Batches for the train-split loss estimate.")
+    log_interval: int = Field(10, ge=1)
+    seed: int = 1337
+    device: DeviceName = "auto"
+    dtype: DtypeName = "float32"
+    compile: bool = False
+    deterministic: bool = True
+    num_threads: int | None = Field(None, ge=1)
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    ema: EmaConfig = EmaConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    sample_during_training: SampleDuringTrainingConfig = SampleDuringTrainingConfig()
+
+
+class SampleConfig(Section):
+    prompt: str = "\n"
+    prompt_file: Path | None = None
+    max_new_tokens: int = Field(500, ge=1)
+    num_samples: int = Field(1, ge=1)
+    temperature: float = Field(0.8, ge=0.0, description="0 means greedy.")
+    top_k: int | None = Field(200, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int = 1337
+    checkpoint: str = Field("best", description="best, last, or a checkpoint folder path.")
+    weights: Literal["raw", "ema"] = "raw"
+    use_kv_cache: bool = True
+
+
+class ExperimentConfig(Section):
+    prepare: PrepareConfig
+    train: TrainConfig
+    sample: SampleConfig = SampleConfig()

@@ -1,0 +1,51 @@
+"""Device and precision choices, resolved once from config."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+
+from ml_playground.core.errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: torch.device
+    dtype: torch.dtype
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """Mixed precision for the forward pass where it applies; float32 runs plain."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.dtype == torch.float16 and self.device.type == "cuda"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but is not available on this machine", key="train.device")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("MPS was requested but is not available on this machine", key="train.device")
+    return torch.device(name)
+
+
+def resolve_precision(device_name: str, dtype_name: str) -> Precision:
+    device = resolve_device(device_name)
+    dtype = _DTYPES[dtype_name]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ConfigError("float16 autocast is not supported on the CPU; use bfloat16 or float32", key="train.dtype")
+    return Precision(device, dtype)

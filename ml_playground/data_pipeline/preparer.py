@@ -1,0 +1,146 @@
+"""Raw text -> ``train.bin``/``val.bin`` token files, ``meta.json`` and the tokenizer, in ``dataset_dir``.
+
+Every file is written atomically with ``meta.json`` last; re-running on unchanged input and
+settings does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ml_playground.configuration.models import PrepareConfig
+from ml_playground.core.atomic import atomic_open, atomic_write_text
+from ml_playground.core.errors import DataError
+from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
+from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.data_pipeline.sources.text import SourceText, read_sources
+
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+META_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    dataset_dir: Path
+    skipped: bool
+    files: int
+    characters: int
+    train_tokens: int
+    val_tokens: int
+    vocab_size: int
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"dataset in {self.dataset_dir} is up to date with its sources; nothing to do"
+        chars_per_token = self.characters / max(1, self.train_tokens + self.val_tokens)
+        return (
+            f"prepared {self.dataset_dir}: {self.files} file(s), {self.characters:,} characters -> "
+            f"{self.train_tokens:,} train + {self.val_tokens:,} val tokens, vocab {self.vocab_size}, "
+            f"{chars_per_token:.2f} characters/token"
+        )
+
+
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
+    if config.tokenizer == "char":
+        return CharTokenizer.train(train_text)
+    if config.tokenizer == "bpe":
+        return BpeTokenizer.train(_chunks(train_text), config.bpe_vocab_size)
+    name = "gpt2" if config.tokenizer == "gpt2" else config.tiktoken_encoding
+    if config.tiktoken_file is not None:
+        return TiktokenTokenizer.from_file(name, config.tiktoken_file)
+    return TiktokenTokenizer.by_name(name, config.cache_dir)
+
+
+def _chunks(text: str, size: int = 1 << 20) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
+    keys = ("val_fraction", "tokenizer", "bpe_vocab_size", "tiktoken_encoding", "encoding")
+    settings = {key: getattr(config, key) for key in keys}
+    settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
+    return settings
+
+
+def read_meta(dataset_dir: Path) -> dict[str, Any]:
+    path = dataset_dir / META_FILE
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise DataError("no prepared dataset here (run prepare first)", path=dataset_dir) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"unreadable dataset metadata ({exc})", path=path) from None
+    return meta
+
+
+def _up_to_date(config: PrepareConfig, sources: list[SourceText]) -> bool:
+    try:
+        meta = read_meta(config.dataset_dir)
+    except DataError:
+        return False
+    wanted = [{"path": str(s.path), "sha256": s.sha256} for s in sources]
+    if meta.get("sources") != wanted or meta.get("settings") != _settings_fingerprint(config):
+        return False
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in ("train", "val"):
+        path = config.dataset_dir / f"{split}.bin"
+        if not path.is_file() or path.stat().st_size != meta[f"{split}_tokens"] * itemsize:
+            return False
+    return True
+
+
+def _write_tokens(path: Path, ids: npt.NDArray[np.int64], dtype: type[np.unsignedinteger[Any]]) -> None:
+    with atomic_open(path) as handle:
+        handle.write(ids.astype(dtype).tobytes())
+
+
+def prepare(config: PrepareConfig) -> PrepareReport:
+    sources = read_sources(config.input_path, config.cache_dir, config.encoding)
+    if _up_to_date(config, sources):
+        meta = read_meta(config.dataset_dir)
+        return PrepareReport(
+            config.dataset_dir, True, len(sources), meta["characters"], meta["train_tokens"], meta["val_tokens"], meta["vocab_size"]
+        )
+    text = "\n".join(s.text for s in sources)
+    split_at = int(len(text) * (1.0 - config.val_fraction))
+    train_text, val_text = text[:split_at], text[split_at:]
+    tokenizer = build_tokenizer(config, train_text if config.tokenizer == "bpe" else text)
+    train_ids = tokenizer.encode_array(train_text)
+    val_ids = tokenizer.encode_array(val_text)
+    if len(val_ids) < 2:
+        raise DataError(
+            f"validation split has {len(val_ids)} tokens; use more text or a larger prepare.val_fraction",
+            path=Path(config.input_path),
+        )
+    dtype = token_dtype(tokenizer.vocab_size)
+    out = config.dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out / TOKENIZER_DIR)
+    _write_tokens(out / "train.bin", train_ids, dtype)
+    _write_tokens(out / "val.bin", val_ids, dtype)
+    meta = {
+        "format_version": META_FORMAT_VERSION,
+        "tokenizer": {"kind": tokenizer.kind, "dir": TOKENIZER_DIR},
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": int(len(train_ids)),
+        "val_tokens": int(len(val_ids)),
+        "characters": len(text),
+        "sources": [{"path": str(s.path), "sha256": s.sha256} for s in sources],
+        "settings": _settings_fingerprint(config),
+        "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),
+    }
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+    return PrepareReport(out, False, len(sources), len(text), len(train_ids), len(val_ids), tokenizer.vocab_size)

@@ -1,0 +1,45 @@
+"""``eval``: the loss of a checkpoint over the whole validation split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.devices import resolve_precision
+from ml_playground.core.errors import CheckpointError
+from ml_playground.data_pipeline.batches import open_dataset
+from ml_playground.models.core.loading import model_from_checkpoint
+from ml_playground.training.checkpointing.service import CheckpointService
+from ml_playground.training.evaluation import evaluate_split
+
+EVAL_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    val_loss: float
+    tokens: int
+    checkpoint: str
+    step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"val_loss": self.val_loss, "tokens": self.tokens, "checkpoint": self.checkpoint, "step": self.step}
+
+
+def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
+    service = CheckpointService(config.train.out_dir)
+    loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
+    dataset = open_dataset(config.prepare.dataset_dir)
+    saved_fingerprint = loaded.manifest.get("dataset_fingerprint")
+    if saved_fingerprint is not None and saved_fingerprint != dataset.meta.get("fingerprint"):
+        raise CheckpointError(
+            f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",
+            path=loaded.path,
+        )
+    precision = resolve_precision(config.train.device, config.train.dtype)
+    model = model_from_checkpoint(loaded, precision.device, config.sample.weights)
+    result = evaluate_split(
+        model, dataset.val, block_size=model.config.block_size, batch_size=EVAL_BATCH_SIZE, precision=precision
+    )
+    return EvalReport(result.loss, result.tokens, str(loaded.path), loaded.step)

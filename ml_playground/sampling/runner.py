@@ -1,0 +1,89 @@
+"""Turn a checkpoint and a prompt into text: stream it to the terminal, save each sample."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.atomic import atomic_write_text
+from ml_playground.core.devices import resolve_device
+from ml_playground.core.errors import ConfigError, UserError
+from ml_playground.core.tokenizer import load_tokenizer
+from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.models.core.inference import SamplingParams, generate_stream
+from ml_playground.models.core.loading import model_from_checkpoint
+from ml_playground.models.core.model import GPT
+from ml_playground.training.checkpointing.service import CheckpointService
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    path: Path
+
+
+def read_prompt(config: ExperimentConfig) -> str:
+    if config.sample.prompt_file is None:
+        return config.sample.prompt
+    try:
+        return config.sample.prompt_file.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read prompt file ({exc})", key="sample.prompt_file", path=config.sample.prompt_file) from None
+
+
+def stream_decode(tokenizer: Tokenizer, model: GPT, prompt_ids: list[int], params: SamplingParams, emit: Callable[[str], None]) -> str:
+    """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence."""
+    device = next(model.parameters()).device
+    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    new_ids: list[int] = []
+    shown = ""
+    for token in generate_stream(model, prompt, params):
+        new_ids.append(int(token[0, 0]))
+        text = tokenizer.decode(new_ids)
+        if not text.endswith("\ufffd") and text.startswith(shown):
+            emit(text[len(shown) :])
+            shown = text
+    final = tokenizer.decode(new_ids)
+    if final.startswith(shown):
+        emit(final[len(shown) :])
+    return final
+
+
+def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = print) -> list[Sample]:
+    sc = config.sample
+    service = CheckpointService(config.train.out_dir)
+    loaded = service.load(service.resolve(sc.checkpoint), with_training_state=False)
+    tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
+    device = resolve_device(config.train.device)
+    model = model_from_checkpoint(loaded, device, sc.weights)
+    prompt_text = read_prompt(config)
+    try:
+        prompt_ids = tokenizer.encode(prompt_text)
+    except UserError as exc:
+        raise ConfigError(f"prompt cannot be encoded: {exc.message}", key="sample.prompt") from None
+    if not prompt_ids:
+        raise ConfigError("prompt is empty after tokenization; give at least one token", key="sample.prompt")
+    samples_dir = config.train.out_dir / "samples"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    samples = []
+    for index in range(sc.num_samples):
+        params = SamplingParams(
+            max_new_tokens=sc.max_new_tokens,
+            temperature=sc.temperature,
+            top_k=sc.top_k,
+            top_p=sc.top_p,
+            seed=sc.seed + index,
+            use_kv_cache=sc.use_kv_cache,
+        )
+        emit(prompt_text)
+        text = prompt_text + stream_decode(tokenizer, model, prompt_ids, params, emit)
+        emit("\n---------------\n")
+        path = samples_dir / f"sample-{stamp}-step{loaded.step}-{index}.txt"
+        atomic_write_text(path, text)
+        samples.append(Sample(text, path))
+    return samples

@@ -1,0 +1,40 @@
+"""Evaluate every ``interval`` steps and at the end: whole validation split, train estimate, EMA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.loop.runner import TrainingContext
+
+SplitEvaluator = Callable[[], tuple[float, int]]
+
+
+class EvaluationHook(Hook):
+    def __init__(
+        self,
+        *,
+        interval: int,
+        evaluate_val: SplitEvaluator,
+        estimate_train: Callable[[], float] | None = None,
+    ) -> None:
+        self.interval = interval
+        self.evaluate_val = evaluate_val
+        self.estimate_train = estimate_train
+
+    def on_step_end(self, ctx: TrainingContext) -> None:
+        step = ctx.state.step
+        if step % self.interval == 0 or step == ctx.max_iters:
+            ctx.emit_eval(self.evaluate(ctx))
+
+    def evaluate(self, ctx: TrainingContext) -> EvalResult:
+        val_loss, val_tokens = self.evaluate_val()
+        train_loss = self.estimate_train() if self.estimate_train is not None else None
+        ema_val_loss = None
+        if ctx.ema is not None:
+            ctx.ema.swap()
+            try:
+                ema_val_loss, _ = self.evaluate_val()
+            finally:
+                ctx.ema.swap()
+        return EvalResult(ctx.state.step, val_loss, val_tokens, train_loss, ema_val_loss)

@@ -1,0 +1,185 @@
+"""The training loop: batches in, optimizer steps out, events to hooks. It builds none of its parts."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ml_playground.core.devices import Precision
+from ml_playground.core.errors import TrainingDiverged
+from ml_playground.data_pipeline.batches import BatchSampler
+from ml_playground.models.core.model import cross_entropy
+from ml_playground.training.ema import EMA
+from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.loop.scheduler import LrSchedule
+from ml_playground.training.signals import StopSignal
+
+
+@dataclass
+class LoopState:
+    """Counters that survive a resume; ``step`` counts completed optimizer steps."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopState:
+        return cls(step=int(data["step"]), tokens_seen=int(data["tokens_seen"]), elapsed_s=float(data["elapsed_s"]))
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_second: float
+    step_time_s: float
+
+
+class TrainingContext:
+    """What hooks see: the parts, the counters, the last step's metrics, and the event emitters."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: EMA | None,
+        state: LoopState,
+        max_iters: int,
+        hooks: Sequence[Hook],
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.ema = ema
+        self.state = state
+        self.max_iters = max_iters
+        self.hooks = hooks
+        self.last_step: StepMetrics | None = None
+        self.last_eval: EvalResult | None = None
+        self.stop_reason: str | None = None
+        self.interrupted_by: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def emit_eval(self, result: EvalResult) -> None:
+        self.last_eval = result
+        for hook in self.hooks:
+            hook.on_eval_end(self, result)
+
+    def emit_checkpoint_saved(self, path: Path) -> None:
+        for hook in self.hooks:
+            hook.on_checkpoint_saved(self, path)
+
+    def hook_states(self) -> dict[str, Any]:
+        return {hook.state_key: hook.state_dict() for hook in self.hooks if hook.state_key}
+
+    def load_hook_states(self, states: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            if hook.state_key and hook.state_key in states:
+                hook.load_state_dict(states[hook.state_key])
+
+
+class TrainingLoop:
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LrSchedule,
+        batches: BatchSampler,
+        precision: Precision,
+        max_iters: int,
+        grad_accum_steps: int = 1,
+        grad_clip: float = 0.0,
+        hooks: Sequence[Hook] = (),
+        ema: EMA | None = None,
+        stop_signal: StopSignal | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.batches = batches
+        self.precision = precision
+        self.max_iters = max_iters
+        self.grad_accum_steps = grad_accum_steps
+        self.grad_clip = grad_clip
+        self.hooks = list(hooks)
+        self.ema = ema
+        self.stop_signal = stop_signal
+        self.forward = forward or model
+        self.clock = clock
+        self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
+
+    def new_context(self, state: LoopState) -> TrainingContext:
+        return TrainingContext(
+            model=self.model, optimizer=self.optimizer, ema=self.ema, state=state, max_iters=self.max_iters, hooks=self.hooks
+        )
+
+    def run(self, ctx: TrainingContext) -> TrainingContext:
+        self.model.train()
+        for hook in self.hooks:
+            hook.on_train_start(ctx)
+        mark = self.clock()
+        while ctx.state.step < self.max_iters and ctx.stop_reason is None:
+            ctx.last_step = self._step(ctx.state.step + 1)
+            ctx.state.step += 1
+            ctx.state.tokens_seen += self._tokens_per_step
+            # Wall time, evaluation and checkpointing included: what a user waits for.
+            now = self.clock()
+            ctx.state.elapsed_s += now - mark
+            mark = now
+            for hook in self.hooks:
+                hook.on_step_end(ctx)
+            if self.stop_signal is not None and self.stop_signal.received:
+                ctx.interrupted_by = self.stop_signal.received
+                ctx.request_stop(f"interrupted by {self.stop_signal.received}")
+        for hook in self.hooks:
+            hook.on_train_end(ctx)
+        return ctx
+
+    @property
+    def _tokens_per_step(self) -> int:
+        return self.batches.batch_size * self.batches.block_size * self.grad_accum_steps
+
+    def _step(self, step: int) -> StepMetrics:
+        started = self.clock()
+        lr = self.schedule(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total_loss = 0.0
+        for micro in range(self.grad_accum_steps):
+            x, y = self.batches.batch(step, micro)
+            x, y = x.to(self.precision.device), y.to(self.precision.device)
+            with self.precision.autocast():
+                loss = cross_entropy(self.forward(x), y) / self.grad_accum_steps
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
+            total_loss += value
+            self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(step)
+        elapsed = max(self.clock() - started, 1e-9)
+        return StepMetrics(total_loss, lr, grad_norm, self._tokens_per_step / elapsed, elapsed)

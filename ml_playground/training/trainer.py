@@ -1,0 +1,313 @@
+"""Wire the training parts from config: dataset, model, optimizer, EMA, hooks, loggers, checkpoints.
+
+This is the only place that constructs them; the loop receives them finished.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from ml_playground.configuration.models import ExperimentConfig, ModelConfig, OptimConfig
+from ml_playground.core.devices import Precision, resolve_precision
+from ml_playground.core.errors import CheckpointError, DataError
+from ml_playground.core.tokenizer import load_tokenizer
+from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
+from ml_playground.data_pipeline.preparer import TOKENIZER_DIR
+from ml_playground.models.core.inference import SamplingParams
+from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.training.checkpointing.rng import capture_rng, restore_rng
+from ml_playground.training.checkpointing.service import (
+    CheckpointPayload,
+    CheckpointService,
+    FileWriter,
+    LoadedCheckpoint,
+    write_file_durably,
+)
+from ml_playground.training.ema import EMA
+from ml_playground.training.evaluation import estimate_loss, evaluate_split
+from ml_playground.training.hooks.base import Hook
+from ml_playground.training.hooks.checkpointing import CheckpointHook
+from ml_playground.training.hooks.early_stopping import EarlyStoppingHook
+from ml_playground.training.hooks.evaluation import EvaluationHook
+from ml_playground.training.hooks.logging import LoggingHook
+from ml_playground.training.hooks.sampling import SampleHook
+from ml_playground.training.loggers import CompositeLogger, ConsoleLogger, JsonlLogger, TensorBoardLogger
+from ml_playground.training.loop.runner import LoopState, TrainingContext, TrainingLoop
+from ml_playground.training.loop.scheduler import LrSchedule
+from ml_playground.training.run_lock import RunLock
+from ml_playground.training.signals import StopSignal
+
+EVAL_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    step: int
+    stop_reason: str | None
+    interrupted_by: str | None
+    best_val_loss: float | None
+    last_val_loss: float | None
+    elapsed_s: float
+    resumed_from_step: int | None
+
+
+def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(
+        vocab_size=vocab_size,
+        block_size=model.block_size,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        dropout=model.dropout,
+        bias=model.bias,
+    )
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases); fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(
+        groups, lr=optim.learning_rate, betas=(optim.beta1, optim.beta2), fused=fused, foreach=None if fused else True
+    )
+
+
+def check_dataset_fits(dataset: TokenDataset, block_size: int) -> None:
+    for split, tokens in (("train", dataset.train), ("validation", dataset.val)):
+        if len(tokens) <= block_size:
+            raise DataError(
+                f"train.model.block_size {block_size} is larger than the {split} split ({len(tokens)} tokens); "
+                "lower block_size or use more data",
+                path=dataset.dataset_dir,
+            )
+
+
+def check_same_shape(loaded: LoadedCheckpoint, config: GPTConfig) -> None:
+    saved = loaded.manifest.get("model_config", {})
+    current = config.to_dict()
+    differing = [f"{k}: {saved.get(k)} in checkpoint, {current.get(k)} now" for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differing:
+        raise CheckpointError(
+            "the model shape differs from the checkpoint (" + "; ".join(differing) + "); "
+            "restore those settings or start over with --fresh",
+            path=loaded.path,
+        )
+
+
+def move_aside(out_dir: Path) -> Path | None:
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return None
+    target = out_dir.with_name(f"{out_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 1
+    while target.exists():
+        target = out_dir.with_name(f"{out_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}")
+        suffix += 1
+    out_dir.rename(target)
+    return target
+
+
+def configure_torch(config: ExperimentConfig) -> None:
+    train = config.train
+    if train.num_threads is not None:
+        torch.set_num_threads(train.num_threads)
+    torch.use_deterministic_algorithms(train.deterministic, warn_only=True)
+    random.seed(train.seed)
+    np.random.seed(train.seed % 2**32)
+    torch.manual_seed(train.seed)
+
+
+def maybe_compile(model: GPT, enabled: bool, console: Console) -> nn.Module | None:
+    """``torch.compile`` when asked and the platform can; otherwise one warning and eager mode."""
+    if not enabled:
+        return None
+    try:
+        compiled = torch.compile(model)
+        probe = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            compiled(probe)
+        model.train(was_training)
+        return compiled  # type: ignore[return-value]
+    except Exception as exc:  # compile failures come from many backends; all mean "run eager"
+        console.print(f"warning: torch.compile is not available here ({type(exc).__name__}); training without it")
+        return None
+
+
+def train(
+    config: ExperimentConfig,
+    *,
+    fresh: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    extra_hooks: Sequence[Hook] = (),
+    write_file: FileWriter = write_file_durably,
+    install_signal_handlers: bool = True,
+) -> TrainResult:
+    console = console or Console()
+    tc = config.train
+    dataset = open_dataset(config.prepare.dataset_dir)
+    check_dataset_fits(dataset, tc.model.block_size)
+    precision = resolve_precision(tc.device, tc.dtype)
+    if fresh:
+        moved = move_aside(tc.out_dir)
+        if moved is not None:
+            console.print(f"--fresh: moved the previous run to {moved}")
+    with RunLock(tc.out_dir):
+        service = CheckpointService(tc.out_dir, keep_last=tc.checkpoint.keep_last, write_file=write_file, warn=console.print)
+        service.remove_partial()
+        return _train_locked(config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers)
+
+
+def _train_locked(
+    config: ExperimentConfig,
+    dataset: TokenDataset,
+    precision: Precision,
+    service: CheckpointService,
+    console: Console,
+    quiet: bool,
+    extra_hooks: Sequence[Hook],
+    install_signal_handlers: bool,
+) -> TrainResult:
+    tc = config.train
+    configure_torch(config)
+    model_config = gpt_config(tc.model, dataset.vocab_size)
+    model = GPT(model_config).to(precision.device)
+    optimizer = build_optimizer(model, tc.optim, precision.device)
+    ema = EMA(model, tc.ema.decay, tc.ema.start_step) if tc.ema.enabled else None
+    loaded = service.load_latest_intact()
+    state = LoopState()
+    if loaded is not None:
+        check_same_shape(loaded, model_config)
+        model.load_state_dict(loaded.model)
+        assert loaded.training_state is not None
+        optimizer.load_state_dict(loaded.training_state["optimizer"])
+        if ema is not None and loaded.ema is not None:
+            ema.load_state_dict(loaded.ema)
+        restore_rng(loaded.training_state["rng"])
+        state = LoopState.from_dict(loaded.state["loop"])
+        console.print(f"resuming from {loaded.path} (step {state.step})")
+    resumed_from = state.step if loaded is not None else None
+    if not quiet:
+        console.print(
+            f"model: {model.num_parameters() / 1e6:.2f}M parameters | device {precision.device} {str(precision.dtype).removeprefix('torch.')} | "
+            f"batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {tc.model.block_size} tokens"
+        )
+    batches = BatchSampler(dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed)
+    estimate_batches = BatchSampler(
+        dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed + 1
+    )
+    metrics_path = tc.out_dir / "metrics.jsonl"
+    logger = CompositeLogger(
+        [
+            ConsoleLogger(total_steps=tc.max_iters, start_step=state.step, console=console, quiet=quiet),
+            JsonlLogger(metrics_path, resume_step=resumed_from if resumed_from is not None else None),
+            TensorBoardLogger(tc.out_dir / "tb", purge_step=(resumed_from + 1) if resumed_from is not None else None),
+        ]
+    )
+    evaluation = EvaluationHook(
+        interval=tc.eval_interval,
+        evaluate_val=lambda: _val_loss(model, dataset, tc.model.block_size, precision),
+        estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
+    )
+    hooks: list[Hook] = [
+        evaluation,
+        EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
+    ]
+    if tc.sample_during_training.every_evals:
+        hooks.append(
+            SampleHook(
+                every_evals=tc.sample_during_training.every_evals,
+                model=model,
+                tokenizer=load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir),
+                prompt=tc.sample_during_training.prompt,
+                params=SamplingParams(max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed),
+                logger=logger,
+                device=precision.device,
+            )
+        )
+    hooks.extend(extra_hooks)
+    hooks.append(LoggingHook(logger=logger, log_interval=tc.log_interval, metrics_path=metrics_path, plot_path=tc.out_dir / "loss.png"))
+    config_dump = config.model_dump(mode="json")
+
+    def build_payload(ctx: TrainingContext) -> CheckpointPayload:
+        return CheckpointPayload(
+            step=ctx.state.step,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            rng=capture_rng(),
+            state={"loop": ctx.state.to_dict(), "hooks": ctx.hook_states(), "sampler": {"seed": tc.seed, "next_step": ctx.state.step + 1}},
+            config=config_dump,
+            model_config=model_config.to_dict(),
+            tokenizer_dir=dataset.dataset_dir / TOKENIZER_DIR,
+            ema=ema.state_dict() if ema is not None else None,
+            extra_meta={
+                "val_loss": ctx.last_eval.val_loss if ctx.last_eval is not None else None,
+                "dataset_fingerprint": dataset.meta.get("fingerprint"),
+            },
+        )
+
+    checkpoint_hook = CheckpointHook(service=service, interval=tc.checkpoint.interval, build_payload=build_payload)
+    hooks.append(checkpoint_hook)
+    stop_signal = StopSignal()
+    loop = TrainingLoop(
+        model=model,
+        optimizer=optimizer,
+        schedule=LrSchedule(
+            max_lr=tc.optim.learning_rate,
+            min_lr=tc.schedule.min_lr,
+            warmup_iters=tc.schedule.warmup_iters,
+            decay_iters=tc.schedule.decay_iters or tc.max_iters,
+            decay=tc.schedule.decay,
+        ),
+        batches=batches,
+        precision=precision,
+        max_iters=tc.max_iters,
+        grad_accum_steps=tc.data.grad_accum_steps,
+        grad_clip=tc.optim.grad_clip,
+        hooks=hooks,
+        ema=ema,
+        stop_signal=stop_signal,
+        forward=maybe_compile(model, tc.compile, console),
+    )
+    ctx = loop.new_context(state)
+    if loaded is not None:
+        ctx.load_hook_states(loaded.state.get("hooks", {}))
+    if state.step >= tc.max_iters:
+        logger.close()
+        console.print(f"already trained to step {state.step} (train.max_iters = {tc.max_iters}); nothing to do")
+    elif install_signal_handlers:
+        with stop_signal:
+            loop.run(ctx)
+    else:
+        loop.run(ctx)
+    best = checkpoint_hook.best_val_loss
+    return TrainResult(
+        out_dir=tc.out_dir,
+        step=ctx.state.step,
+        stop_reason=ctx.stop_reason,
+        interrupted_by=ctx.interrupted_by,
+        best_val_loss=best if best != float("inf") else None,
+        last_val_loss=ctx.last_eval.val_loss if ctx.last_eval is not None else None,
+        elapsed_s=ctx.state.elapsed_s,
+        resumed_from_step=resumed_from,
+    )
+
+
+def _val_loss(model: nn.Module, dataset: TokenDataset, block_size: int, precision: Precision) -> tuple[float, int]:
+    result = evaluate_split(model, dataset.val, block_size=block_size, batch_size=EVAL_BATCH_SIZE, precision=precision)
+    return result.loss, result.tokens

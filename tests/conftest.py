@@ -1,0 +1,80 @@
+"""Shared fixtures: where the shared test data is, and tiny real configs built from it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml_playground.configuration import experiment_config_path, load_config
+from ml_playground.configuration.models import ExperimentConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # two workers on two cores: one thread each
+
+TINY_MODEL = [
+    "train.model.n_layer=2",
+    "train.model.n_head=2",
+    "train.model.n_embd=32",
+    "train.model.block_size=32",
+    "train.data.batch_size=4",
+    "train.eval_interval=10",
+    "train.eval_iters=2",
+    "train.log_interval=5",
+    "train.checkpoint.interval=10",
+    "train.max_iters=30",
+    "train.schedule.warmup_iters=5",
+    "train.device='cpu'",
+    "sample.max_new_tokens=40",
+    "sample.num_samples=1",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(shared_data: Path) -> str:
+    return (shared_data / "shakespeare" / "input.txt").read_text("utf-8")
+
+
+@pytest.fixture
+def shakespeare_slice(tmp_path: Path, shakespeare_text: str) -> Path:
+    """The first 30,000 characters of Tiny Shakespeare, as a user's own small corpus."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(shakespeare_text[:30_000], encoding="utf-8")
+    return path
+
+
+ConfigFactory = Callable[..., ExperimentConfig]
+
+
+def tiny_overrides(tmp_path: Path, input_path: Path) -> list[str]:
+    return [
+        f"prepare.input_path='{input_path}'",
+        f"prepare.dataset_dir='{tmp_path / 'dataset'}'",
+        f"prepare.cache_dir='{tmp_path / 'cache'}'",
+        f"train.out_dir='{tmp_path / 'run'}'",
+        *TINY_MODEL,
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, shakespeare_slice: Path) -> ConfigFactory:
+    """The shakespeare experiment's own config, shrunk to a tiny model and pointed into tmp_path."""
+
+    def build(*extra: str) -> ExperimentConfig:
+        return load_config(experiment_config_path("shakespeare"), [*tiny_overrides(tmp_path, shakespeare_slice), *extra])
+
+    return build

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_playground.configuration import experiment_config_path, list_experiments, load_config
+from ml_playground.configuration.loading import parse_override
+from ml_playground.core.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+SHAKESPEARE = experiment_config_path("shakespeare")
+
+
+def test_shipped_config_loads_with_the_documented_contract() -> None:
+    config = load_config(SHAKESPEARE)
+    assert config.prepare.tokenizer == "char"
+    assert config.train.model.n_layer == 4
+    assert config.train.optim.learning_rate == pytest.approx(1e-3)
+    assert config.sample.checkpoint == "best"
+
+
+def test_overrides_are_typed_like_the_file() -> None:
+    config = load_config(
+        SHAKESPEARE,
+        ["train.max_iters=17", "train.optim.learning_rate=3e-4", "sample.prompt=ROMEO:", "train.compile=true"],
+    )
+    assert config.train.max_iters == 17
+    assert config.train.optim.learning_rate == pytest.approx(3e-4)
+    assert config.sample.prompt == "ROMEO:"
+    assert config.train.compile is True
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a.b=1", (["a", "b"], 1)),
+        ("a.b='x y'", (["a", "b"], "x y")),
+        ("a.b=hello world", (["a", "b"], "hello world")),
+        ("a=[1, 2]", (["a"], [1, 2])),
+    ],
+)
+def test_parse_override(text: str, expected: tuple[list[str], object]) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1", ".a=1"])
+def test_malformed_override_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override(text)
+
+
+def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(SHAKESPEARE.read_text("utf-8").replace("[train.model]", "[train.model]\nn_layers = 3"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: train.model.n_layers: unknown key"
+
+
+def test_wrong_type_from_override_says_where_it_came_from() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(SHAKESPEARE, ["train.max_iters=lots"])
+    message = str(info.value)
+    assert message.startswith(f"{SHAKESPEARE}: train.max_iters: ")
+    assert "'lots'" in message
+    assert "--set train.max_iters=lots" in message
+
+
+def test_several_problems_are_counted() -> None:
+    with pytest.raises(ConfigError, match=r"and 1 more problem\)"):
+        load_config(SHAKESPEARE, ["train.max_iters=0", "train.eval_interval=0"])
+
+
+def test_missing_required_section_and_cross_field_rule(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[prepare]\ninput_path = 'x'\ndataset_dir = 'd'\n")
+    with pytest.raises(ConfigError, match="train: required key is missing"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="divisible by n_head"):
+        load_config(SHAKESPEARE, ["train.model.n_embd=130"])
+
+
+def test_override_into_a_value_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"train\.max_iters is a value, not a section"):
+        load_config(SHAKESPEARE, ["train.max_iters.x=1"])
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_experiments_are_listed_with_a_summary() -> None:
+    listed = dict(list_experiments())
+    assert "shakespeare" in listed
+    assert "Tiny Shakespeare" in listed["shakespeare"]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml_playground.models.core.inference import SamplingParams, filter_logits, generate, generate_stream
+from ml_playground.models.core.model import GPT, GPTConfig
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=50, temperature=0.0),
+        SamplingParams(max_new_tokens=50, temperature=1.0, seed=3),
+        SamplingParams(max_new_tokens=50, temperature=0.7, top_k=5, top_p=0.9, seed=4),
+    ],
+)
+def test_cached_and_uncached_paths_give_the_same_tokens(model: GPT, params: SamplingParams) -> None:
+    """Also past block_size (16): 50 new tokens force several window jumps."""
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    cached = generate(model, prompt, params)
+    uncached = generate(model, prompt, SamplingParams(**{**params.__dict__, "use_kv_cache": False}))
+    assert cached.shape == (2, 53)
+    assert torch.equal(cached, uncached)
+
+
+def test_same_seed_same_text_other_seed_other_text(model: GPT) -> None:
+    prompt = torch.tensor([[1]])
+    a = generate(model, prompt, SamplingParams(max_new_tokens=30, temperature=1.0, seed=1))
+    b = generate(model, prompt, SamplingParams(max_new_tokens=30, temperature=1.0, seed=1))
+    c = generate(model, prompt, SamplingParams(max_new_tokens=30, temperature=1.0, seed=2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_long_prompt_is_cropped_to_the_window(model: GPT) -> None:
+    prompt = torch.randint(40, (1, 40))
+    tokens = list(generate_stream(model, prompt, SamplingParams(max_new_tokens=3, temperature=0.0)))
+    assert len(tokens) == 3
+
+
+def test_greedy_follows_argmax(model: GPT) -> None:
+    prompt = torch.tensor([[7, 8]])
+    out = generate(model, prompt, SamplingParams(max_new_tokens=1, temperature=0.0))
+    assert out[0, -1].item() == model(prompt)[0, -1].argmax().item()
+
+
+def test_top_k_and_top_p_filters() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept_k = torch.isfinite(filter_logits(logits, top_k=2, top_p=None))
+    assert kept_k.tolist() == [[True, True, False, False]]
+    kept_p = torch.isfinite(filter_logits(logits, top_k=None, top_p=0.7))
+    assert kept_p.tolist() == [[True, True, False, False]]
+    kept_p_small = torch.isfinite(filter_logits(logits, top_k=None, top_p=0.1))
+    assert kept_p_small.tolist() == [[True, False, False, False]]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isfinite(filter_logits(shuffled, top_k=None, top_p=0.7)).tolist() == [[False, True, False, True]]
+    assert torch.equal(filter_logits(logits, top_k=10, top_p=1.0), logits)
+
+
+def test_top_k_restricts_samples(model: GPT) -> None:
+    prompt = torch.tensor([[1]])
+    out = generate(model, prompt, SamplingParams(max_new_tokens=1, temperature=5.0, top_k=1, seed=9))
+    assert out[0, -1].item() == model(prompt)[0, -1].argmax().item()

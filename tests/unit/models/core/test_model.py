@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml_playground.models.core.model import GPT, GPTConfig, KVCache, cross_entropy
+
+pytestmark = pytest.mark.unit
+
+
+def tiny(**kw: object) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, **kw))  # type: ignore[arg-type]
+
+
+def test_logits_shape_and_initial_loss_near_uniform() -> None:
+    model = tiny()
+    idx = torch.randint(50, (3, 16))
+    logits = model(idx)
+    assert logits.shape == (3, 16, 50)
+    loss = cross_entropy(logits, torch.randint(50, (3, 16)))
+    assert abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.3
+
+
+def test_weights_are_tied_and_counted_once() -> None:
+    model = tiny(bias=True)
+    assert model.lm_head.weight is model.wte.weight
+    total = sum(p.numel() for p in model.parameters())
+    assert model.num_parameters(exclude_embeddings=False) == total
+    assert model.num_parameters() == total - 16 * 16
+
+
+def test_causality_future_tokens_do_not_change_the_past() -> None:
+    model = tiny().eval()
+    idx = torch.randint(50, (1, 10))
+    changed = idx.clone()
+    changed[0, 7:] = (changed[0, 7:] + 1) % 50
+    assert torch.allclose(model(idx)[:, :7], model(changed)[:, :7], atol=1e-6)
+
+
+def test_cached_forward_equals_full_forward() -> None:
+    model = tiny().eval()
+    idx = torch.randint(50, (2, 12))
+    full = model(idx)
+    cache = KVCache(model.config.n_layer)
+    parts = [model(idx[:, :5], cache)] + [model(idx[:, i : i + 1], cache) for i in range(5, 12)]
+    assert cache.length == 12
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+def test_overlong_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceeds block_size 16"):
+        tiny()(torch.zeros((1, 17), dtype=torch.long))
+
+
+def test_dropout_only_in_training_mode() -> None:
+    model = tiny(dropout=0.5)
+    idx = torch.randint(50, (2, 8))
+    model.eval()
+    assert torch.equal(model(idx), model(idx))
+    model.train()
+    assert not torch.equal(model(idx), model(idx))
