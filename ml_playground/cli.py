@@ -13,6 +13,7 @@ from rich.console import Console
 from ml_playground.configuration import experiment_config_path, list_experiments, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
+from ml_playground.sampling.runner import write_stdout
 
 EXIT_USER_ERROR = 2
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -64,11 +65,6 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(path, args.overrides)
 
 
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def cmd_experiments(args: argparse.Namespace, console: Console) -> int:
     for name, summary in list_experiments():
         console.print(f"{name:<28} {summary}", highlight=False)
@@ -111,7 +107,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 def cmd_sample(args: argparse.Namespace, console: Console) -> int:
     from ml_playground.sampling.runner import sample
 
-    samples = sample(_load(args), emit=_write)
+    samples = sample(_load(args), emit=write_stdout)
     if not args.quiet:
         console.print(f"wrote {len(samples)} sample(s) to {samples[0].path.parent}", highlight=False)
     return 0
@@ -126,7 +122,7 @@ def cmd_loop(args: argparse.Namespace, console: Console) -> int:
     code = _run_train(config, args, console)
     if code != 0:
         return code
-    sample(config, emit=_write)
+    sample(config, emit=write_stdout)
     return 0
 
 
@@ -135,7 +131,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
     report = evaluate_checkpoint(_load(args))
     if args.json:
-        _write(json.dumps(report.to_dict()) + "\n")
+        write_stdout(json.dumps(report.to_dict()) + "\n")
     else:
         console.print(
             f"val loss {report.val_loss:.4f} over {report.tokens:,} tokens (checkpoint {report.checkpoint}, step {report.step})",

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +148,18 @@ class TiktokenTokenizer:
         return cls(encoding, name, ranks_file)
 
     @classmethod
-    def by_name(cls, name: str, cache_dir: Path) -> TiktokenTokenizer:
+    def by_name(
+        cls,
+        name: str,
+        cache_dir: Path,
+        get_encoding: Callable[[str], tiktoken.Encoding] = tiktoken.get_encoding,
+    ) -> TiktokenTokenizer:
+        """``get_encoding`` is tiktoken's own loader; it fetches into ``cache_dir`` on first use."""
         cache = cache_dir.expanduser() / "tiktoken"
         cache.mkdir(parents=True, exist_ok=True)
         try:
             with _env("TIKTOKEN_CACHE_DIR", str(cache)):
-                encoding = tiktoken.get_encoding(name)
+                encoding = get_encoding(name)
         except ValueError as exc:
             raise UserError(f"unknown tiktoken encoding {name!r} ({exc})", key="prepare.tiktoken_encoding") from None
         except Exception as exc:

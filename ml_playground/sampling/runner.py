@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,12 @@ def stream_decode(tokenizer: Tokenizer, model: GPT, prompt_ids: list[int], param
     return final
 
 
-def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = print) -> list[Sample]:
+def write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = write_stdout) -> list[Sample]:
     sc = config.sample
     service = CheckpointService(config.train.out_dir)
     loaded = service.load(service.resolve(sc.checkpoint), with_training_state=False)

@@ -66,15 +66,15 @@ class ConsoleLogger:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step, metrics=line if not is_eval else "")
             if is_eval:
-                self._progress.console.print(f"step {step}: {line}")
+                self._progress.console.print(f"step {step}: {line}", highlight=False)
             return
         eta = self._eta_s(step)
         eta_text = f" | ETA {eta:.0f}s" if not is_eval and eta == eta else ""
-        self.console.print(f"step {step}/{self.total_steps} | {line}{eta_text}", highlight=False)
+        self.console.print(f"step {step}/{self.total_steps} | {line}{eta_text}", highlight=False, soft_wrap=True)
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"--- {tag} at step {step} ---\n{text}\n---", highlight=False, markup=False)
+            self.console.print(f"--- {tag} at step {step} ---\n{text}\n---", highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -118,6 +118,7 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self._closed = False
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         names = {
@@ -137,7 +138,9 @@ class TensorBoardLogger:
         self.writer.add_text(tag, text, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if not self._closed:
+            self.writer.close()
+            self._closed = True
 
 
 class CompositeLogger:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,11 @@ from ml_playground.training.run_lock import RunLock
 from ml_playground.training.signals import StopSignal
 
 EVAL_BATCH_SIZE = 64
+
+
+def say(console: Console, text: str) -> None:
+    """One plain line: no wrapping, no markup (paths may hold brackets)."""
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
 @dataclass(frozen=True)
@@ -130,21 +136,24 @@ def configure_torch(config: ExperimentConfig) -> None:
     torch.manual_seed(train.seed)
 
 
-def maybe_compile(model: GPT, enabled: bool, console: Console) -> nn.Module | None:
+def maybe_compile(
+    model: GPT, enabled: bool, console: Console, compiler: Callable[[nn.Module], Any] = torch.compile
+) -> nn.Module | None:
     """``torch.compile`` when asked and the platform can; otherwise one warning and eager mode."""
     if not enabled:
         return None
     try:
-        compiled = torch.compile(model)
+        compiled = compiler(model)
         probe = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
         was_training = model.training
         model.eval()
         with torch.no_grad():
             compiled(probe)
         model.train(was_training)
-        return compiled  # type: ignore[return-value]
+        result: nn.Module = compiled
+        return result
     except Exception as exc:  # compile failures come from many backends; all mean "run eager"
-        console.print(f"warning: torch.compile is not available here ({type(exc).__name__}); training without it")
+        say(console, f"warning: torch.compile is not available here ({type(exc).__name__}); training without it")
         return None
 
 
@@ -166,9 +175,9 @@ def train(
     if fresh:
         moved = move_aside(tc.out_dir)
         if moved is not None:
-            console.print(f"--fresh: moved the previous run to {moved}")
+            say(console, f"--fresh: moved the previous run to {moved}")
     with RunLock(tc.out_dir):
-        service = CheckpointService(tc.out_dir, keep_last=tc.checkpoint.keep_last, write_file=write_file, warn=console.print)
+        service = CheckpointService(tc.out_dir, keep_last=tc.checkpoint.keep_last, write_file=write_file, warn=lambda text: say(console, text))
         service.remove_partial()
         return _train_locked(config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers)
 
@@ -200,10 +209,10 @@ def _train_locked(
             ema.load_state_dict(loaded.ema)
         restore_rng(loaded.training_state["rng"])
         state = LoopState.from_dict(loaded.state["loop"])
-        console.print(f"resuming from {loaded.path} (step {state.step})")
+        say(console, f"resuming from {loaded.path} (step {state.step})")
     resumed_from = state.step if loaded is not None else None
     if not quiet:
-        console.print(
+        say(console, 
             f"model: {model.num_parameters() / 1e6:.2f}M parameters | device {precision.device} {str(precision.dtype).removeprefix('torch.')} | "
             f"batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {tc.model.block_size} tokens"
         )
@@ -211,6 +220,7 @@ def _train_locked(
     estimate_batches = BatchSampler(
         dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed + 1
     )
+    forward = maybe_compile(model, tc.compile, console)
     metrics_path = tc.out_dir / "metrics.jsonl"
     logger = CompositeLogger(
         [
@@ -282,19 +292,21 @@ def _train_locked(
         hooks=hooks,
         ema=ema,
         stop_signal=stop_signal,
-        forward=maybe_compile(model, tc.compile, console),
+        forward=forward,
     )
     ctx = loop.new_context(state)
     if loaded is not None:
         ctx.load_hook_states(loaded.state.get("hooks", {}))
-    if state.step >= tc.max_iters:
-        logger.close()
-        console.print(f"already trained to step {state.step} (train.max_iters = {tc.max_iters}); nothing to do")
-    elif install_signal_handlers:
-        with stop_signal:
+    try:
+        if state.step >= tc.max_iters:
+            say(console, f"already trained to step {state.step} (train.max_iters = {tc.max_iters}); nothing to do")
+        elif install_signal_handlers:
+            with stop_signal:
+                loop.run(ctx)
+        else:
             loop.run(ctx)
-    else:
-        loop.run(ctx)
+    finally:
+        logger.close()  # also on errors (NaN loss, failed checkpoint write): flush what was logged
     best = checkpoint_hook.best_val_loss
     return TrainResult(
         out_dir=tc.out_dir,

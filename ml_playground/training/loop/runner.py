@@ -122,7 +122,7 @@ class TrainingLoop:
         self.hooks = list(hooks)
         self.ema = ema
         self.stop_signal = stop_signal
-        self.forward = forward or model
+        self.forward = forward if forward is not None else model
         self.clock = clock
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
 

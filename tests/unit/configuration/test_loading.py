@@ -17,7 +17,7 @@ def test_shipped_config_loads_with_the_documented_contract() -> None:
     config = load_config(SHAKESPEARE)
     assert config.prepare.tokenizer == "char"
     assert config.train.model.n_layer == 4
-    assert config.train.optim.learning_rate == pytest.approx(1e-3)
+    assert config.train.optim.learning_rate == pytest.approx(2e-3)
     assert config.sample.checkpoint == "best"
 
 

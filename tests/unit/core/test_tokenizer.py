@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
+import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -142,3 +144,20 @@ def test_load_tokenizer_errors_name_the_spec(tmp_path: Path) -> None:
     (tmp_path / SPEC_FILE).write_text(json.dumps({"kind": "tiktoken", "encoding": "gpt2"}))
     with pytest.raises(DataError, match="could not fetch"):
         load_tokenizer(tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_tiktoken_by_name_uses_the_cache_dir_and_saves_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiktoken's loader reads its cache location from the environment: it must see ours, then the old value."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "/users/own/cache")
+    seen: list[str] = []
+
+    def loader(name: str) -> tiktoken.Encoding:
+        seen.append(os.environ["TIKTOKEN_CACHE_DIR"])
+        return TIKTOKEN._encoding
+
+    tokenizer = TiktokenTokenizer.by_name("gpt2", tmp_path, get_encoding=loader)
+    assert seen == [str(tmp_path / "tiktoken")]
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == "/users/own/cache"
+    assert tokenizer.encode("the") == TIKTOKEN.encode("the")
+    tokenizer.save(tmp_path / "tok")
+    assert json.loads((tmp_path / "tok" / SPEC_FILE).read_text()) == {"kind": "tiktoken", "encoding": "gpt2"}

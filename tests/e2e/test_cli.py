@@ -1,0 +1,170 @@
+"""The CLI as a user drives it: subprocesses, real files, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, tiny_overrides
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def cli(*args: str, check_code: int | None = 0, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ml_playground", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=env,
+        check=False,
+    )
+    if check_code is not None:
+        assert result.returncode == check_code, result.stdout + result.stderr
+    return result
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+def assert_one_line_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_and_experiments() -> None:
+    top = cli("--help")
+    for command in ("prepare", "train", "sample", "loop", "eval", "experiments"):
+        assert command in top.stdout
+    assert "--fresh" in cli("train", "--help").stdout
+    assert "--json" in cli("eval", "--help").stdout
+    listed = cli("experiments").stdout.splitlines()
+    assert any(line.startswith("shakespeare ") and "Tiny Shakespeare" in line for line in listed)
+
+
+def test_user_path_prepare_train_sample_eval_loop(tmp_path: Path, shakespeare_slice: Path) -> None:
+    args = sets([*tiny_overrides(tmp_path, shakespeare_slice), "sample.prompt=ROMEO:"])
+    prepared = cli("prepare", "shakespeare", *args)
+    assert "prepared" in prepared.stdout
+    assert "up to date" in cli("prepare", "shakespeare", *args).stdout
+    trained = cli("train", "shakespeare", *args)
+    assert "done at step 30" in trained.stdout
+    assert "best val loss" in trained.stdout
+    sampled = cli("sample", "shakespeare", *args)
+    assert sampled.stdout.startswith("ROMEO:")
+    assert list((tmp_path / "run" / "samples").glob("sample-*.txt"))
+    evaluated = cli("eval", "shakespeare", *args, "--json")
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert set(report) == {"val_loss", "tokens", "checkpoint", "step"}
+    assert report["tokens"] == 2999
+    assert "val loss" in cli("eval", "shakespeare", *args).stdout
+    looped = cli("loop", "shakespeare", *args, "--fresh", "--quiet")
+    assert "ROMEO:" in looped.stdout
+    assert "step 10/30" not in looped.stdout  # --quiet: no progress lines
+
+
+def test_config_file_option(tmp_path: Path, shakespeare_slice: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text(
+        (REPO_ROOT / "ml_playground/experiments/shakespeare/config.toml").read_text().replace("max_iters = 2000", "max_iters = 5")
+    )
+    args = sets([o for o in tiny_overrides(tmp_path, shakespeare_slice) if not o.startswith("train.max_iters")])
+    cli("prepare", "anything", "--config", str(config), *args)
+    assert "done at step 5" in cli("train", "anything", "--config", str(config), *args).stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("missing input", ["missing.txt", "input not found"]),
+        ("empty file", ["empty.txt", "file is empty"]),
+        ("binary file", ["blob.txt", "looks binary"]),
+        ("unknown tokenizer", ["prepare.tokenizer", "'wordpiece'"]),
+        ("unknown key", ["config.toml: train.model.n_layers: unknown key"]),
+        ("wrong type", ["train.max_iters", "'many'", "--set train.max_iters=many"]),
+        ("unknown experiment", ["unknown experiment 'nope'", "shakespeare"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    tmp_path: Path, shakespeare_slice: Path, case: str, fragments: list[str]
+) -> None:
+    overrides = tiny_overrides(tmp_path, shakespeare_slice)
+    experiment = "shakespeare"
+    if case == "missing input":
+        overrides.append(f"prepare.input_path='{tmp_path / 'missing.txt'}'")
+    elif case == "empty file":
+        (tmp_path / "empty.txt").write_text("")
+        overrides.append(f"prepare.input_path='{tmp_path / 'empty.txt'}'")
+    elif case == "binary file":
+        (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 4)
+        overrides.append(f"prepare.input_path='{tmp_path / 'blob.txt'}'")
+    elif case == "unknown tokenizer":
+        overrides.append("prepare.tokenizer=wordpiece")
+    elif case == "unknown key":
+        overrides.append("train.model.n_layers=3")
+    elif case == "wrong type":
+        overrides.append("train.max_iters=many")
+    else:
+        experiment = "nope"
+    result = cli("prepare", experiment, *sets(overrides), check_code=None)
+    assert_one_line_user_error(result, *fragments)
+    assert not (tmp_path / "dataset").exists()
+
+
+def test_block_size_larger_than_validation_split(tmp_path: Path, shakespeare_slice: Path) -> None:
+    args = sets([*tiny_overrides(tmp_path, shakespeare_slice), "train.model.block_size=5000"])
+    cli("prepare", "shakespeare", *args)
+    result = cli("train", "shakespeare", *args, check_code=None)
+    assert_one_line_user_error(result, "block_size 5000 is larger than the validation split (3000 tokens)")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_sampling_before_any_checkpoint(tmp_path: Path, shakespeare_slice: Path) -> None:
+    args = sets(tiny_overrides(tmp_path, shakespeare_slice))
+    result = cli("sample", "shakespeare", *args, check_code=None)
+    assert_one_line_user_error(result, "no 'best' checkpoint yet (run train first)")
+    assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_sigint_writes_last_and_says_how_to_resume(tmp_path: Path, shakespeare_slice: Path) -> None:
+    overrides = [*tiny_overrides(tmp_path, shakespeare_slice), "train.max_iters=100000", "train.checkpoint.interval=100000"]
+    cli("prepare", "shakespeare", *sets(overrides))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ml_playground", "train", "shakespeare", *sets(overrides)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "interrupted by SIGINT at step" in stdout
+    assert "Resume with: ml_playground train shakespeare" in stdout
+    last = json.loads((tmp_path / "run" / "checkpoints" / "last.json").read_text())
+    interrupted_at = int(stdout.split("interrupted by SIGINT at step ")[1].split(";")[0])
+    assert last["step"] == interrupted_at
+    resumed = cli("train", "shakespeare", *sets([*overrides[:-2], f"train.max_iters={interrupted_at + 5}"]))
+    assert f"(step {interrupted_at})" in resumed.stdout
+    assert f"done at step {interrupted_at + 5}" in resumed.stdout

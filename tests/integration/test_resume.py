@@ -1,0 +1,95 @@
+"""Exact resume: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml_playground.configuration.models import PrepareConfig
+from ml_playground.data_pipeline.preparer import prepare
+from ml_playground.training.checkpointing.service import CheckpointService
+from tests.conftest import tiny_overrides
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HELPER = Path(__file__).with_name("train_with_kill.py")
+RESUME_SETTINGS = [
+    "train.model.dropout=0.1",  # dropout draws from the global RNG: resume must restore it
+    "train.ema.enabled=true",
+    "train.ema.decay=0.9",
+    "train.num_threads=1",
+    "train.max_iters=30",
+    "train.checkpoint.interval=10",
+    "train.checkpoint.keep_last=5",
+    "train.eval_interval=10",
+]
+
+
+def run_helper(overrides: list[str], mode: str, step: int = 0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(HELPER), json.dumps(overrides), mode, str(step)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def final_state(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict[str, float]]]:
+    service = CheckpointService(out_dir)
+    loaded = service.load(service.resolve("last"))
+    assert loaded.step == 30
+    assert loaded.ema is not None
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [{k: v for k, v in r.items() if "loss" in k or k == "step"} for r in records]
+    return loaded.model, loaded.ema, losses
+
+
+@pytest.fixture(scope="module")
+def dataset_and_baseline(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    corpus = root / "corpus.txt"
+    corpus.write_text((shared_data / "shakespeare" / "input.txt").read_text("utf-8")[:30_000])
+    overrides = [*tiny_overrides(root, corpus), *RESUME_SETTINGS, f"train.out_dir='{root / 'baseline'}'"]
+    prepare(PrepareConfig(input_path=str(corpus), dataset_dir=root / "dataset"))
+    result = run_helper(overrides, "none")
+    assert result.returncode == 0, result.stderr
+    return root, root / "baseline"
+
+
+@pytest.mark.parametrize(
+    ("mode", "step"),
+    [
+        ("after-step", 20),  # between the optimizer step and the checkpoint write of step 20
+        ("after-step", 17),  # an arbitrary step between checkpoints
+        ("mid-save", 20),  # while the checkpoint of step 20 is half written
+    ],
+)
+def test_killed_and_resumed_run_is_bit_identical(dataset_and_baseline: tuple[Path, Path], mode: str, step: int) -> None:
+    root, baseline = dataset_and_baseline
+    out_dir = root / f"killed-{mode}-{step}"
+    overrides = [*tiny_overrides(root, root / "corpus.txt"), *RESUME_SETTINGS, f"train.out_dir='{out_dir}'"]
+    killed = run_helper(overrides, mode, step)
+    assert killed.returncode == -9, killed.stderr
+    service = CheckpointService(out_dir)
+    last = service.pointer_info("last")
+    assert last is not None
+    assert last["step"] == 10  # the newest checkpoint completed before the kill
+    assert service.load(service.resolve("last")).step == 10
+    assert bool(list((out_dir / "checkpoints").glob(".tmp-*"))) == (mode == "mid-save")
+    resumed = run_helper(overrides, "none")
+    assert resumed.returncode == 0, resumed.stderr
+    model, ema, losses = final_state(out_dir)
+    base_model, base_ema, base_losses = final_state(baseline)
+    assert model.keys() == base_model.keys()
+    for name in model:
+        assert torch.equal(model[name], base_model[name]), name
+    for name in ema:
+        assert torch.equal(ema[name], base_ema[name]), name
+    assert losses == base_losses
+    assert not list((out_dir / "checkpoints").glob(".tmp-*"))

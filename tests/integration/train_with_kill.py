@@ -1,0 +1,51 @@
+"""Run ``train`` in this process and SIGKILL it at a chosen point; used by the resume tests.
+
+Usage: python train_with_kill.py OVERRIDES_JSON MODE STEP
+MODE: ``none`` (run to the end), ``after-step`` (killed after the optimizer step STEP, before any
+checkpoint of that step is written), ``mid-save`` (killed while the checkpoint of step STEP is
+half written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ml_playground.configuration import experiment_config_path, load_config
+from ml_playground.training.checkpointing.service import write_file_durably
+from ml_playground.training.hooks.base import Hook
+from ml_playground.training.loop.runner import TrainingContext
+from ml_playground.training.trainer import train
+
+
+class KillAfterStep(Hook):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, ctx: TrainingContext) -> None:
+        if ctx.state.step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    overrides, mode, step = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    config = load_config(experiment_config_path("shakespeare"), overrides)
+    hooks: list[Hook] = [KillAfterStep(step)] if mode == "after-step" else []
+    writes = {"n": 0}
+
+    def write_file(path: Path, data: bytes) -> None:
+        if mode == "mid-save" and path.parent.name.startswith(f".tmp-step_{step:08d}"):
+            writes["n"] += 1
+            if writes["n"] == 2:
+                path.write_bytes(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        write_file_durably(path, data)
+
+    train(config, quiet=True, extra_hooks=hooks, write_file=write_file)
+
+
+if __name__ == "__main__":
+    main()
