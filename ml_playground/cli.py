@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _add_common(sub)
         if name in ("train", "loop"):
-            sub.add_argument("--fresh", action="store_true", help="start over; the previous run is moved aside, not deleted")
+            sub.add_argument(
+                "--fresh", action="store_true", help="start over; the previous run is moved aside, not deleted"
+            )
         if name == "eval":
             sub.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     return parser
@@ -94,7 +96,8 @@ def _run_train(config: ExperimentConfig, args: argparse.Namespace, console: Cons
         console.print(f"stopped early: {result.stop_reason}", highlight=False)
     if result.best_val_loss is not None:
         console.print(
-            f"done at step {result.step} in {result.elapsed_s:.1f} s; best val loss {result.best_val_loss:.4f}; outputs in {result.out_dir}",
+            f"done at step {result.step} in {result.elapsed_s:.1f} s; "
+            f"best val loss {result.best_val_loss:.4f}; outputs in {result.out_dir}",
             highlight=False,
         )
     return 0
@@ -134,7 +137,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         write_stdout(json.dumps(report.to_dict()) + "\n")
     else:
         console.print(
-            f"val loss {report.val_loss:.4f} over {report.tokens:,} tokens (checkpoint {report.checkpoint}, step {report.step})",
+            f"val loss {report.val_loss:.4f} over {report.tokens:,} tokens "
+            f"(checkpoint {report.checkpoint}, step {report.step})",
             highlight=False,
         )
     return 0

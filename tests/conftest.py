@@ -75,6 +75,8 @@ def tiny_config(tmp_path: Path, shakespeare_slice: Path) -> ConfigFactory:
     """The shakespeare experiment's own config, shrunk to a tiny model and pointed into tmp_path."""
 
     def build(*extra: str) -> ExperimentConfig:
-        return load_config(experiment_config_path("shakespeare"), [*tiny_overrides(tmp_path, shakespeare_slice), *extra])
+        return load_config(
+            experiment_config_path("shakespeare"), [*tiny_overrides(tmp_path, shakespeare_slice), *extra]
+        )
 
     return build

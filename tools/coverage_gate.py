@@ -52,7 +52,10 @@ def check(report: dict[str, Any], gates: dict[str, Any]) -> tuple[list[str], lis
         summary = data["summary"]
         statements = percent(summary["covered_lines"], summary["num_statements"])
         branches = percent(summary["covered_branches"], summary["num_branches"])
-        print(f"{name}: statements {statements:.2f}% (gate {strict['statements']}%), branches {branches:.2f}% (gate {strict['branches']}%)")
+        print(
+            f"{name}: statements {statements:.2f}% (gate {strict['statements']}%), "
+            f"branches {branches:.2f}% (gate {strict['branches']}%)"
+        )
         if statements < strict["statements"]:
             failures.append(f"{name}: statements {statements:.2f}% < {strict['statements']}%")
         if branches < strict["branches"]:

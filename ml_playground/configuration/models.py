@@ -11,9 +11,7 @@ TokenizerName = Literal["char", "bpe", "gpt2", "tiktoken"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["float32", "bfloat16", "float16"]
 
-TINY_SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-)
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 class Section(BaseModel):
@@ -21,23 +19,25 @@ class Section(BaseModel):
 
 
 class PrepareConfig(Section):
-    input_path: str = Field(description="A file, a folder of .txt files, or an http(s) URL fetched once into cache_dir.")
+    input_path: str = Field(
+        description="A file, a folder of .txt files, or an http(s) URL fetched once into cache_dir."
+    )
     dataset_dir: Path
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     tokenizer: TokenizerName = "char"
-    bpe_vocab_size: int = Field(2048, ge=260, le=65535 * 16)
+    bpe_vocab_size: int = Field(default=2048, ge=260, le=65535 * 16)
     tiktoken_encoding: str = "gpt2"
     tiktoken_file: Path | None = None
     cache_dir: Path = Path("~/.cache/ml_playground")
-    encoding: str | None = Field(None, description="Force a text encoding instead of requiring UTF-8.")
+    encoding: str | None = Field(default=None, description="Force a text encoding instead of requiring UTF-8.")
 
 
 class ModelConfig(Section):
-    n_layer: int = Field(4, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(128, ge=1)
-    block_size: int = Field(64, ge=2)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    n_layer: int = Field(default=4, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    n_embd: int = Field(default=128, ge=1)
+    block_size: int = Field(default=64, ge=2)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: bool = False
 
     @model_validator(mode="after")
@@ -48,59 +48,59 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    batch_size: int = Field(12, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
+    batch_size: int = Field(default=12, ge=1)
+    grad_accum_steps: int = Field(default=1, ge=1)
 
 
 class OptimConfig(Section):
-    learning_rate: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.99, ge=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping.")
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
 
 
 class ScheduleConfig(Section):
-    warmup_iters: int = Field(100, ge=0)
+    warmup_iters: int = Field(default=100, ge=0)
     decay: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr: float = Field(1e-4, ge=0.0)
-    decay_iters: int | None = Field(None, ge=1, description="Defaults to train.max_iters.")
+    min_lr: float = Field(default=1e-4, ge=0.0)
+    decay_iters: int | None = Field(default=None, ge=1, description="Defaults to train.max_iters.")
 
 
 class CheckpointConfig(Section):
-    interval: int = Field(250, ge=1)
-    keep_last: int = Field(2, ge=1)
+    interval: int = Field(default=250, ge=1)
+    keep_last: int = Field(default=2, ge=1)
 
 
 class EmaConfig(Section):
     enabled: bool = False
-    decay: float = Field(0.999, ge=0.0, le=1.0)
-    start_step: int = Field(0, ge=0)
+    decay: float = Field(default=0.999, ge=0.0, le=1.0)
+    start_step: int = Field(default=0, ge=0)
 
 
 class EarlyStoppingConfig(Section):
-    patience: int | None = Field(None, ge=1, description="Evaluations without improvement before stopping.")
-    target_val_loss: float | None = Field(None, description="Stop as soon as the validation loss reaches this.")
+    patience: int | None = Field(default=None, ge=1, description="Evaluations without improvement before stopping.")
+    target_val_loss: float | None = Field(default=None, description="Stop as soon as the validation loss reaches this.")
 
 
 class SampleDuringTrainingConfig(Section):
-    every_evals: int = Field(0, ge=0, description="0 disables sampling during training.")
-    max_new_tokens: int = Field(100, ge=1)
+    every_evals: int = Field(default=0, ge=0, description="0 disables sampling during training.")
+    max_new_tokens: int = Field(default=100, ge=1)
     prompt: str = "\n"
 
 
 class TrainConfig(Section):
     out_dir: Path
-    max_iters: int = Field(2000, ge=1)
-    eval_interval: int = Field(250, ge=1)
-    eval_iters: int = Field(20, ge=1, description="Batches for the train-split loss estimate.")
-    log_interval: int = Field(10, ge=1)
+    max_iters: int = Field(default=2000, ge=1)
+    eval_interval: int = Field(default=250, ge=1)
+    eval_iters: int = Field(default=20, ge=1, description="Batches for the train-split loss estimate.")
+    log_interval: int = Field(default=10, ge=1)
     seed: int = 1337
     device: DeviceName = "auto"
     dtype: DtypeName = "float32"
     compile: bool = False
     deterministic: bool = True
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -114,13 +114,13 @@ class TrainConfig(Section):
 class SampleConfig(Section):
     prompt: str = "\n"
     prompt_file: Path | None = None
-    max_new_tokens: int = Field(500, ge=1)
-    num_samples: int = Field(1, ge=1)
-    temperature: float = Field(0.8, ge=0.0, description="0 means greedy.")
-    top_k: int | None = Field(200, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=500, ge=1)
+    num_samples: int = Field(default=1, ge=1)
+    temperature: float = Field(default=0.8, ge=0.0, description="0 means greedy.")
+    top_k: int | None = Field(default=200, ge=1)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int = 1337
-    checkpoint: str = Field("best", description="best, last, or a checkpoint folder path.")
+    checkpoint: str = Field(default="best", description="best, last, or a checkpoint folder path.")
     weights: Literal["raw", "ema"] = "raw"
     use_kv_cache: bool = True
 

@@ -39,5 +39,5 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, corrupted, unsafe or incompatible."""
 
 
-class TrainingDiverged(UserError):
+class TrainingDivergedError(UserError):
     """The loss became NaN or infinite."""

@@ -111,7 +111,13 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     if _up_to_date(config, sources):
         meta = read_meta(config.dataset_dir)
         return PrepareReport(
-            config.dataset_dir, True, len(sources), meta["characters"], meta["train_tokens"], meta["val_tokens"], meta["vocab_size"]
+            config.dataset_dir,
+            True,
+            len(sources),
+            meta["characters"],
+            meta["train_tokens"],
+            meta["val_tokens"],
+            meta["vocab_size"],
         )
     text = "\n".join(s.text for s in sources)
     split_at = int(len(text) * (1.0 - config.val_fraction))
@@ -135,8 +141,8 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         "tokenizer": {"kind": tokenizer.kind, "dir": TOKENIZER_DIR},
         "vocab_size": tokenizer.vocab_size,
         "dtype": np.dtype(dtype).name,
-        "train_tokens": int(len(train_ids)),
-        "val_tokens": int(len(val_ids)),
+        "train_tokens": len(train_ids),
+        "val_tokens": len(val_ids),
         "characters": len(text),
         "sources": [{"path": str(s.path), "sha256": s.sha256} for s in sources],
         "settings": _settings_fingerprint(config),

@@ -34,10 +34,14 @@ def read_prompt(config: ExperimentConfig) -> str:
     try:
         return config.sample.prompt_file.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read prompt file ({exc})", key="sample.prompt_file", path=config.sample.prompt_file) from None
+        raise ConfigError(
+            f"cannot read prompt file ({exc})", key="sample.prompt_file", path=config.sample.prompt_file
+        ) from None
 
 
-def stream_decode(tokenizer: Tokenizer, model: GPT, prompt_ids: list[int], params: SamplingParams, emit: Callable[[str], None]) -> str:
+def stream_decode(
+    tokenizer: Tokenizer, model: GPT, prompt_ids: list[int], params: SamplingParams, emit: Callable[[str], None]
+) -> str:
     """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence."""
     device = next(model.parameters()).device
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)

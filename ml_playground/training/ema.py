@@ -24,12 +24,12 @@ class EMA:
     def update(self, step: int) -> None:
         current = [p.detach() for p in self._params]
         if step < self.start_step:
-            torch._foreach_copy_(self.shadow, current)
+            torch._foreach_copy_(self.shadow, current)  # pyright: ignore[reportPrivateImportUsage]
         else:
-            torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)
+            torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)  # pyright: ignore[reportPrivateImportUsage]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: tensor for name, tensor in zip(self._names, self.shadow, strict=True)}
+        return dict(zip(self._names, self.shadow, strict=True))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self._names) ^ set(state)

@@ -74,7 +74,9 @@ class ConsoleLogger:
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"--- {tag} at step {step} ---\n{text}\n---", highlight=False, markup=False, soft_wrap=True)
+            self.console.print(
+                f"--- {tag} at step {step} ---\n{text}\n---", highlight=False, markup=False, soft_wrap=True
+            )
 
     def close(self) -> None:
         if self._progress is not None:

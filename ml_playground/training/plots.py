@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ml_playground.core.atomic import atomic_write_with  # noqa: E402
+from ml_playground.core.atomic import atomic_write_with
 
 
 def plot_losses(metrics_path: Path, out_path: Path) -> bool:

@@ -18,14 +18,17 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held until __exit__)
+        handle = open(self.path, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise UserError(f"another run (pid {holder}) is writing this folder; wait for it or use another train.out_dir", path=self.path.parent) from None
+            raise UserError(
+                f"another run (pid {holder}) is writing this folder; wait for it or use another train.out_dir",
+                path=self.path.parent,
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

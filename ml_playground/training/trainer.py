@@ -105,7 +105,11 @@ def check_dataset_fits(dataset: TokenDataset, block_size: int) -> None:
 def check_same_shape(loaded: LoadedCheckpoint, config: GPTConfig) -> None:
     saved = loaded.manifest.get("model_config", {})
     current = config.to_dict()
-    differing = [f"{k}: {saved.get(k)} in checkpoint, {current.get(k)} now" for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    differing = [
+        f"{k}: {saved.get(k)} in checkpoint, {current.get(k)} now"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
     if differing:
         raise CheckpointError(
             "the model shape differs from the checkpoint (" + "; ".join(differing) + "); "
@@ -177,7 +181,9 @@ def train(
         if moved is not None:
             say(console, f"--fresh: moved the previous run to {moved}")
     with RunLock(tc.out_dir):
-        service = CheckpointService(tc.out_dir, keep_last=tc.checkpoint.keep_last, write_file=write_file, warn=lambda text: say(console, text))
+        service = CheckpointService(
+            tc.out_dir, keep_last=tc.checkpoint.keep_last, write_file=write_file, warn=lambda text: say(console, text)
+        )
         service.remove_partial()
         return _train_locked(config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers)
 
@@ -212,9 +218,11 @@ def _train_locked(
         say(console, f"resuming from {loaded.path} (step {state.step})")
     resumed_from = state.step if loaded is not None else None
     if not quiet:
-        say(console, 
-            f"model: {model.num_parameters() / 1e6:.2f}M parameters | device {precision.device} {str(precision.dtype).removeprefix('torch.')} | "
-            f"batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {tc.model.block_size} tokens"
+        say(
+            console,
+            f"model: {model.num_parameters() / 1e6:.2f}M parameters | "
+            f"device {precision.device} {str(precision.dtype).removeprefix('torch.')} | "
+            f"batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {tc.model.block_size} tokens",
         )
     batches = BatchSampler(dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed)
     estimate_batches = BatchSampler(
@@ -245,13 +253,19 @@ def _train_locked(
                 model=model,
                 tokenizer=load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir),
                 prompt=tc.sample_during_training.prompt,
-                params=SamplingParams(max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed),
+                params=SamplingParams(
+                    max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed
+                ),
                 logger=logger,
                 device=precision.device,
             )
         )
     hooks.extend(extra_hooks)
-    hooks.append(LoggingHook(logger=logger, log_interval=tc.log_interval, metrics_path=metrics_path, plot_path=tc.out_dir / "loss.png"))
+    hooks.append(
+        LoggingHook(
+            logger=logger, log_interval=tc.log_interval, metrics_path=metrics_path, plot_path=tc.out_dir / "loss.png"
+        )
+    )
     config_dump = config.model_dump(mode="json")
 
     def build_payload(ctx: TrainingContext) -> CheckpointPayload:
@@ -260,7 +274,11 @@ def _train_locked(
             model=model.state_dict(),
             optimizer=optimizer.state_dict(),
             rng=capture_rng(),
-            state={"loop": ctx.state.to_dict(), "hooks": ctx.hook_states(), "sampler": {"seed": tc.seed, "next_step": ctx.state.step + 1}},
+            state={
+                "loop": ctx.state.to_dict(),
+                "hooks": ctx.hook_states(),
+                "sampler": {"seed": tc.seed, "next_step": ctx.state.step + 1},
+            },
             config=config_dump,
             model_config=model_config.to_dict(),
             tokenizer_dir=dataset.dataset_dir / TOKENIZER_DIR,

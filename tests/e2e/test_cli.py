@@ -81,7 +81,9 @@ def test_user_path_prepare_train_sample_eval_loop(tmp_path: Path, shakespeare_sl
 def test_config_file_option(tmp_path: Path, shakespeare_slice: Path) -> None:
     config = tmp_path / "mine.toml"
     config.write_text(
-        (REPO_ROOT / "ml_playground/experiments/shakespeare/config.toml").read_text().replace("max_iters = 2000", "max_iters = 5")
+        (REPO_ROOT / "ml_playground/experiments/shakespeare/config.toml")
+        .read_text()
+        .replace("max_iters = 2000", "max_iters = 5")
     )
     args = sets([o for o in tiny_overrides(tmp_path, shakespeare_slice) if not o.startswith("train.max_iters")])
     cli("prepare", "anything", "--config", str(config), *args)
@@ -142,7 +144,11 @@ def test_sampling_before_any_checkpoint(tmp_path: Path, shakespeare_slice: Path)
 
 
 def test_sigint_writes_last_and_says_how_to_resume(tmp_path: Path, shakespeare_slice: Path) -> None:
-    overrides = [*tiny_overrides(tmp_path, shakespeare_slice), "train.max_iters=100000", "train.checkpoint.interval=100000"]
+    overrides = [
+        *tiny_overrides(tmp_path, shakespeare_slice),
+        "train.max_iters=100000",
+        "train.checkpoint.interval=100000",
+    ]
     cli("prepare", "shakespeare", *sets(overrides))
     process = subprocess.Popen(
         [sys.executable, "-m", "ml_playground", "train", "shakespeare", *sets(overrides)],
@@ -154,7 +160,11 @@ def test_sigint_writes_last_and_says_how_to_resume(tmp_path: Path, shakespeare_s
     )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 3):
+    while (
+        process.poll() is None
+        and time.monotonic() < deadline
+        and not (metrics.is_file() and metrics.read_text().count("\n") >= 3)
+    ):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ml_playground.core.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, UserError
+from ml_playground.core.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError, UserError
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.evaluation.runner import evaluate_checkpoint
 from ml_playground.sampling.runner import sample
@@ -27,7 +27,9 @@ def quiet_console() -> Console:
 
 
 def test_tiny_run_learns_and_writes_every_output(tiny_config: ConfigFactory) -> None:
-    config = tiny_config("train.max_iters=60", "train.optim.learning_rate=3e-3", "train.sample_during_training.every_evals=3")
+    config = tiny_config(
+        "train.max_iters=60", "train.optim.learning_rate=3e-3", "train.sample_during_training.every_evals=3"
+    )
     prepare(config.prepare)
     console = quiet_console()
     result = train(config, console=console)
@@ -108,7 +110,7 @@ def test_corrupted_last_checkpoint_resumes_from_the_newest_intact(tiny_config: C
     train(config, console=quiet_console())
     service = CheckpointService(config.train.out_dir)
     (service.resolve("last") / "model.safetensors").write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="step_00000020/model.safetensors: truncated"):
+    with pytest.raises(CheckpointError, match=r"step_00000020/model.safetensors: truncated"):
         sample(tiny_config("sample.checkpoint='last'"))
     console = quiet_console()
     result = train(tiny_config("train.max_iters=25", "train.eval_interval=100"), console=console)
@@ -124,9 +126,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config: ConfigFa
     prepare(config.prepare)
     train(config, console=quiet_console())
     exploding = tiny_config("train.max_iters=200", "train.optim.learning_rate=1e6", "train.optim.grad_clip=0.0")
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+; stopped"):
+    with pytest.raises(TrainingDivergedError, match=r"loss became (nan|inf) at step \d+; stopped"):
         train(exploding, console=quiet_console())
-    assert CheckpointService(config.train.out_dir).load(CheckpointService(config.train.out_dir).resolve("last")).step == 10
+    assert (
+        CheckpointService(config.train.out_dir).load(CheckpointService(config.train.out_dir).resolve("last")).step == 10
+    )
 
 
 def test_a_second_run_on_the_same_out_dir_is_refused(tiny_config: ConfigFactory) -> None:
@@ -151,14 +155,17 @@ def test_sample_options_ema_weights_prompt_file_and_errors(tiny_config: ConfigFa
     prompt.write_text("ROMEO:")
     samples = sample(
         tiny_config(
-            "sample.weights='ema'", f"sample.prompt_file='{prompt}'", "sample.num_samples=2", "sample.top_p=0.9",
+            "sample.weights='ema'",
+            f"sample.prompt_file='{prompt}'",
+            "sample.num_samples=2",
+            "sample.top_p=0.9",
             "sample.checkpoint='last'",
         ),
         emit=lambda _: None,
     )
     assert [s.text[:6] for s in samples] == ["ROMEO:", "ROMEO:"]
     assert samples[0].text != samples[1].text
-    with pytest.raises(ConfigError, match="sample.prompt: prompt cannot be encoded: characters not in the vocabulary"):
+    with pytest.raises(ConfigError, match=r"sample.prompt: prompt cannot be encoded: characters not in the vocabulary"):
         sample(tiny_config("sample.prompt='€'"), emit=lambda _: None)
     with pytest.raises(ConfigError, match="prompt is empty"):
         sample(tiny_config("sample.prompt=''"), emit=lambda _: None)

@@ -69,7 +69,8 @@ def read_text_file(path: Path, encoding: str | None = None) -> SourceText:
         text = data.decode(encoding or "utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
-            f"not valid {encoding or 'UTF-8'} at byte {exc.start}; set prepare.encoding if the file uses another encoding",
+            f"not valid {encoding or 'UTF-8'} at byte {exc.start}; "
+            "set prepare.encoding if the file uses another encoding",
             path=path,
         ) from None
     except LookupError:

@@ -22,7 +22,9 @@ def model_from_checkpoint(
     state = loaded.model
     if weights == "ema":
         if loaded.ema is None:
-            raise CheckpointError("this checkpoint has no EMA weights (train with train.ema.enabled = true)", path=loaded.path)
+            raise CheckpointError(
+                "this checkpoint has no EMA weights (train with train.ema.enabled = true)", path=loaded.path
+            )
         state = {**loaded.model, **loaded.ema}
         state["lm_head.weight"] = state["wte.weight"]
     try:

@@ -97,7 +97,7 @@ def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
     for name, tensor in tensors.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        key = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()), tuple(tensor.shape))
         if key in seen:
             aliases[name] = seen[key]
             continue

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ml_playground.core.devices import Precision
-from ml_playground.core.errors import TrainingDiverged
+from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.data_pipeline.batches import BatchSampler
 from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.ema import EMA
@@ -128,7 +128,12 @@ class TrainingLoop:
 
     def new_context(self, state: LoopState) -> TrainingContext:
         return TrainingContext(
-            model=self.model, optimizer=self.optimizer, ema=self.ema, state=state, max_iters=self.max_iters, hooks=self.hooks
+            model=self.model,
+            optimizer=self.optimizer,
+            ema=self.ema,
+            state=state,
+            max_iters=self.max_iters,
+            hooks=self.hooks,
         )
 
     def run(self, ctx: TrainingContext) -> TrainingContext:
@@ -170,9 +175,10 @@ class TrainingLoop:
                 loss = cross_entropy(self.forward(x), y) / self.grad_accum_steps
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise TrainingDiverged(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
+                raise TrainingDivergedError(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
             total_loss += value
-            self.scaler.scale(loss).backward()
+            scaled: torch.Tensor = self.scaler.scale(loss)
+            scaled.backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))

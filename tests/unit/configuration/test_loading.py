@@ -47,7 +47,7 @@ def test_parse_override(text: str, expected: tuple[list[str], object]) -> None:
 
 @pytest.mark.parametrize("text", ["novalue", "=3", "a..b=1", ".a=1"])
 def test_malformed_override_is_refused(text: str) -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section.key=value"):
         parse_override(text)
 
 

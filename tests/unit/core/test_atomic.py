@@ -20,9 +20,14 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
 def test_failure_mid_write_keeps_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "f.txt"
     atomic_write_text(target, "old")
-    with pytest.raises(RuntimeError), atomic_open(target) as handle:
-        handle.write(b"half")
-        raise RuntimeError("disk vanished")
+
+    def write_half_then_fail() -> None:
+        with atomic_open(target) as handle:
+            handle.write(b"half")
+            raise RuntimeError("disk vanished")
+
+    with pytest.raises(RuntimeError):
+        write_half_then_fail()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
 

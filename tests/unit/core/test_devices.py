@@ -18,18 +18,18 @@ def test_auto_picks_an_available_device() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_unavailable_accelerators_are_refused() -> None:
-    with pytest.raises(ConfigError, match="train.device: CUDA was requested but is not available"):
+    with pytest.raises(ConfigError, match=r"train.device: CUDA was requested but is not available"):
         resolve_device("cuda")
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks the refusal on a machine without MPS")
 def test_unavailable_mps_is_refused() -> None:
-    with pytest.raises(ConfigError, match="train.device: MPS was requested"):
+    with pytest.raises(ConfigError, match=r"train.device: MPS was requested"):
         resolve_device("mps")
 
 
 def test_precision_and_autocast_on_cpu() -> None:
-    with pytest.raises(ConfigError, match="train.dtype: float16 autocast is not supported on the CPU"):
+    with pytest.raises(ConfigError, match=r"train.dtype: float16 autocast is not supported on the CPU"):
         resolve_precision("cpu", "float16")
     bf16 = resolve_precision("cpu", "bfloat16")
     assert not bf16.needs_grad_scaler

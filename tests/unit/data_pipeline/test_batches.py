@@ -55,7 +55,7 @@ def test_open_dataset_checks_files_against_meta(tmp_path: Path, shakespeare_slic
     assert dataset.vocab_size == dataset.meta["vocab_size"]
     assert len(dataset.train) == dataset.meta["train_tokens"]
     (tmp_path / "ds" / "val.bin").write_bytes(b"\x01\x00" * 3)
-    with pytest.raises(DataError, match="val.bin holds 3 tokens"):
+    with pytest.raises(DataError, match=r"val.bin holds 3 tokens"):
         open_dataset(tmp_path / "ds")
     (tmp_path / "ds" / "train.bin").unlink()
     with pytest.raises(DataError, match=r"train.bin is missing"):

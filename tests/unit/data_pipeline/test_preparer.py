@@ -20,7 +20,10 @@ pytestmark = pytest.mark.unit
 
 def config(tmp_path: Path, input_path: Path | str, **extra: object) -> PrepareConfig:
     return PrepareConfig(
-        input_path=str(input_path), dataset_dir=tmp_path / "ds", cache_dir=tmp_path / "cache", **extra  # type: ignore[arg-type]
+        input_path=str(input_path),
+        dataset_dir=tmp_path / "ds",
+        cache_dir=tmp_path / "cache",
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -124,14 +127,22 @@ def test_tokenizer_choice_reaches_tiktoken(tmp_path: Path, shakespeare_slice: Pa
     with pytest.raises(DataError, match="could not fetch tiktoken encoding 'gpt2'"):
         prepare(config(tmp_path, shakespeare_slice, tokenizer="gpt2"))
     with pytest.raises(UserError, match="not 'cl100k_base'"):
-        prepare(config(tmp_path, shakespeare_slice, tokenizer="tiktoken", tiktoken_encoding="cl100k_base", tiktoken_file=shakespeare_slice))
+        prepare(
+            config(
+                tmp_path,
+                shakespeare_slice,
+                tokenizer="tiktoken",
+                tiktoken_encoding="cl100k_base",
+                tiktoken_file=shakespeare_slice,
+            )
+        )
     assert not (tmp_path / "ds").exists()
 
 
 class _Handler(BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         type(self).hits += 1
         body = b"downloaded corpus text\n" * 10
         self.send_response(200)
@@ -139,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Keep test output clean."""
 
 

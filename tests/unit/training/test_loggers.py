@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import re
 import json
 from pathlib import Path
 
@@ -30,7 +29,11 @@ def test_jsonl_resume_drops_lines_past_the_checkpoint(tmp_path: Path) -> None:
     resumed.close()
     resumed.log_metrics(40, {"train_loss": 1.0})  # after close: ignored
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert records == [{"step": 10, "train_loss": 1.0}, {"step": 20, "train_loss": 2.0}, {"step": 30, "train_loss": 9.0}]
+    assert records == [
+        {"step": 10, "train_loss": 1.0},
+        {"step": 20, "train_loss": 2.0},
+        {"step": 30, "train_loss": 9.0},
+    ]
     JsonlLogger(path).close()
     assert path.read_text() == ""
 

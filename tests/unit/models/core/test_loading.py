@@ -21,8 +21,14 @@ def saved(tmp_path: Path, *, ema: bool) -> LoadedCheckpoint:
     service = CheckpointService(tmp_path)
     averaged = {n: torch.zeros_like(p) for n, p in model.named_parameters()} if ema else None
     payload = CheckpointPayload(
-        step=1, model=model.state_dict(), optimizer={}, rng=capture_rng(), state={}, config={},
-        model_config=model.config.to_dict(), ema=averaged,
+        step=1,
+        model=model.state_dict(),
+        optimizer={},
+        rng=capture_rng(),
+        state={},
+        config={},
+        model_config=model.config.to_dict(),
+        ema=averaged,
     )
     return service.load(service.save(payload, {"last"}))
 
@@ -39,7 +45,9 @@ def test_raw_and_ema_weights(tmp_path: Path) -> None:
 
 def test_bad_model_config_and_mismatched_weights(tmp_path: Path) -> None:
     loaded = saved(tmp_path, ema=False)
-    broken = LoadedCheckpoint(loaded.path, {**loaded.manifest, "model_config": {"vocab_size": 11, "depth": 3}}, loaded.model, None, {}, None)
+    broken = LoadedCheckpoint(
+        loaded.path, {**loaded.manifest, "model_config": {"vocab_size": 11, "depth": 3}}, loaded.model, None, {}, None
+    )
     with pytest.raises(CheckpointError, match="model config not understood"):
         model_from_checkpoint(broken, torch.device("cpu"))
     wider = json.loads(json.dumps(loaded.manifest))

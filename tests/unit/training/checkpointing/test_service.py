@@ -194,7 +194,7 @@ def test_garbage_training_state_and_safetensors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="unreadable training state"):
         service.load(path)
     rewrite_with_valid_checksum(path, "model.safetensors", b"not safetensors at all")
-    with pytest.raises(CheckpointError, match="model.safetensors: unreadable safetensors file"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors: unreadable safetensors file"):
         service.load(path)
 
 

@@ -34,7 +34,9 @@ def tiny_model() -> GPT:
     return GPT(GPTConfig(vocab_size=len(set(TEXT)), block_size=16, n_layer=1, n_head=2, n_embd=16))
 
 
-def context(model: GPT | None = None, *, step: int = 0, max_iters: int = 100, ema: EMA | None = None) -> TrainingContext:
+def context(
+    model: GPT | None = None, *, step: int = 0, max_iters: int = 100, ema: EMA | None = None
+) -> TrainingContext:
     model = model or tiny_model()
     ctx = TrainingContext(
         model=model,
@@ -154,7 +156,9 @@ def test_checkpoint_hook_writes_last_on_interval_best_on_improvement_and_at_end(
 
 def test_logging_hook_writes_steps_evals_and_the_plot(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.jsonl"
-    hook = LoggingHook(logger=JsonlLogger(metrics), log_interval=2, metrics_path=metrics, plot_path=tmp_path / "loss.png")
+    hook = LoggingHook(
+        logger=JsonlLogger(metrics), log_interval=2, metrics_path=metrics, plot_path=tmp_path / "loss.png"
+    )
     ctx = context(max_iters=5)
     for step in range(1, 6):
         ctx.state.step = step

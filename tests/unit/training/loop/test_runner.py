@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ml_playground.core.devices import Precision
-from ml_playground.core.errors import TrainingDiverged
+from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.data_pipeline.batches import BatchSampler
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.ema import EMA
@@ -154,7 +154,7 @@ def test_nan_loss_stops_with_the_step_named() -> None:
                     next(ctx.model.parameters()).fill_(float("nan"))
 
     loop = make_loop([Poison()])
-    with pytest.raises(TrainingDiverged, match="loss became nan at step 3"):
+    with pytest.raises(TrainingDivergedError, match="loss became nan at step 3"):
         loop.run(loop.new_context(LoopState()))
 
 
