@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,7 +85,9 @@ def cmd_prepare(args: argparse.Namespace, console: Console) -> int:
 def _run_train(config: ExperimentConfig, args: argparse.Namespace, console: Console) -> int:
     from ml_playground.training.trainer import train
 
-    result = train(config, fresh=args.fresh, quiet=args.quiet, console=console)
+    result = train(config, fresh=args.fresh, quiet=args.quiet, console=console, environ=os.environ)
+    if not result.is_main:
+        return 0 if result.interrupted_by is None else SIGNAL_EXIT_CODES.get(result.interrupted_by, 1)
     if result.interrupted_by is not None:
         console.print(
             f"interrupted by {result.interrupted_by} at step {result.step}; last checkpoint written. "
@@ -121,6 +124,8 @@ def cmd_loop(args: argparse.Namespace, console: Console) -> int:
     from ml_playground.sampling.runner import sample
 
     config = _load(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("loop runs in one process; under torchrun run `prepare` first, then `train`, then `sample`")
     console.print(prepare(config.prepare).summary(), highlight=False)
     code = _run_train(config, args, console)
     if code != 0:

@@ -89,6 +89,13 @@ class SampleDuringTrainingConfig(Section):
     prompt: str = "\n"
 
 
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp", description="Used when launched by torchrun with more than one process."
+    )
+    timeout_s: int = Field(default=600, ge=10, description="How long a collective may wait for a stuck rank.")
+
+
 class TrainConfig(Section):
     out_dir: Path
     max_iters: int = Field(default=2000, ge=1)
@@ -109,6 +116,7 @@ class TrainConfig(Section):
     ema: EmaConfig = EmaConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     sample_during_training: SampleDuringTrainingConfig = SampleDuringTrainingConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class SampleConfig(Section):

@@ -13,6 +13,7 @@ from torch import nn
 from ml_playground.core.devices import Precision
 from ml_playground.data_pipeline.batches import BatchSampler, sequential_windows
 from ml_playground.models.core.model import cross_entropy
+from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
 
 @dataclass(frozen=True)
@@ -29,20 +30,23 @@ def evaluate_split(
     block_size: int,
     batch_size: int,
     precision: Precision,
+    dist: DistributedContext = SINGLE_PROCESS,
 ) -> SplitLoss:
-    """Mean next-token loss over every target of ``tokens`` exactly once."""
+    """Mean next-token loss over every target of ``tokens`` exactly once; ranks share the batches."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64)
-    count = 0
-    for x, y in sequential_windows(tokens, block_size, batch_size):
+    sums = torch.zeros(2, dtype=torch.float64)  # (loss * tokens, tokens)
+    for index, (x, y) in enumerate(sequential_windows(tokens, block_size, batch_size)):
+        if index % dist.world_size != dist.rank:
+            continue
         x, y = x.to(precision.device), y.to(precision.device)
         with precision.autocast():
             logits = model(x)
-        total += cross_entropy(logits, y).double().cpu() * y.numel()
-        count += y.numel()
+        sums[0] += cross_entropy(logits, y).double().cpu() * y.numel()
+        sums[1] += y.numel()
+    dist.sum_(sums)
     model.train(was_training)
-    return SplitLoss(float(total / count), count)
+    return SplitLoss(float(sums[0] / sums[1]), int(sums[1]))
 
 
 @torch.inference_mode()

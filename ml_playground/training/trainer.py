@@ -5,9 +5,11 @@ This is the only place that constructs them; the loop receives them finished.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from torch import nn
 from ml_playground.configuration.models import ExperimentConfig, ModelConfig, OptimConfig
 from ml_playground.core.devices import Precision, resolve_precision
 from ml_playground.core.errors import CheckpointError, DataError
+from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
 from ml_playground.data_pipeline.preparer import TOKENIZER_DIR
@@ -32,6 +35,13 @@ from ml_playground.training.checkpointing.service import (
     FileWriter,
     LoadedCheckpoint,
     write_file_durably,
+)
+from ml_playground.training.distributed import (
+    DistributedContext,
+    context_from_env,
+    init_process_group,
+    shutdown,
+    wrap_model,
 )
 from ml_playground.training.ema import EMA
 from ml_playground.training.evaluation import estimate_loss, evaluate_split
@@ -65,6 +75,7 @@ class TrainResult:
     last_val_loss: float | None
     elapsed_s: float
     resumed_from_step: int | None
+    is_main: bool = True
 
 
 def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
@@ -170,22 +181,40 @@ def train(
     extra_hooks: Sequence[Hook] = (),
     write_file: FileWriter = write_file_durably,
     install_signal_handlers: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> TrainResult:
-    console = console or Console()
+    """Train from config. ``environ`` carries torchrun's RANK/WORLD_SIZE for a distributed run."""
     tc = config.train
     dataset = open_dataset(config.prepare.dataset_dir)
     check_dataset_fits(dataset, tc.model.block_size)
     precision = resolve_precision(tc.device, tc.dtype)
-    if fresh:
-        moved = move_aside(tc.out_dir)
-        if moved is not None:
-            say(console, f"--fresh: moved the previous run to {moved}")
-    with RunLock(tc.out_dir):
-        service = CheckpointService(
-            tc.out_dir, keep_last=tc.checkpoint.keep_last, write_file=write_file, warn=lambda text: say(console, text)
-        )
-        service.remove_partial()
-        return _train_locked(config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers)
+    dist = init_process_group(context_from_env(environ or {}), precision.device, tc.distributed.timeout_s)
+    if dist.enabled and precision.device.type == "cuda":  # pragma: no cover (no GPU on the CI machine)
+        precision = Precision(torch.device("cuda", dist.local_rank), precision.dtype)
+    if dist.is_main:
+        console = console or Console()
+    else:
+        console, quiet = Console(file=io.StringIO()), True  # only rank 0 prints
+    try:
+        if fresh and dist.is_main:
+            moved = move_aside(tc.out_dir)
+            if moved is not None:
+                say(console, f"--fresh: moved the previous run to {moved}")
+        with RunLock(tc.out_dir) if dist.is_main else contextlib.nullcontext():
+            service = CheckpointService(
+                tc.out_dir,
+                keep_last=tc.checkpoint.keep_last,
+                write_file=write_file,
+                warn=lambda text: say(console, text),
+            )
+            if dist.is_main:
+                service.remove_partial()
+            dist.barrier()
+            return _train_locked(
+                config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers, dist
+            )
+    finally:
+        shutdown(dist)
 
 
 def _train_locked(
@@ -197,6 +226,7 @@ def _train_locked(
     quiet: bool,
     extra_hooks: Sequence[Hook],
     install_signal_handlers: bool,
+    dist: DistributedContext,
 ) -> TrainResult:
     tc = config.train
     configure_torch(config)
@@ -217,36 +247,55 @@ def _train_locked(
         state = LoopState.from_dict(loaded.state["loop"])
         say(console, f"resuming from {loaded.path} (step {state.step})")
     resumed_from = state.step if loaded is not None else None
+    if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
+        torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + state.step)
+    train_module, no_sync = wrap_model(model, dist, tc.distributed.strategy, precision.device)
     if not quiet:
         say(
             console,
             f"model: {model.num_parameters() / 1e6:.2f}M parameters | "
             f"device {precision.device} {str(precision.dtype).removeprefix('torch.')} | "
-            f"batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {tc.model.block_size} tokens",
+            f"global batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {dist.world_size} "
+            f"process{'es' if dist.enabled else ''} = "
+            f"{tc.data.batch_size * tc.data.grad_accum_steps * dist.world_size} sequences "
+            f"of {tc.model.block_size} tokens",
         )
-    batches = BatchSampler(dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed)
+    batches = BatchSampler(
+        dataset.train,
+        block_size=tc.model.block_size,
+        batch_size=tc.data.batch_size,
+        seed=tc.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
     estimate_batches = BatchSampler(
         dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed + 1
     )
-    forward = maybe_compile(model, tc.compile, console)
+    if dist.enabled:
+        forward: nn.Module | None = train_module
+        if tc.compile:
+            say(console, "warning: train.compile is not combined with distributed training yet; training eager")
+    else:
+        forward = maybe_compile(model, tc.compile, console)
     metrics_path = tc.out_dir / "metrics.jsonl"
-    logger = CompositeLogger(
-        [
+    sinks: list[MetricsLogger] = []
+    if dist.is_main:
+        sinks = [
             ConsoleLogger(total_steps=tc.max_iters, start_step=state.step, console=console, quiet=quiet),
             JsonlLogger(metrics_path, resume_step=resumed_from if resumed_from is not None else None),
             TensorBoardLogger(tc.out_dir / "tb", purge_step=(resumed_from + 1) if resumed_from is not None else None),
         ]
-    )
+    logger = CompositeLogger(sinks)
     evaluation = EvaluationHook(
         interval=tc.eval_interval,
-        evaluate_val=lambda: _val_loss(model, dataset, tc.model.block_size, precision),
+        evaluate_val=lambda: _val_loss(model, dataset, tc.model.block_size, precision, dist),
         estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
     )
     hooks: list[Hook] = [
         evaluation,
         EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
     ]
-    if tc.sample_during_training.every_evals:
+    if tc.sample_during_training.every_evals and dist.is_main:
         hooks.append(
             SampleHook(
                 every_evals=tc.sample_during_training.every_evals,
@@ -261,7 +310,8 @@ def _train_locked(
             )
         )
     hooks.extend(extra_hooks)
-    hooks.append(
+    main_only: list[Hook] = []
+    main_only.append(
         LoggingHook(
             logger=logger, log_interval=tc.log_interval, metrics_path=metrics_path, plot_path=tc.out_dir / "loss.png"
         )
@@ -290,7 +340,9 @@ def _train_locked(
         )
 
     checkpoint_hook = CheckpointHook(service=service, interval=tc.checkpoint.interval, build_payload=build_payload)
-    hooks.append(checkpoint_hook)
+    main_only.append(checkpoint_hook)
+    if dist.is_main:  # only rank 0 logs and writes checkpoints
+        hooks.extend(main_only)
     stop_signal = StopSignal()
     loop = TrainingLoop(
         model=model,
@@ -311,6 +363,8 @@ def _train_locked(
         ema=ema,
         stop_signal=stop_signal,
         forward=forward,
+        no_sync=no_sync,
+        dist=dist,
     )
     ctx = loop.new_context(state)
     if loaded is not None:
@@ -335,9 +389,14 @@ def _train_locked(
         last_val_loss=ctx.last_eval.val_loss if ctx.last_eval is not None else None,
         elapsed_s=ctx.state.elapsed_s,
         resumed_from_step=resumed_from,
+        is_main=dist.is_main,
     )
 
 
-def _val_loss(model: nn.Module, dataset: TokenDataset, block_size: int, precision: Precision) -> tuple[float, int]:
-    result = evaluate_split(model, dataset.val, block_size=block_size, batch_size=EVAL_BATCH_SIZE, precision=precision)
+def _val_loss(
+    model: nn.Module, dataset: TokenDataset, block_size: int, precision: Precision, dist: DistributedContext
+) -> tuple[float, int]:
+    result = evaluate_split(
+        model, dataset.val, block_size=block_size, batch_size=EVAL_BATCH_SIZE, precision=precision, dist=dist
+    )
     return result.loss, result.tokens

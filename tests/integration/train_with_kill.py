@@ -3,7 +3,7 @@
 Usage: python train_with_kill.py OVERRIDES_JSON MODE STEP
 MODE: ``none`` (run to the end), ``after-step`` (killed after the optimizer step STEP, before any
 checkpoint of that step is written), ``mid-save`` (killed while the checkpoint of step STEP is
-half written).
+half written), ``kill-rank-R`` (under torchrun: only rank R is killed after step STEP).
 """
 
 from __future__ import annotations
@@ -22,18 +22,24 @@ from ml_playground.training.trainer import train
 
 
 class KillAfterStep(Hook):
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_step_end(self, ctx: TrainingContext) -> None:
-        if ctx.state.step == self.step:
+        this_rank = int(os.environ.get("RANK", "0"))
+        if ctx.state.step == self.step and (self.rank is None or this_rank == self.rank):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:
     overrides, mode, step = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     config = load_config(experiment_config_path("shakespeare"), overrides)
-    hooks: list[Hook] = [KillAfterStep(step)] if mode == "after-step" else []
+    hooks: list[Hook] = []
+    if mode == "after-step":
+        hooks.append(KillAfterStep(step))
+    elif mode.startswith("kill-rank-"):
+        hooks.append(KillAfterStep(step, rank=int(mode.removeprefix("kill-rank-"))))
     writes = {"n": 0}
 
     def write_file(path: Path, data: bytes) -> None:
@@ -44,7 +50,7 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         write_file_durably(path, data)
 
-    train(config, quiet=True, extra_hooks=hooks, write_file=write_file)
+    train(config, quiet=True, extra_hooks=hooks, write_file=write_file, environ=os.environ)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from ml_playground.core.devices import Precision
 from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.data_pipeline.batches import BatchSampler
 from ml_playground.models.core.model import cross_entropy
+from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 from ml_playground.training.ema import EMA
 from ml_playground.training.hooks.base import EvalResult, Hook
 from ml_playground.training.loop.scheduler import LrSchedule
@@ -109,6 +112,8 @@ class TrainingLoop:
         ema: EMA | None = None,
         stop_signal: StopSignal | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        no_sync: Callable[[], AbstractContextManager[object]] | None = None,
+        dist: DistributedContext = SINGLE_PROCESS,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.model = model
@@ -123,6 +128,8 @@ class TrainingLoop:
         self.ema = ema
         self.stop_signal = stop_signal
         self.forward = forward if forward is not None else model
+        self.no_sync = no_sync
+        self.dist = dist
         self.clock = clock
         self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
 
@@ -151,16 +158,17 @@ class TrainingLoop:
             mark = now
             for hook in self.hooks:
                 hook.on_step_end(ctx)
-            if self.stop_signal is not None and self.stop_signal.received:
-                ctx.interrupted_by = self.stop_signal.received
-                ctx.request_stop(f"interrupted by {self.stop_signal.received}")
+            received = self.stop_signal.received if self.stop_signal is not None else None
+            if self.dist.any(received is not None):  # every rank stops at the same step
+                ctx.interrupted_by = received or "a signal to another rank"
+                ctx.request_stop(f"interrupted by {ctx.interrupted_by}")
         for hook in self.hooks:
             hook.on_train_end(ctx)
         return ctx
 
     @property
     def _tokens_per_step(self) -> int:
-        return self.batches.batch_size * self.batches.block_size * self.grad_accum_steps
+        return self.batches.batch_size * self.batches.block_size * self.grad_accum_steps * self.dist.world_size
 
     def _step(self, step: int) -> StepMetrics:
         started = self.clock()
@@ -171,14 +179,18 @@ class TrainingLoop:
         for micro in range(self.grad_accum_steps):
             x, y = self.batches.batch(step, micro)
             x, y = x.to(self.precision.device), y.to(self.precision.device)
-            with self.precision.autocast():
-                loss = cross_entropy(self.forward(x), y) / self.grad_accum_steps
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDivergedError(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
-            total_loss += value
-            scaled: torch.Tensor = self.scaler.scale(loss)
-            scaled.backward()  # type: ignore[no-untyped-call]
+            last_micro = micro == self.grad_accum_steps - 1
+            # Gradients are all-reduced once per step, on the last micro-batch.
+            sync = self.no_sync() if self.no_sync is not None and not last_micro else contextlib.nullcontext()
+            with sync:
+                with self.precision.autocast():
+                    loss = cross_entropy(self.forward(x), y) / self.grad_accum_steps
+                value = self.dist.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
+                total_loss += value
+                scaled: torch.Tensor = self.scaler.scale(loss)
+                scaled.backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
