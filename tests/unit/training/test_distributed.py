@@ -35,7 +35,8 @@ def test_single_process_helpers_are_identities() -> None:
     tensor = torch.tensor([2.0])
     assert ctx.sum_(tensor) is tensor
     assert ctx.mean(1.5) == 1.5
-    assert ctx.any(True) and not ctx.any(False)
+    assert ctx.any(True)
+    assert not ctx.any(False)
     ctx.barrier()
     model = nn.Linear(2, 2)
     assert wrap_model(model, ctx, "ddp", torch.device("cpu")) == (model, None)
@@ -43,7 +44,7 @@ def test_single_process_helpers_are_identities() -> None:
 
 
 def test_fsdp_on_the_cpu_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match="train.distributed.strategy: fsdp .* needs CUDA"):
+    with pytest.raises(ConfigError, match=r"train\.distributed\.strategy: fsdp .* needs CUDA"):
         wrap_model(nn.Linear(2, 2), DistributedContext(rank=0, world_size=2), "fsdp", torch.device("cpu"))
 
 
