@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("experiments", help="list the experiments")
+    bench = commands.add_parser("bench", help="benchmarks against peers (make bench); writes .cache/bench/results.json")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes only: checks the harness, not the speed")
+    bench.add_argument("--shakespeare", type=Path, default=Path("../shared/data/shakespeare/input.txt"))
+    bench.add_argument("--bundestag", type=Path, default=Path("../shared/data/bundestag"))
+    bench.add_argument("--results", type=Path, default=Path(".cache/bench/results.json"))
     specs: list[tuple[str, str]] = [
         ("prepare", "raw text -> token files, tokenizer and meta.json in prepare.dataset_dir"),
         ("train", "train (resuming from the last checkpoint if there is one) -> out_dir"),
@@ -74,6 +79,22 @@ def cmd_experiments(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.bench.runner import run_benchmarks
+
+    for path in (args.shakespeare, args.bundestag):
+        if not path.exists():
+            raise UserError("benchmark data not found (pass --shakespeare/--bundestag)", path=path)
+    run_benchmarks(
+        shakespeare=args.shakespeare,
+        bundestag=args.bundestag,
+        results_path=args.results,
+        quick=args.quick,
+        emit=lambda text: console.print(text, highlight=False, markup=False),
+    )
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace, console: Console) -> int:
     from ml_playground.data_pipeline.preparer import prepare
 
@@ -99,7 +120,7 @@ def _run_train(config: ExperimentConfig, args: argparse.Namespace, console: Cons
         console.print(f"stopped early: {result.stop_reason}", highlight=False)
     if result.best_val_loss is not None:
         console.print(
-            f"done at step {result.step} in {result.elapsed_s:.1f} s; "
+            f"done at step {result.step} in {result.elapsed_s:.1f} s of training (evaluation included); "
             f"best val loss {result.best_val_loss:.4f}; outputs in {result.out_dir}",
             highlight=False,
         )
@@ -151,6 +172,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "experiments": cmd_experiments,
+    "bench": cmd_bench,
     "prepare": cmd_prepare,
     "train": cmd_train,
     "sample": cmd_sample,

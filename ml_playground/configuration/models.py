@@ -39,11 +39,17 @@ class ModelConfig(Section):
     block_size: int = Field(default=64, ge=2)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     bias: bool = False
+    rotary: bool = Field(default=False, description="Rotary position embeddings instead of learned ones.")
+    qk_norm: bool = Field(default=False, description="RMS-normalise queries and keys per head.")
+    activation: Literal["gelu", "relu2"] = "gelu"
+    tie_weights: bool = Field(default=True, description="Share the token embedding with the output head.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.rotary and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary needs an even head width (n_embd / n_head)")
         return self
 
 

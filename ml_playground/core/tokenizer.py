@@ -45,7 +45,8 @@ class CharTokenizer:
 
     @classmethod
     def train(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
+        counts = np.bincount(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+        return cls([chr(int(code)) for code in np.flatnonzero(counts)])
 
     @property
     def kind(self) -> str:
@@ -59,7 +60,7 @@ class CharTokenizer:
         return [int(i) for i in self.encode_array(text)]
 
     def encode_array(self, text: str) -> npt.NDArray[np.int64]:
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         if codes.size and codes.max() >= self._table.size:
             self._raise_unknown(text)
         ids = self._table[codes]
@@ -109,7 +110,12 @@ class BpeTokenizer:
         return list(self._tokenizer.encode(text).ids)
 
     def encode_array(self, text: str) -> npt.NDArray[np.int64]:
-        return np.asarray(self._tokenizer.encode(text).ids, dtype=np.int64)
+        """Large texts are cut where the pre-tokenizer cuts anyway and encoded in parallel batches."""
+        pieces = split_for_batch_encoding(text)
+        if len(pieces) == 1:
+            return np.asarray(self._tokenizer.encode(text).ids, dtype=np.int64)
+        encodings = self._tokenizer.encode_batch(pieces)
+        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=False))
@@ -117,6 +123,27 @@ class BpeTokenizer:
     def save(self, directory: Path) -> None:
         atomic_write_text(directory / BPE_FILE, self._tokenizer.to_str())
         atomic_write_text(directory / SPEC_FILE, json.dumps({"kind": "bpe", "file": BPE_FILE}))
+
+
+def split_for_batch_encoding(text: str, piece_chars: int = 1 << 16) -> list[str]:
+    """Cut after a newline that is followed by a non-space character.
+
+    Byte-level pre-tokenizers never merge across that point (the whitespace run ends at the
+    newline and the next piece starts without a leading space), so encoding the pieces separately
+    gives exactly the ids of encoding the whole text.
+    """
+    pieces = []
+    start = 0
+    while len(text) - start > piece_chars:
+        cut = start + piece_chars
+        while cut < len(text) - 1 and not (text[cut - 1] == "\n" and not text[cut].isspace()):
+            cut += 1
+        if cut >= len(text) - 1:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 class TiktokenTokenizer:

@@ -87,6 +87,10 @@ def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
         n_embd=model.n_embd,
         dropout=model.dropout,
         bias=model.bias,
+        rotary=model.rotary,
+        qk_norm=model.qk_norm,
+        activation=model.activation,
+        tie_weights=model.tie_weights,
     )
 
 

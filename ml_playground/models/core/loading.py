@@ -26,7 +26,8 @@ def model_from_checkpoint(
                 "this checkpoint has no EMA weights (train with train.ema.enabled = true)", path=loaded.path
             )
         state = {**loaded.model, **loaded.ema}
-        state["lm_head.weight"] = state["wte.weight"]
+        if config.tie_weights:
+            state["lm_head.weight"] = state["wte.weight"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

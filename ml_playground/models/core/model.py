@@ -25,6 +25,12 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
+    # Options from modern recipes, each off by default (the plain nanoGPT path):
+    rotary: bool = False  # rotary position embeddings (Su et al., 2021) instead of learned ones
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    activation: str = "gelu"  # or "relu2": ReLU squared (So et al., 2021)
+    tie_weights: bool = True  # share the token embedding with the output head
+    rope_base: float = 10000.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +69,23 @@ class KVCache:
         return k, v
 
 
+def rotary_tables(
+    head_dim: int, start: int, length: int, base: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of each position's rotation angles, (T, D/2) each."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(start, start + length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of the head dimension by the position's angle; x is (B, H, T, D)."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.type_as(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -71,12 +94,23 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         past = k.size(2) - T
@@ -98,9 +132,12 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.relu2 = config.activation == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.dropout(self.proj(F.gelu(self.fc(x))))
+        hidden = self.fc(x)
+        hidden = F.relu(hidden).square() if self.relu2 else F.gelu(hidden)
+        out: torch.Tensor = self.dropout(self.proj(hidden))
         return out
 
 
@@ -112,8 +149,14 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         out: torch.Tensor = x + self.mlp(self.ln_2(x))
         return out
 
@@ -123,12 +166,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = None if config.rotary else nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections: the residual stream grows with depth.
         for name, param in self.named_parameters():
@@ -146,7 +190,7 @@ class GPT(nn.Module):
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
-        return total - self.wpe.weight.numel() if exclude_embeddings else total
+        return total - self.wpe.weight.numel() if exclude_embeddings and self.wpe is not None else total
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T); with a cache, ``idx`` continues the cached tokens."""
@@ -154,10 +198,16 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx)
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            head_dim = self.config.n_embd // self.config.n_head
+            rotary = rotary_tables(head_dim, start, T, self.config.rope_base, idx.device)
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rotary)
         logits: torch.Tensor = self.lm_head(self.ln_f(x))
         return logits
 

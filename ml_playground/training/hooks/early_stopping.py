@@ -21,8 +21,7 @@ class EarlyStoppingHook(Hook):
     def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
         if self.target_val_loss is not None and result.val_loss <= self.target_val_loss:
             ctx.request_stop(
-                f"validation loss {result.val_loss:.4f} reached the target {self.target_val_loss} "
-                f"at step {result.step} after {ctx.state.elapsed_s:.1f} s"
+                f"validation loss {result.val_loss:.4f} reached the target {self.target_val_loss} at step {result.step}"
             )
         if result.val_loss < self.best:
             self.best = result.val_loss

@@ -158,6 +158,9 @@ class TrainingLoop:
             mark = now
             for hook in self.hooks:
                 hook.on_step_end(ctx)
+            now = self.clock()
+            ctx.state.elapsed_s += now - mark
+            mark = now
             received = self.stop_signal.received if self.stop_signal is not None else None
             if self.dist.any(received is not None):  # every rank stops at the same step
                 ctx.interrupted_by = received or "a signal to another rank"

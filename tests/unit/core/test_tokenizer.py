@@ -161,3 +161,17 @@ def test_tiktoken_by_name_uses_the_cache_dir_and_saves_by_name(tmp_path: Path, m
     assert tokenizer.encode("the") == TIKTOKEN.encode("the")
     tokenizer.save(tmp_path / "tok")
     assert json.loads((tmp_path / "tok" / SPEC_FILE).read_text()) == {"kind": "tiktoken", "encoding": "gpt2"}
+
+
+def test_batch_encoding_of_large_text_equals_whole_encoding(bpe: BpeTokenizer, shakespeare_text: str) -> None:
+    from ml_playground.core.tokenizer import split_for_batch_encoding
+
+    text = shakespeare_text[:300_000]
+    pieces = split_for_batch_encoding(text, piece_chars=10_000)
+    assert len(pieces) > 10
+    assert "".join(pieces) == text
+    assert all(p.endswith("\n") for p in pieces[:-1])
+    whole = bpe._tokenizer.encode(text).ids
+    assert bpe.encode_array(text).tolist() == whole
+    assert split_for_batch_encoding("a\n" * 10, piece_chars=4)[-1].endswith("a\n")
+    assert split_for_batch_encoding("  \n  " * 10, piece_chars=4) == ["  \n  " * 10]

@@ -1,0 +1,175 @@
+"""In-process benchmarks: training throughput and sampling against Hugging Face, compile, scaling.
+
+The peer is ``transformers``' ``GPT2LMHeadModel`` configured to the same shape, trained with the
+same optimizer on the same batches, measured alternately with ours in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
+from ml_playground.models.core.inference import SamplingParams, generate
+from ml_playground.models.core.model import GPT, GPTConfig
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    vocab_size: int = 65
+    batch_size: int = 16
+    steps_per_repeat: int = 10
+    repeats: int = 5
+    sample_shape: tuple[int, int, int] = (6, 6, 384)  # nanoGPT's shakespeare-char model
+    sample_block_size: int = 256
+    sample_new_tokens: int = 500
+    hf_sample_new_tokens: int = 250  # GPT-2 cannot go past n_positions, so stay inside one block
+    scaling_grid: tuple[tuple[int, int], ...] = ((128, 4), (256, 4), (384, 4), (128, 8), (256, 8), (384, 8))
+    matmul_size: int = 2048
+
+
+TINY = BenchSizes(
+    n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, batch_size=2, steps_per_repeat=2, repeats=1,
+    sample_shape=(1, 2, 16), sample_block_size=16, sample_new_tokens=24, hf_sample_new_tokens=8,
+    scaling_grid=((16, 1),), matmul_size=64,
+)  # fmt: skip
+
+
+def ours_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(sizes.vocab_size, block_size, n_layer, n_head, n_embd))
+
+
+def hf_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=sizes.vocab_size, n_positions=block_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def training_steps(
+    model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], sizes: BenchSizes, block_size: int
+) -> Callable[[], None]:
+    """``steps_per_repeat`` AdamW steps on fixed random batches."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    generator = torch.Generator().manual_seed(1)
+    data = torch.randint(
+        sizes.vocab_size, (sizes.steps_per_repeat, sizes.batch_size, block_size + 1), generator=generator
+    )
+
+    def run() -> None:
+        for batch in data:
+            logits = forward(batch[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def matmul_peak_flops(size: int) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=5)
+    return 2 * size**3 / seconds
+
+
+def train_throughput_vs_hf(sizes: BenchSizes) -> list[BenchResult]:
+    shape = (sizes.n_layer, sizes.n_head, sizes.n_embd, sizes.block_size)
+    ours = ours_model(sizes, *shape)
+    peer = hf_model(sizes, *shape)
+    ours_run = training_steps(ours, ours, sizes, sizes.block_size)
+    peer_run = training_steps(peer, lambda x: peer(input_ids=x).logits, sizes, sizes.block_size)
+    ours_s, peer_s = paired_medians(ours_run, peer_run, warmup=1, repeats=sizes.repeats)
+    tokens = sizes.steps_per_repeat * sizes.batch_size * sizes.block_size
+    ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
+    flops_per_token = 6 * ours.num_parameters() + 12 * sizes.n_layer * sizes.n_embd * sizes.block_size
+    peak = matmul_peak_flops(sizes.matmul_size)
+    achieved = flops_per_token * ours_tps
+    shape_text = f"{sizes.n_layer}L {sizes.n_head}H {sizes.n_embd}C block {sizes.block_size} batch {sizes.batch_size}"
+    return [
+        BenchResult(
+            "train tokens/s vs HF GPT2LMHeadModel", ours_tps, "tokens/s", f"GPT2LMHeadModel {shape_text}", peer_tps, 1.3,
+        ),
+        BenchResult(
+            "train FLOP/s vs fp32 matmul peak", achieved / 1e9, "GFLOP/s", f"torch.mm {sizes.matmul_size}^2", peak / 1e9,
+            note="6*params*tokens/s + attention; ratio = fraction of the measured peak",
+        ),
+    ]  # fmt: skip
+
+
+def compile_vs_eager(sizes: BenchSizes) -> BenchResult:
+    shape = (sizes.n_layer, sizes.n_head, sizes.n_embd, sizes.block_size)
+    eager = ours_model(sizes, *shape)
+    compiled_model = ours_model(sizes, *shape)
+    compiled = torch.compile(compiled_model)
+    compiled_run = training_steps(compiled_model, compiled, sizes, sizes.block_size)
+    eager_run = training_steps(eager, eager, sizes, sizes.block_size)
+    compiled_s, eager_s = paired_medians(compiled_run, eager_run, warmup=2, repeats=sizes.repeats)
+    tokens = sizes.steps_per_repeat * sizes.batch_size * sizes.block_size
+    return BenchResult(
+        "train tokens/s, torch.compile vs eager", tokens / compiled_s, "tokens/s", "our eager model", tokens / eager_s
+    )
+
+
+def sampling(sizes: BenchSizes) -> list[BenchResult]:
+    n_layer, n_head, n_embd = sizes.sample_shape
+    block = sizes.sample_block_size
+    ours = ours_model(sizes, n_layer, n_head, n_embd, block).eval()
+    prompt = torch.zeros((1, 1), dtype=torch.long)
+    cached = SamplingParams(max_new_tokens=sizes.sample_new_tokens, temperature=0.0)
+    uncached = SamplingParams(max_new_tokens=sizes.sample_new_tokens, temperature=0.0, use_kv_cache=False)
+    cached_s, uncached_s = paired_medians(
+        lambda: generate(ours, prompt, cached), lambda: generate(ours, prompt, uncached), warmup=1, repeats=3
+    )
+    peer = hf_model(sizes, n_layer, n_head, n_embd, block).eval()
+    short = SamplingParams(max_new_tokens=sizes.hf_sample_new_tokens, temperature=0.0)
+
+    def hf_generate() -> None:
+        with torch.inference_mode():
+            peer.generate(
+                prompt, max_new_tokens=sizes.hf_sample_new_tokens, min_new_tokens=sizes.hf_sample_new_tokens,
+                do_sample=False, use_cache=True, pad_token_id=0,
+            )  # fmt: skip
+
+    ours_short_s, hf_s = paired_medians(lambda: generate(ours, prompt, short), hf_generate, warmup=1, repeats=3)
+    shape_text = f"{n_layer}L {n_head}H {n_embd}C block {block}"
+    return [
+        BenchResult(
+            f"sampling {sizes.sample_new_tokens} tokens, KV cache vs none", sizes.sample_new_tokens / cached_s,
+            "tokens/s", f"our uncached path, {shape_text}", sizes.sample_new_tokens / uncached_s, 5.0,
+        ),
+        BenchResult(
+            f"sampling {sizes.hf_sample_new_tokens} tokens vs HF generate", sizes.hf_sample_new_tokens / ours_short_s,
+            "tokens/s", f"GPT2LMHeadModel.generate, {shape_text}, greedy, KV cache", sizes.hf_sample_new_tokens / hf_s,
+            1.5,
+        ),
+    ]  # fmt: skip
+
+
+def scaling_table(sizes: BenchSizes) -> list[BenchResult]:
+    results = []
+    for n_embd, n_layer in sizes.scaling_grid:
+        model = ours_model(sizes, n_layer, max(1, n_embd // 32), n_embd, sizes.block_size)
+        run = training_steps(model, model, sizes, sizes.block_size)
+        seconds = median_seconds(run, warmup=1, repeats=sizes.repeats) / sizes.steps_per_repeat
+        params = model.num_parameters() / 1e6
+        results.append(
+            BenchResult(
+                f"step time n_embd {n_embd} n_layer {n_layer}", seconds * 1000, "ms/step",
+                note=f"{params:.2f}M params, {sizes.batch_size * sizes.block_size / seconds:,.0f} tokens/s",
+                higher_is_better=False,
+            )
+        )  # fmt: skip
+    return results

@@ -1,0 +1,140 @@
+"""Benchmarks that run the real CLI or the preparer: speedrun, peak memory, data preparation."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml_playground.bench.harness import BenchResult
+from ml_playground.configuration import experiment_config_path
+from ml_playground.configuration.models import PrepareConfig, TokenizerName
+from ml_playground.core.tokenizer import load_tokenizer
+from ml_playground.data_pipeline.preparer import TOKENIZER_DIR, prepare
+
+SPEEDRUN_CONFIG = experiment_config_path("shakespeare").with_name("speedrun.toml")
+DONE = re.compile(r"done at step (\d+) in ([0-9.]+) s")
+BEST = re.compile(r"best val loss ([0-9.]+)")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    step: int
+    seconds: float
+    best_val_loss: float
+    reached_target: bool
+    max_rss_bytes: int
+
+
+def run_train(args: list[str], work_dir: Path) -> RunOutcome:
+    """``ml_playground train`` in a child process; its own peak RSS from ``wait4``."""
+    command = [sys.executable, "-m", "ml_playground", "train", *args, "--quiet", "--fresh"]
+    process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    stdout = process.stdout.read()
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmark run failed ({process.returncode}): {stderr.strip()[-500:]}")
+    done, best = DONE.search(stdout), BEST.search(stdout)
+    if done is None or best is None:
+        raise RuntimeError(f"unexpected output from train: {stdout[-500:]}")
+    return RunOutcome(
+        int(done.group(1)), float(done.group(2)), float(best.group(1)), "reached the target" in stdout,
+        usage.ru_maxrss * 1024,
+    )  # fmt: skip
+
+
+def speedrun(dataset_dir: Path, work_dir: Path, target: float = 1.89, peer_max_iters: int = 2000) -> BenchResult:
+    """Our speedrun config against nanoGPT's CPU recipe (batch 12, lr 1e-3, 2000 iterations), same target."""
+    common = [
+        "--set",
+        f"prepare.dataset_dir='{dataset_dir}'",
+        "--set",
+        f"train.early_stopping.target_val_loss={target}",
+    ]
+    ours = run_train(
+        ["shakespeare", "--config", str(SPEEDRUN_CONFIG), *common, "--set", f"train.out_dir='{work_dir / 'speedrun'}'"],
+        work_dir,
+    )
+    peer_args = ["shakespeare", *common, "--set", f"train.out_dir='{work_dir / 'nanogpt'}'"]
+    peer_args += ["--set", "train.data.batch_size=12", "--set", "train.optim.learning_rate=1e-3"]
+    peer_args += ["--set", f"train.max_iters={peer_max_iters}", "--set", "train.log_interval=1000"]
+    peer = run_train(peer_args, work_dir)
+    peer_note = (
+        "reached" if peer.reached_target else f"did not reach {target}; best {peer.best_val_loss:.4f} at the end"
+    )
+    return BenchResult(
+        f"speedrun: seconds to whole-split val loss <= {target}",
+        ours.seconds if ours.reached_target else float("inf"),
+        "s",
+        f"nanoGPT CPU recipe on our loop (batch 12, lr 1e-3, {peer_max_iters} iters): {peer_note}",
+        peer.seconds,
+        target=2.0,
+        higher_is_better=False,
+        note=f"ours: step {ours.step}, val {ours.best_val_loss:.4f}; issue target <= 70 s, aim <= 35 s",
+    )
+
+
+def default_training_rss(dataset_dir: Path, work_dir: Path, steps: int = 200) -> BenchResult:
+    outcome = run_train(
+        ["shakespeare", "--set", f"prepare.dataset_dir='{dataset_dir}'", "--set", f"train.out_dir='{work_dir / 'rss'}'",
+         "--set", f"train.max_iters={steps}", "--set", "train.eval_interval=100"],
+        work_dir,
+    )  # fmt: skip
+    return BenchResult(
+        "peak RSS, default Shakespeare training", outcome.max_rss_bytes / 2**20, "MiB", target=1024,
+        higher_is_better=False, note=f"{steps} steps of the default config, whole process",
+    )  # fmt: skip
+
+
+def prepare_throughput(corpus: Path, work_dir: Path, tokenizer: TokenizerName, target_mb_s: float) -> BenchResult:
+    size = sum(p.stat().st_size for p in ([corpus] if corpus.is_file() else corpus.rglob("*.txt")))
+    config = PrepareConfig(
+        input_path=str(corpus), dataset_dir=work_dir / f"prep-{tokenizer}", tokenizer=tokenizer, bpe_vocab_size=4096
+    )
+    started = time.perf_counter()
+    prepare(config)
+    seconds = time.perf_counter() - started
+    return BenchResult(
+        f"prepare {tokenizer} on {corpus.name}", size / 1e6 / seconds, "MB/s", target=target_mb_s,
+        note=f"{size / 1e6:.1f} MB in {seconds:.2f} s, tokenizer training included",
+    )  # fmt: skip
+
+
+def bpe_encode_throughput(corpus: Path, work_dir: Path, target_mb_s: float) -> BenchResult:
+    """Encoding alone with the tokenizer the BPE prepare trained (batch encode over pieces)."""
+    text = "\n".join(p.read_text("utf-8-sig") for p in sorted(corpus.rglob("*.txt")))
+    tokenizer = load_tokenizer(work_dir / "prep-bpe" / TOKENIZER_DIR)
+    started = time.perf_counter()
+    ids = tokenizer.encode_array(text)
+    seconds = time.perf_counter() - started
+    size = len(text.encode())
+    return BenchResult(
+        f"BPE encode (batch) on {corpus.name}", size / 1e6 / seconds, "MB/s", target=target_mb_s,
+        note=f"{len(ids):,} tokens, {len(text) / len(ids):.2f} characters/token",
+    )  # fmt: skip
+
+
+def prepare_memory(sample_text: str, work_dir: Path, size_mb: int, target_mib: float) -> BenchResult:
+    """Peak RSS of ``prepare`` on a generated file of ``size_mb`` MB, in a child process."""
+    big = work_dir / "big.txt"
+    with big.open("w", encoding="utf-8") as handle:
+        written = 0
+        while written < size_mb * 1_000_000:
+            handle.write(sample_text)
+            written += len(sample_text.encode())
+    command = [sys.executable, "-m", "ml_playground", "prepare", "shakespeare", "--set", f"prepare.input_path='{big}'"]
+    command += ["--set", f"prepare.dataset_dir='{work_dir / 'big-dataset'}'"]
+    process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, _, usage = os.wait4(process.pid, 0)
+    big.unlink()
+    return BenchResult(
+        f"peak RSS, prepare char on a {size_mb} MB file", usage.ru_maxrss / 1024, "MiB", target=target_mib,
+        higher_is_better=False,
+    )  # fmt: skip

@@ -1,0 +1,59 @@
+"""``ml_playground bench``: run every benchmark, print the table, write ``results.json``."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ml_playground.bench import model_benchmarks, process_benchmarks
+from ml_playground.bench.harness import BenchResult, render_table, write_results
+from ml_playground.configuration.models import PrepareConfig
+from ml_playground.data_pipeline.preparer import prepare
+
+
+def run_benchmarks(
+    *,
+    shakespeare: Path,
+    bundestag: Path,
+    results_path: Path,
+    quick: bool = False,
+    emit: Callable[[str], None] = print,
+) -> list[BenchResult]:
+    """All benchmarks; ``quick`` runs tiny sizes only (the harness smoke test) and skips the long runs."""
+    sizes = model_benchmarks.TINY if quick else model_benchmarks.BenchSizes()
+    results: list[BenchResult] = []
+
+    def add(found: BenchResult | list[BenchResult]) -> None:
+        batch = found if isinstance(found, list) else [found]
+        results.extend(batch)
+        for result in batch:
+            emit(
+                f"{result.name}: {result.figure:,.2f} {result.unit}"
+                + (f" (ratio {result.ratio:.2f})" if result.ratio else "")
+            )
+
+    add(model_benchmarks.train_throughput_vs_hf(sizes))
+    add(model_benchmarks.compile_vs_eager(sizes))
+    add(model_benchmarks.sampling(sizes))
+    add(model_benchmarks.scaling_table(sizes))
+    with tempfile.TemporaryDirectory(prefix="ml_playground-bench-") as tmp:
+        work = Path(tmp)
+        if not quick:
+            dataset = work / "shakespeare"
+            prepare(PrepareConfig(input_path=str(shakespeare), dataset_dir=dataset))
+            add(process_benchmarks.speedrun(dataset, work))
+            add(process_benchmarks.default_training_rss(dataset, work))
+            add(
+                process_benchmarks.prepare_memory(
+                    bundestag.joinpath("19001.txt").read_text("utf-8-sig"), work, 300, 600
+                )
+            )
+        add(process_benchmarks.prepare_throughput(bundestag, work, "char", 50.0))
+        add(process_benchmarks.prepare_throughput(bundestag, work, "bpe", 5.0))
+        add(process_benchmarks.bpe_encode_throughput(bundestag, work, 5.0))
+    write_results(results, results_path)
+    emit("")
+    emit(render_table(results))
+    emit(f"\nwrote {results_path}")
+    return results
