@@ -28,9 +28,10 @@ class BenchResult:
     unit: str
     peer: str | None = None
     peer_figure: float | None = None
-    target: float | None = None  # the least acceptable ratio (or figure, when there is no peer)
+    target: float | None = None  # the acceptable ratio, or figure when target_is_ratio is False
     higher_is_better: bool = True
     note: str = ""
+    target_is_ratio: bool = True
 
     @property
     def ratio(self) -> float | None:
@@ -42,8 +43,9 @@ class BenchResult:
     def passed(self) -> bool | None:
         if self.target is None:
             return None
-        value = self.ratio if self.ratio is not None else self.figure
-        return value >= self.target if (self.higher_is_better or self.ratio is not None) else value <= self.target
+        if self.target_is_ratio and self.ratio is not None:
+            return self.ratio >= self.target
+        return self.figure >= self.target if self.higher_is_better else self.figure <= self.target
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio, "passed": self.passed}

@@ -100,10 +100,12 @@ def train_throughput_vs_hf(sizes: BenchSizes) -> list[BenchResult]:
     shape_text = f"{sizes.n_layer}L {sizes.n_head}H {sizes.n_embd}C block {sizes.block_size} batch {sizes.batch_size}"
     return [
         BenchResult(
-            "train tokens/s vs HF GPT2LMHeadModel", ours_tps, "tokens/s", f"GPT2LMHeadModel {shape_text}", peer_tps, 1.3,
+            "train tokens/s vs HF GPT2LMHeadModel", ours_tps, "tokens/s",
+            f"GPT2LMHeadModel {shape_text}", peer_tps, 1.3,
         ),
         BenchResult(
-            "train FLOP/s vs fp32 matmul peak", achieved / 1e9, "GFLOP/s", f"torch.mm {sizes.matmul_size}^2", peak / 1e9,
+            "train FLOP/s vs fp32 matmul peak", achieved / 1e9, "GFLOP/s",
+            f"torch.mm {sizes.matmul_size}^2", peak / 1e9,
             note="6*params*tokens/s + attention; ratio = fraction of the measured peak",
         ),
     ]  # fmt: skip

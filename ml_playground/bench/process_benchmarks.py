@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,12 @@ class RunOutcome:
 def run_train(args: list[str], work_dir: Path) -> RunOutcome:
     """``ml_playground train`` in a child process; its own peak RSS from ``wait4``."""
     command = [sys.executable, "-m", "ml_playground", "train", *args, "--quiet", "--fresh"]
-    process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None and process.stderr is not None
-    stdout = process.stdout.read()
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.PIPE, stderr=errors, text=True)
+        stdout = process.stdout.read() if process.stdout is not None else ""
+        _, status, usage = os.wait4(process.pid, 0)
+        errors.seek(0)
+        stderr = errors.read()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"benchmark run failed ({process.returncode}): {stderr.strip()[-500:]}")
@@ -75,9 +77,10 @@ def speedrun(dataset_dir: Path, work_dir: Path, target: float = 1.89, peer_max_i
         "s",
         f"nanoGPT CPU recipe on our loop (batch 12, lr 1e-3, {peer_max_iters} iters): {peer_note}",
         peer.seconds,
-        target=2.0,
+        target=70.0,
         higher_is_better=False,
-        note=f"ours: step {ours.step}, val {ours.best_val_loss:.4f}; issue target <= 70 s, aim <= 35 s",
+        note=f"ours: step {ours.step}, val {ours.best_val_loss:.4f}; target <= 70 s (aim <= 35 s)",
+        target_is_ratio=False,
     )
 
 

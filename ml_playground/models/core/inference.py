@@ -67,7 +67,7 @@ def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) ->
         if not params.use_kv_cache:
             logits = model(tokens[:, start:])
         elif cache is None or cache.length + 1 > block or cache.length != tokens.size(1) - start - 1:
-            cache = KVCache(model.config.n_layer)
+            cache = KVCache(model.config.n_layer, capacity=block)
             logits = model(tokens[:, start:], cache)
         else:
             logits = model(tokens[:, -1:], cache)

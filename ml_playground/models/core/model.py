@@ -49,24 +49,37 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, grown in place."""
+    """Keys and values of every layer for the tokens seen so far.
 
-    def __init__(self, n_layer: int) -> None:
+    Buffers for ``capacity`` positions are allocated on first use and filled in place, so a
+    generation step copies only the new token's keys and values.
+    """
+
+    def __init__(self, n_layer: int, capacity: int | None = None) -> None:
+        self.capacity = capacity
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.lengths = [0] * n_layer
 
     @property
     def length(self) -> int:
-        first = self.keys[0]
-        return 0 if first is None else int(first.shape[2])
+        return self.lengths[0]
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        old_k, old_v = self.keys[layer], self.values[layer]
-        if old_k is not None and old_v is not None:
-            k = torch.cat([old_k, k], dim=2)
-            v = torch.cat([old_v, v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        start, end = self.lengths[layer], self.lengths[layer] + k.size(2)
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None or end > keys.size(2):
+            capacity = max(end, self.capacity or 0)
+            shape = (k.size(0), k.size(1), capacity, k.size(3))
+            new_keys, new_values = k.new_empty(shape), v.new_empty(shape)
+            if keys is not None and values is not None:
+                new_keys[:, :, :start], new_values[:, :, :start] = keys[:, :, :start], values[:, :, :start]
+            keys, values = new_keys, new_values
+            self.keys[layer], self.values[layer] = keys, values
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self.lengths[layer] = end
+        return keys[:, :, :end], values[:, :, :end]
 
 
 def rotary_tables(
@@ -117,6 +130,8 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:  # one new query may see every cached key: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:
             # New queries sit at positions past..past+T-1 and may see every key up to their own.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)

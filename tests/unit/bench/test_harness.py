@@ -24,6 +24,9 @@ def test_ratios_and_targets() -> None:
     assert no_peer.ratio is None
     assert no_peer.passed is False
     assert BenchResult("n", 1.0, "u").passed is None
+    absolute = BenchResult("s", 50.0, "s", "peer", 80.0, target=70.0, higher_is_better=False, target_is_ratio=False)
+    assert absolute.ratio == pytest.approx(1.6)
+    assert absolute.passed is True
     table = render_table([faster, slower_time, no_peer])
     assert "1.50" in table
     assert "NO" in table

@@ -100,3 +100,12 @@ def test_experiments_are_listed_with_a_summary() -> None:
     listed = dict(list_experiments())
     assert "shakespeare" in listed
     assert "Tiny Shakespeare" in listed["shakespeare"]
+
+
+def test_speedrun_config_uses_the_modern_options() -> None:
+    config = load_config(SHAKESPEARE.with_name("speedrun.toml"))
+    model = config.train.model
+    assert (model.rotary, model.qk_norm, model.activation, model.tie_weights) == (True, True, "relu2", False)
+    assert config.train.early_stopping.target_val_loss == pytest.approx(1.89)
+    with pytest.raises(ConfigError, match="rotary needs an even head width"):
+        load_config(SHAKESPEARE, ["train.model.rotary=true", "train.model.n_embd=12", "train.model.n_head=4"])

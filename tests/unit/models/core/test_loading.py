@@ -54,3 +54,19 @@ def test_bad_model_config_and_mismatched_weights(tmp_path: Path) -> None:
     wider["model_config"]["n_embd"] = 16
     with pytest.raises(CheckpointError, match="weights do not fit the model"):
         model_from_checkpoint(LoadedCheckpoint(loaded.path, wider, loaded.model, None, {}, None), torch.device("cpu"))
+
+
+def test_untied_ema_weights_keep_their_own_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_weights=False, rotary=True))
+    service = CheckpointService(tmp_path)
+    averaged = {n: torch.full_like(p, 0.5) for n, p in model.named_parameters()}
+    payload = CheckpointPayload(
+        step=1, model=model.state_dict(), optimizer={}, rng=capture_rng(), state={}, config={},
+        model_config=model.config.to_dict(), ema=averaged,
+    )  # fmt: skip
+    loaded = service.load(service.save(payload, {"last"}))
+    rebuilt = model_from_checkpoint(loaded, torch.device("cpu"), "ema")
+    assert rebuilt.lm_head.weight is not rebuilt.wte.weight
+    assert torch.all(rebuilt.lm_head.weight == 0.5)
+    assert rebuilt.wpe is None

@@ -60,3 +60,39 @@ def test_dropout_only_in_training_mode() -> None:
     assert torch.equal(model(idx), model(idx))
     model.train()
     assert not torch.equal(model(idx), model(idx))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rotary": True},
+        {"qk_norm": True},
+        {"activation": "relu2"},
+        {"tie_weights": False},
+        {"rotary": True, "qk_norm": True, "activation": "relu2", "tie_weights": False},
+    ],
+)
+def test_modern_options_keep_the_cache_exact_and_causal(options: dict[str, object]) -> None:
+    model = tiny(**options).eval()
+    idx = torch.randint(50, (2, 12))
+    full = model(idx)
+    cache = KVCache(model.config.n_layer)
+    stepwise = torch.cat([model(idx[:, :4], cache)] + [model(idx[:, i : i + 1], cache) for i in range(4, 12)], dim=1)
+    assert torch.allclose(stepwise, full, atol=1e-5)
+    changed = idx.clone()
+    changed[:, 8:] = (changed[:, 8:] + 1) % 50
+    assert torch.allclose(model(changed)[:, :8], full[:, :8], atol=1e-6)
+    assert (model.wpe is None) == bool(options.get("rotary", False))
+    assert (model.lm_head.weight is model.wte.weight) == options.get("tie_weights", True)
+
+
+def test_rotary_encodes_relative_position() -> None:
+    from ml_playground.models.core.model import apply_rotary, rotary_tables
+
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    scores = []
+    for shift in (0, 5):
+        cos_q, sin_q = rotary_tables(8, 3 + shift, 1, 10000.0, torch.device("cpu"))
+        cos_k, sin_k = rotary_tables(8, 1 + shift, 1, 10000.0, torch.device("cpu"))
+        scores.append((apply_rotary(q, cos_q, sin_q) * apply_rotary(k, cos_k, sin_k)).sum())
+    assert torch.allclose(scores[0], scores[1], atol=1e-5)
