@@ -69,7 +69,8 @@ def paired_medians(
     for _ in range(warmup):
         ours()
         peer()
-    ours_times, peer_times = [], []
+    ours_times: list[float] = []
+    peer_times: list[float] = []
     for _ in range(repeats):
         for fn, times in ((ours, ours_times), (peer, peer_times)):
             started = time.perf_counter()

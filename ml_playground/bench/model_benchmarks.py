@@ -72,7 +72,7 @@ def training_steps(
         for batch in data:
             logits = forward(batch[:, :-1])
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -135,12 +135,13 @@ def sampling(sizes: BenchSizes) -> list[BenchResult]:
     cached_s, uncached_s = paired_medians(
         lambda: generate(ours, prompt, cached), lambda: generate(ours, prompt, uncached), warmup=1, repeats=3
     )
-    peer = hf_model(sizes, n_layer, n_head, n_embd, block).eval()
+    peer = hf_model(sizes, n_layer, n_head, n_embd, block)
+    peer.eval()  # type: ignore[no-untyped-call]
     short = SamplingParams(max_new_tokens=sizes.hf_sample_new_tokens, temperature=0.0)
 
     def hf_generate() -> None:
         with torch.inference_mode():
-            peer.generate(
+            peer.generate(  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
                 prompt, max_new_tokens=sizes.hf_sample_new_tokens, min_new_tokens=sizes.hf_sample_new_tokens,
                 do_sample=False, use_cache=True, pad_token_id=0,
             )  # fmt: skip
