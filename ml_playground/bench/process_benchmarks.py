@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from ml_playground.bench.harness import BenchResult
 from ml_playground.configuration import experiment_config_path
@@ -31,24 +32,45 @@ class RunOutcome:
     max_rss_bytes: int
 
 
+def peak_rss_bytes(process: subprocess.Popen[str], interval_s: float = 0.05) -> int:
+    """The child's own peak RSS, polled until it exits.
+
+    ``wait4``'s ``ru_maxrss`` is no use here: Linux carries the parent's peak into a forked child.
+    ``VmHWM`` (Linux) is the child's exact high-water mark as of the last poll; elsewhere the
+    current RSS is sampled.
+    """
+    peak = 0
+    status_file = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            if status_file.is_file():
+                for line in status_file.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            else:  # pragma: no cover (macOS)
+                peak = max(peak, psutil.Process(process.pid).memory_info().rss)
+        except (OSError, psutil.Error):
+            break
+        time.sleep(interval_s)
+    return peak
+
+
 def run_train(args: list[str], work_dir: Path) -> RunOutcome:
-    """``ml_playground train`` in a child process; its own peak RSS from ``wait4``."""
+    """``ml_playground train`` in a child process, with its peak RSS."""
     command = [sys.executable, "-m", "ml_playground", "train", *args, "--quiet", "--fresh"]
-    with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.PIPE, stderr=errors, text=True)
-        stdout = process.stdout.read() if process.stdout is not None else ""
-        _, status, usage = os.wait4(process.pid, 0)
+    with tempfile.TemporaryFile("w+") as output, tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, cwd=work_dir, stdout=output, stderr=errors, text=True)
+        max_rss = peak_rss_bytes(process)
+        output.seek(0)
         errors.seek(0)
-        stderr = errors.read()
-    process.returncode = os.waitstatus_to_exitcode(status)
+        stdout, stderr = output.read(), errors.read()
     if process.returncode != 0:
         raise RuntimeError(f"benchmark run failed ({process.returncode}): {stderr.strip()[-500:]}")
     done, best = DONE.search(stdout), BEST.search(stdout)
     if done is None or best is None:
         raise RuntimeError(f"unexpected output from train: {stdout[-500:]}")
     return RunOutcome(
-        int(done.group(1)), float(done.group(2)), float(best.group(1)), "reached the target" in stdout,
-        usage.ru_maxrss * 1024,
+        int(done.group(1)), float(done.group(2)), float(best.group(1)), "reached the target" in stdout, max_rss,
     )  # fmt: skip
 
 
@@ -134,10 +156,10 @@ def prepare_memory(sample_text: str, work_dir: Path, size_mb: int, target_mib: f
             written += len(sample_text.encode())
     command = [sys.executable, "-m", "ml_playground", "prepare", "shakespeare", "--set", f"prepare.input_path='{big}'"]
     command += ["--set", f"prepare.dataset_dir='{work_dir / 'big-dataset'}'"]
-    process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, _, usage = os.wait4(process.pid, 0)
+    process = subprocess.Popen(command, cwd=work_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    peak = peak_rss_bytes(process)
     big.unlink()
     return BenchResult(
-        f"peak RSS, prepare char on a {size_mb} MB file", usage.ru_maxrss / 1024, "MiB", target=target_mib,
+        f"peak RSS, prepare char on a {size_mb} MB file", peak / 2**20, "MiB", target=target_mib,
         higher_is_better=False,
     )  # fmt: skip
