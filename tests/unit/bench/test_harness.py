@@ -49,6 +49,8 @@ def test_quick_run_writes_every_result(tmp_path: Path, shared_data: Path) -> Non
     assert any("vs HF GPT2LMHeadModel" in n for n in names)
     assert any("KV cache" in n for n in names)
     assert any(n.startswith("prepare char") for n in names)
+    assert any(n.startswith("speedrun") for n in names)
+    assert any(n.startswith("peak RSS, default Shakespeare training") for n in names)
     hf = next(r for r in written["results"] if "vs HF GPT2LMHeadModel" in r["name"])
     assert hf["peer_figure"] > 0
     assert hf["ratio"] == pytest.approx(hf["figure"] / hf["peer_figure"])
