@@ -25,8 +25,8 @@ test:
 coverage-report:
 	@mkdir -p $(COVERAGE_DIR)
 	$(UV) run pytest -n 0 -m "not perf" $(PYTEST_STRICT) $(COV_ARGS) --cov-report=html:$(COVERAGE_DIR)/htmlcov --cov-fail-under=0; \
-		status=$$?; $(UV) run python tools/coverage_gate.py; gate=$$?; \
-		echo "HTML: $(COVERAGE_DIR)/htmlcov/index.html  JSON: $(COVERAGE_DIR)/coverage.json"; \
+		status=$$?; echo "HTML: $(COVERAGE_DIR)/htmlcov/index.html  JSON: $(COVERAGE_DIR)/coverage.json"; \
+		$(UV) run python tools/coverage_gate.py; gate=$$?; \
 		exit $$(( status != 0 ? status : gate ))
 
 quality:

@@ -23,21 +23,28 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """Open a temp file beside ``path``; on success it replaces ``path``, on error it is removed."""
+def _replaced_on_success(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path``: after the block it is fsynced and renamed onto ``path``; on error removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """Open a temp file beside ``path``; on success it replaces ``path``, on error it is removed."""
+    with _replaced_on_success(path) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -50,17 +57,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
-    """Atomically produce ``path`` with a writer that only accepts a file path (safetensors, torch.save)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    """Atomically produce ``path`` with a writer that only accepts a file path (matplotlib, torch.save)."""
+    with _replaced_on_success(path) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
