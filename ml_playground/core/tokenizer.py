@@ -135,11 +135,12 @@ def split_for_batch_encoding(text: str, piece_chars: int = 1 << 16) -> list[str]
     pieces = []
     start = 0
     while len(text) - start > piece_chars:
-        cut = start + piece_chars
-        while cut < len(text) - 1 and not (text[cut - 1] == "\n" and not text[cut].isspace()):
-            cut += 1
-        if cut >= len(text) - 1:
+        newline = text.find("\n", start + piece_chars - 1)
+        while newline != -1 and newline + 2 < len(text) and text[newline + 1].isspace():
+            newline = text.find("\n", newline + 1)
+        if newline == -1 or newline + 2 >= len(text):
             break
+        cut = newline + 1
         pieces.append(text[start:cut])
         start = cut
     pieces.append(text[start:])

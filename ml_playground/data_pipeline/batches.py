@@ -84,17 +84,28 @@ class BatchSampler:
 
 
 def sequential_windows(
-    tokens: npt.NDArray[np.unsignedinteger[Any]], block_size: int, batch_size: int
+    tokens: npt.NDArray[np.unsignedinteger[Any]],
+    block_size: int,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every next-token target of the split exactly once: non-overlapping windows, last one shorter."""
+    """Every next-token target of the split exactly once: non-overlapping windows, last one shorter.
+
+    With several ranks, batch ``b`` goes to rank ``b % world_size``; together they cover the split once.
+    """
     n_targets = len(tokens) - 1
     starts = list(range(0, n_targets, block_size))
     full = [s for s in starts if s + block_size <= n_targets]
-    for i in range(0, len(full), batch_size):
+    batch_starts = range(0, len(full), batch_size)
+    for index, i in enumerate(batch_starts):
+        if index % world_size != rank:
+            continue
         rows = np.stack([tokens[s : s + block_size + 1] for s in full[i : i + batch_size]]).astype(np.int64)
         window = torch.from_numpy(rows)
         yield window[:, :-1], window[:, 1:]
-    if len(full) < len(starts):
+    if len(full) < len(starts) and len(batch_starts) % world_size == rank:
         tail = np.asarray(tokens[starts[-1] :], dtype=np.int64)
         window = torch.from_numpy(tail).unsqueeze(0)
         yield window[:, :-1], window[:, 1:]

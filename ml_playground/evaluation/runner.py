@@ -13,8 +13,6 @@ from ml_playground.models.core.loading import model_from_checkpoint
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.evaluation import evaluate_split
 
-EVAL_BATCH_SIZE = 64
-
 
 @dataclass(frozen=True)
 class EvalReport:
@@ -39,7 +37,5 @@ def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
         )
     precision = resolve_precision(config.train.device, config.train.dtype)
     model = model_from_checkpoint(loaded, precision.device, config.sample.weights)
-    result = evaluate_split(
-        model, dataset.val, block_size=model.config.block_size, batch_size=EVAL_BATCH_SIZE, precision=precision
-    )
+    result = evaluate_split(model, dataset.val, block_size=model.config.block_size, precision=precision)
     return EvalReport(result.loss, result.tokens, str(loaded.path), loaded.step)

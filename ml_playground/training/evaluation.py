@@ -15,6 +15,8 @@ from ml_playground.data_pipeline.batches import BatchSampler, sequential_windows
 from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
+EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss
+
 
 @dataclass(frozen=True)
 class SplitLoss:
@@ -28,17 +30,15 @@ def evaluate_split(
     tokens: npt.NDArray[np.unsignedinteger[Any]],
     *,
     block_size: int,
-    batch_size: int,
     precision: Precision,
+    batch_size: int = EVAL_BATCH_SIZE,
     dist: DistributedContext = SINGLE_PROCESS,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once; ranks share the batches."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)  # (loss * tokens, tokens)
-    for index, (x, y) in enumerate(sequential_windows(tokens, block_size, batch_size)):
-        if index % dist.world_size != dist.rank:
-            continue
+    for x, y in sequential_windows(tokens, block_size, batch_size, rank=dist.rank, world_size=dist.world_size):
         x, y = x.to(precision.device), y.to(precision.device)
         with precision.autocast():
             logits = model(x)

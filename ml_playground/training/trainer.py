@@ -57,8 +57,6 @@ from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.run_lock import RunLock
 from ml_playground.training.signals import StopSignal
 
-EVAL_BATCH_SIZE = 64
-
 
 def say(console: Console, text: str) -> None:
     """One plain line: no wrapping, no markup (paths may hold brackets)."""
@@ -400,7 +398,5 @@ def _train_locked(
 def _val_loss(
     model: nn.Module, dataset: TokenDataset, block_size: int, precision: Precision, dist: DistributedContext
 ) -> tuple[float, int]:
-    result = evaluate_split(
-        model, dataset.val, block_size=block_size, batch_size=EVAL_BATCH_SIZE, precision=precision, dist=dist
-    )
+    result = evaluate_split(model, dataset.val, block_size=block_size, precision=precision, dist=dist)
     return result.loss, result.tokens

@@ -175,3 +175,5 @@ def test_batch_encoding_of_large_text_equals_whole_encoding(bpe: BpeTokenizer, s
     assert bpe.encode_array(text).tolist() == whole
     assert split_for_batch_encoding("a\n" * 10, piece_chars=4)[-1].endswith("a\n")
     assert split_for_batch_encoding("  \n  " * 10, piece_chars=4) == ["  \n  " * 10]
+    one_line = "x" * 200_000
+    assert split_for_batch_encoding(one_line, piece_chars=1000) == [one_line]

@@ -44,6 +44,18 @@ def test_sequential_windows_cover_every_target_once() -> None:
     assert [y.tolist() for _, y in short] == [[[1, 2, 3, 4]]]
 
 
+@pytest.mark.parametrize("world_size", [2, 3, 7])
+def test_ranks_share_the_sequential_windows_without_overlap(world_size: int) -> None:
+    tokens = np.arange(103, dtype=np.uint16)
+    shares = [
+        torch.cat([y.reshape(-1) for _, y in sequential_windows(tokens, 10, 3, rank=r, world_size=world_size)])
+        if list(sequential_windows(tokens, 10, 3, rank=r, world_size=world_size))
+        else torch.empty(0, dtype=torch.long)
+        for r in range(world_size)
+    ]
+    assert sorted(torch.cat(shares).tolist()) == list(range(1, 103))
+
+
 def test_split_shorter_than_a_block_is_refused() -> None:
     with pytest.raises(DataError, match="fewer than block_size"):
         BatchSampler(TOKENS[:8], block_size=8, batch_size=1, seed=0)
