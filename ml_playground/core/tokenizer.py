@@ -7,9 +7,10 @@ Each saves itself as ``tokenizer.json`` (our small spec) plus its own files in a
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from ml_playground.core.atomic import atomic_write_text
+from ml_playground.core.atomic import atomic_write_bytes, atomic_write_text
 from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.tokenizer_protocol import Tokenizer
 
@@ -29,24 +29,49 @@ SPEC_FILE = "tokenizer.json"
 BPE_FILE = "bpe.json"
 TIKTOKEN_RANKS_FILE = "ranks.tiktoken"
 
-# tiktoken's own split pattern for the GPT-2 family (r50k_base); a local rank file needs it.
-_GPT2_FAMILY = {"gpt2", "r50k_base"}
+# The official rank files tiktoken downloads, with the sha256 it expects (from tiktoken_ext.openai_public).
+# A local copy is checked against the hash and put where tiktoken's own loader looks for its cache, so
+# the encoding (split pattern, special tokens) is tiktoken's own, offline.
+_RANKS_BASE_URL = "https://openaipublic.blob.core.windows.net/encodings/"
+OFFICIAL_RANK_FILES = {
+    "r50k_base": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    "p50k_base": "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
+# gpt2 and r50k_base are the same ranks, split pattern and special token.
+_SAME_RANKS = {"gpt2": "r50k_base"}
+
+
+UNKNOWN_CHAR = "\ufffd"
 
 
 class CharTokenizer:
-    """One id per character, vocabulary sorted so that the ids are stable for a given corpus."""
+    """One id per character, vocabulary sorted so that the ids are stable for a given corpus.
 
-    def __init__(self, chars: Sequence[str]) -> None:
+    With ``unknown`` set (a character in the vocabulary), characters outside the vocabulary
+    encode to it instead of being an error; ``train`` sets it when rare characters were cut.
+    """
+
+    def __init__(self, chars: Sequence[str], unknown: str | None = None) -> None:
         self.chars = list(chars)
+        self.unknown = unknown
         self._index = {ch: i for i, ch in enumerate(self.chars)}
-        self._table = np.full(max((ord(c) for c in self.chars), default=0) + 1, -1, dtype=np.int64)
+        if unknown is not None and unknown not in self._index:
+            raise DataError(f"unknown symbol {unknown!r} is not in the vocabulary")
+        fill = -1 if unknown is None else self._index[unknown]
+        self._table = np.full(max((ord(c) for c in self.chars), default=0) + 1, fill, dtype=np.int64)
         for i, ch in enumerate(self.chars):
             self._table[ord(ch)] = i
 
     @classmethod
-    def train(cls, text: str) -> CharTokenizer:
+    def train(cls, text: str, min_count: int = 1) -> CharTokenizer:
+        """Every character of ``text``; with ``min_count > 1`` rarer ones become ``UNKNOWN_CHAR``."""
         counts = np.bincount(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
-        return cls([chr(int(code)) for code in np.flatnonzero(counts)])
+        kept = [chr(int(code)) for code in np.flatnonzero(counts >= min_count)]
+        if min_count <= 1 or len(kept) == int(np.count_nonzero(counts)):
+            return cls(kept)
+        return cls(sorted({*kept, UNKNOWN_CHAR}), unknown=UNKNOWN_CHAR)
 
     @property
     def kind(self) -> str:
@@ -62,7 +87,10 @@ class CharTokenizer:
     def encode_array(self, text: str) -> npt.NDArray[np.int64]:
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         if codes.size and codes.max() >= self._table.size:
-            self._raise_unknown(text)
+            if self.unknown is None:
+                self._raise_unknown(text)
+            else:
+                codes = np.where(codes < self._table.size, codes, ord(self.unknown))
         ids = self._table[codes]
         if ids.size and ids.min() < 0:
             self._raise_unknown(text)
@@ -76,7 +104,10 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def save(self, directory: Path) -> None:
-        atomic_write_text(directory / SPEC_FILE, json.dumps({"kind": "char", "chars": self.chars}, ensure_ascii=False))
+        spec: dict[str, Any] = {"kind": "char", "chars": self.chars}
+        if self.unknown is not None:
+            spec["unknown"] = self.unknown
+        atomic_write_text(directory / SPEC_FILE, json.dumps(spec, ensure_ascii=False))
 
 
 class BpeTokenizer:
@@ -150,30 +181,48 @@ def split_for_batch_encoding(text: str, piece_chars: int = 1 << 16) -> list[str]
 class TiktokenTokenizer:
     """A tiktoken encoding, by name (fetched once into a cache) or from a local rank file."""
 
-    def __init__(self, encoding: tiktoken.Encoding, name: str, ranks_file: Path | None) -> None:
+    def __init__(self, encoding: tiktoken.Encoding, name: str, ranks: bytes | None = None) -> None:
         self._encoding = encoding
         self.name = name
-        self._ranks_file = ranks_file
+        self._ranks = ranks
 
     @classmethod
-    def from_file(cls, name: str, ranks_file: Path) -> TiktokenTokenizer:
-        if name not in _GPT2_FAMILY:
-            raise UserError(f"a local rank file is supported for {sorted(_GPT2_FAMILY)}, not {name!r}")
+    def from_file(
+        cls,
+        name: str,
+        ranks_file: Path,
+        cache_dir: Path = Path("~/.cache/ml_playground"),
+        get_encoding: Callable[[str], tiktoken.Encoding] = tiktoken.get_encoding,
+    ) -> TiktokenTokenizer:
+        """The official ``name`` encoding from a local copy of its rank file (plain or ``.gz``)."""
+        official = _SAME_RANKS.get(name, name)
+        if official not in OFFICIAL_RANK_FILES:
+            supported = sorted({*OFFICIAL_RANK_FILES, *_SAME_RANKS})
+            raise UserError(
+                f"a local rank file is supported for {supported}, not {name!r}", key="prepare.tiktoken_file"
+            )
         if not ranks_file.is_file():
             raise DataError("tiktoken rank file not found", path=ranks_file)
-        try:
-            ranks = load_tiktoken_bpe(str(ranks_file))
-        except Exception as exc:  # tiktoken raises plain ValueError/binascii errors on bad files
-            raise DataError(f"not a tiktoken rank file ({exc})", path=ranks_file) from None
-        from tiktoken_ext.openai_public import r50k_pat_str
-
-        encoding = tiktoken.Encoding(
-            name=f"{name}-local",
-            pat_str=r50k_pat_str,
-            mergeable_ranks=ranks,
-            special_tokens={"<|endoftext|>": len(ranks)},
-        )
-        return cls(encoding, name, ranks_file)
+        data = ranks_file.read_bytes()
+        if ranks_file.suffix == ".gz":
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as exc:
+                raise DataError(f"not a gzip file ({exc})", path=ranks_file) from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != OFFICIAL_RANK_FILES[official]:
+            raise DataError(
+                f"not the official {official} rank file (sha256 {digest[:12]}…, tiktoken expects "
+                f"{OFFICIAL_RANK_FILES[official][:12]}…)",
+                path=ranks_file,
+            )
+        cache = cache_dir.expanduser() / "tiktoken"
+        seeded = cache / hashlib.sha1(f"{_RANKS_BASE_URL}{official}.tiktoken".encode()).hexdigest()
+        if not seeded.is_file() or hashlib.sha256(seeded.read_bytes()).hexdigest() != digest:
+            atomic_write_bytes(seeded, data)
+        with _env("TIKTOKEN_CACHE_DIR", str(cache)):
+            encoding = get_encoding(official)
+        return cls(encoding, name, data)
 
     @classmethod
     def by_name(
@@ -193,10 +242,10 @@ class TiktokenTokenizer:
         except Exception as exc:
             raise DataError(
                 f"could not fetch tiktoken encoding {name!r} into {cache} ({type(exc).__name__}); "
-                "run once online, or set prepare.tiktoken_file to a local rank file "
-                "(for gpt2: whisper/assets/gpt2.tiktoken from the openai-whisper sdist)",
+                "run once online, or set prepare.tiktoken_file to a local copy of the official rank file "
+                "(`make rank-files` writes .cache/tiktoken_ranks/{r50k_base,cl100k_base,o200k_base}.tiktoken)",
             ) from None
-        return cls(encoding, name, None)
+        return cls(encoding, name)
 
     @property
     def kind(self) -> str:
@@ -217,13 +266,8 @@ class TiktokenTokenizer:
 
     def save(self, directory: Path) -> None:
         spec: dict[str, Any] = {"kind": "tiktoken", "encoding": self.name}
-        if self._ranks_file is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            target = directory / TIKTOKEN_RANKS_FILE
-            if self._ranks_file.resolve() != target.resolve():
-                tmp = directory / f".{TIKTOKEN_RANKS_FILE}.tmp"
-                shutil.copyfile(self._ranks_file, tmp)
-                os.replace(tmp, target)
+        if self._ranks is not None:
+            atomic_write_bytes(directory / TIKTOKEN_RANKS_FILE, self._ranks)
             spec["file"] = TIKTOKEN_RANKS_FILE
         atomic_write_text(directory / SPEC_FILE, json.dumps(spec))
 
@@ -253,11 +297,11 @@ def load_tokenizer(directory: Path, cache_dir: Path = Path("~/.cache/ml_playgrou
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"unreadable tokenizer spec ({exc})", path=spec_path) from None
     if kind == "char":
-        return CharTokenizer(spec["chars"])
+        return CharTokenizer(spec["chars"], spec.get("unknown"))
     if kind == "bpe":
         return BpeTokenizer(HfTokenizer.from_file(str(directory / spec["file"])))
     if kind == "tiktoken":
         if "file" in spec:
-            return TiktokenTokenizer.from_file(spec["encoding"], directory / spec["file"])
+            return TiktokenTokenizer.from_file(spec["encoding"], directory / spec["file"], cache_dir)
         return TiktokenTokenizer.by_name(spec["encoding"], cache_dir)
     raise DataError(f"unknown tokenizer kind {kind!r}", path=spec_path)

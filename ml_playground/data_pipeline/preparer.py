@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,15 @@ from ml_playground.core.atomic import atomic_open, atomic_write_text
 from ml_playground.core.errors import DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.data_pipeline.corpus import build_corpus
 from ml_playground.data_pipeline.sources.text import SourceText, read_sources
+from ml_playground.data_pipeline.speeches import JSONL_FILE, write_speeches
 
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
+CORPUS_FILE = "corpus.txt"
 META_FORMAT_VERSION = 1
+MAX_FILES_LISTED = 40
 
 
 @dataclass(frozen=True)
@@ -36,16 +41,32 @@ class PrepareReport:
     train_tokens: int
     val_tokens: int
     vocab_size: int
+    file_encodings: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def encodings(self) -> dict[str, int]:
+        return dict(Counter(self.file_encodings.values()))
 
     def summary(self) -> str:
         if self.skipped:
             return f"dataset in {self.dataset_dir} is up to date with its sources; nothing to do"
         chars_per_token = self.characters / max(1, self.train_tokens + self.val_tokens)
-        return (
-            f"prepared {self.dataset_dir}: {self.files} file(s), {self.characters:,} characters -> "
+        lines = [f"warning: {warning}" for warning in self.warnings]
+        listed = list(self.file_encodings.items())
+        lines += [f"  {Path(path).name}: {encoding}" for path, encoding in listed[:MAX_FILES_LISTED]]
+        if len(listed) > MAX_FILES_LISTED:
+            lines.append(f"  ... and {len(listed) - MAX_FILES_LISTED} more (each listed in {META_FILE})")
+        encodings = ", ".join(f"{name} {count}" for name, count in sorted(self.encodings.items()))
+        lines.append(f"files: {self.files} (encodings: {encodings})")
+        lines += self.details
+        lines.append(
+            f"prepared {self.dataset_dir}: {self.characters:,} characters -> "
             f"{self.train_tokens:,} train + {self.val_tokens:,} val tokens, vocab {self.vocab_size}, "
             f"{chars_per_token:.2f} characters/token"
         )
+        return "\n".join(lines)
 
 
 def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
@@ -54,12 +75,12 @@ def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
 
 def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
     if config.tokenizer == "char":
-        return CharTokenizer.train(train_text)
+        return CharTokenizer.train(train_text, config.min_char_count)
     if config.tokenizer == "bpe":
         return BpeTokenizer.train(_chunks(train_text), config.bpe_vocab_size)
     name = "gpt2" if config.tokenizer == "gpt2" else config.tiktoken_encoding
     if config.tiktoken_file is not None:
-        return TiktokenTokenizer.from_file(name, config.tiktoken_file)
+        return TiktokenTokenizer.from_file(name, config.tiktoken_file, config.cache_dir)
     return TiktokenTokenizer.by_name(name, config.cache_dir)
 
 
@@ -68,7 +89,17 @@ def _chunks(text: str, size: int = 1 << 20) -> list[str]:
 
 
 def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
-    keys = ("val_fraction", "tokenizer", "bpe_vocab_size", "tiktoken_encoding", "encoding")
+    keys = (
+        "val_fraction",
+        "tokenizer",
+        "bpe_vocab_size",
+        "tiktoken_encoding",
+        "encoding",
+        "format",
+        "interjections",
+        "non_protocol",
+        "min_char_count",
+    )
     settings = {key: getattr(config, key) for key in keys}
     settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
     return settings
@@ -85,12 +116,16 @@ def read_meta(dataset_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def _source_entries(sources: list[SourceText]) -> list[dict[str, str]]:
+    return [{"path": str(s.path), "sha256": s.sha256, "encoding": s.encoding} for s in sources]
+
+
 def _up_to_date(config: PrepareConfig, sources: list[SourceText]) -> bool:
     try:
         meta = read_meta(config.dataset_dir)
     except DataError:
         return False
-    wanted = [{"path": str(s.path), "sha256": s.sha256} for s in sources]
+    wanted = _source_entries(sources)
     if meta.get("sources") != wanted or meta.get("settings") != _settings_fingerprint(config):
         return False
     itemsize = np.dtype(meta["dtype"]).itemsize
@@ -98,7 +133,7 @@ def _up_to_date(config: PrepareConfig, sources: list[SourceText]) -> bool:
         path = config.dataset_dir / f"{split}.bin"
         if not path.is_file() or path.stat().st_size != meta[f"{split}_tokens"] * itemsize:
             return False
-    return True
+    return not (config.format == "bundestag" and not (config.dataset_dir / JSONL_FILE).is_file())
 
 
 def _write_tokens(path: Path, ids: npt.NDArray[np.int64], dtype: type[np.unsignedinteger[Any]]) -> None:
@@ -119,10 +154,14 @@ def prepare(config: PrepareConfig) -> PrepareReport:
             meta["val_tokens"],
             meta["vocab_size"],
         )
-    text = "\n".join(s.text for s in sources)
+    corpus = build_corpus(config, sources)
+    text = corpus.text
     split_at = int(len(text) * (1.0 - config.val_fraction))
     train_text, val_text = text[:split_at], text[split_at:]
-    tokenizer = build_tokenizer(config, train_text if config.tokenizer == "bpe" else text)
+    # char vocabularies see the whole text (a character only in val would be unencodable), unless
+    # rare characters are cut; BPE merges are learnt from train only.
+    vocab_text = train_text if config.tokenizer == "bpe" or config.min_char_count > 1 else text
+    tokenizer = build_tokenizer(config, vocab_text)
     train_ids = tokenizer.encode_array(train_text)
     val_ids = tokenizer.encode_array(val_text)
     if len(val_ids) < 2:
@@ -134,6 +173,10 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     out = config.dataset_dir
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / TOKENIZER_DIR)
+    if corpus.records is not None:
+        write_speeches(out, corpus.records)
+    if config.format != "text":
+        atomic_write_text(out / CORPUS_FILE, text)
     _write_tokens(out / "train.bin", train_ids, dtype)
     _write_tokens(out / "val.bin", val_ids, dtype)
     meta = {
@@ -144,9 +187,20 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         "train_tokens": len(train_ids),
         "val_tokens": len(val_ids),
         "characters": len(text),
-        "sources": [{"path": str(s.path), "sha256": s.sha256} for s in sources],
+        "sources": _source_entries(sources),
         "settings": _settings_fingerprint(config),
         "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),
     }
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
-    return PrepareReport(out, False, len(sources), len(text), len(train_ids), len(val_ids), tokenizer.vocab_size)
+    return PrepareReport(
+        out,
+        False,
+        len(sources),
+        len(text),
+        len(train_ids),
+        len(val_ids),
+        tokenizer.vocab_size,
+        {str(s.path): s.encoding for s in sources},
+        corpus.warnings,
+        corpus.details,
+    )

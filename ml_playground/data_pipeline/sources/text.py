@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ml_playground.core.atomic import atomic_write_bytes
 from ml_playground.core.errors import DataError
+from ml_playground.data_pipeline.sources.encoding import decode_bytes
+from ml_playground.data_pipeline.sources.normalize import normalize_text
 
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 
@@ -19,6 +21,7 @@ class SourceText:
     path: Path
     text: str
     sha256: str
+    encoding: str
 
 
 def fetch_cached(url: str, cache_dir: Path, timeout_s: float = 30.0) -> Path:
@@ -59,23 +62,14 @@ def list_text_files(path: Path) -> list[Path]:
 
 
 def read_text_file(path: Path, encoding: str | None = None) -> SourceText:
-    """Read and validate one file: not empty, not binary, decodable."""
+    """Read and validate one file: not empty, not binary, decodable (detected or given encoding), normalised."""
     data = path.read_bytes()
     if not data.strip():
         raise DataError("file is empty", path=path)
     if b"\x00" in data[:65536]:
         raise DataError("file looks binary (contains NUL bytes), expected text", path=path)
-    try:
-        text = data.decode(encoding or "utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"not valid {encoding or 'UTF-8'} at byte {exc.start}; "
-            "set prepare.encoding if the file uses another encoding",
-            path=path,
-        ) from None
-    except LookupError:
-        raise DataError(f"unknown encoding {encoding!r}", key="prepare.encoding") from None
-    return SourceText(path=path, text=text.replace("\r\n", "\n"), sha256=hashlib.sha256(data).hexdigest())
+    decoded = decode_bytes(data, path, encoding)
+    return SourceText(path, normalize_text(decoded.text), hashlib.sha256(data).hexdigest(), decoded.encoding)
 
 
 def read_sources(input_path: str, cache_dir: Path, encoding: str | None = None) -> list[SourceText]:

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import base64
+import gzip
 import json
 import os
 from pathlib import Path
 
 import pytest
-import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +29,10 @@ def bpe() -> BpeTokenizer:
     return BpeTokenizer.train([CORPUS], vocab_size=300)
 
 
-def write_rank_file(path: Path, merges: list[bytes]) -> Path:
-    """A real tiktoken rank file: every single byte, then the given merged tokens."""
-    tokens = [bytes([b]) for b in range(256)] + merges
-    path.write_text("".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)))
-    return path
+@pytest.fixture(scope="module")
+def gpt2(rank_files: Path, tmp_path_factory: pytest.TempPathFactory) -> TiktokenTokenizer:
+    """GPT-2's encoding from the official rank file (read out of the openai-whisper sdist), offline."""
+    return TiktokenTokenizer.from_file("gpt2", rank_files / "r50k_base.tiktoken", tmp_path_factory.mktemp("cache"))
 
 
 @given(st.text(alphabet=sorted(set(CORPUS)), max_size=200))
@@ -59,29 +57,50 @@ def test_bpe_learns_merges_and_compresses(bpe: BpeTokenizer) -> None:
     assert len(bpe.encode(CORPUS)) < len(CORPUS.encode()) / 2
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=120))
-def test_tiktoken_local_rank_file_round_trips(text: str) -> None:
-    tokenizer = TIKTOKEN
-    assert tokenizer.decode(tokenizer.encode(text)) == text
+def test_tiktoken_local_rank_file_round_trips(gpt2: TiktokenTokenizer, text: str) -> None:
+    assert gpt2.decode(gpt2.encode(text)) == text
 
 
-TIKTOKEN_DIR = Path(__import__("tempfile").mkdtemp())
-TIKTOKEN = TiktokenTokenizer.from_file("gpt2", write_rank_file(TIKTOKEN_DIR / "r.tiktoken", [b"th", b"he", b" t"]))
+@pytest.mark.parametrize(
+    ("name", "file", "vocab_size", "ids"),
+    [
+        ("gpt2", "r50k_base", 50257, [15496, 995]),
+        ("r50k_base", "r50k_base", 50257, [15496, 995]),
+        ("cl100k_base", "cl100k_base", 100277, [9906, 1917]),
+        ("o200k_base", "o200k_base", 200019, [13225, 2375]),
+    ],
+)
+def test_official_encodings_from_local_rank_files_match_tiktoken(
+    rank_files: Path, tmp_path: Path, name: str, file: str, vocab_size: int, ids: list[int]
+) -> None:
+    tokenizer = TiktokenTokenizer.from_file(name, rank_files / f"{file}.tiktoken", tmp_path)
+    assert tokenizer.kind == "tiktoken"
+    assert tokenizer.vocab_size == vocab_size
+    assert tokenizer.encode("Hello world") == ids  # the ids tiktoken documents for these encodings
+    assert tokenizer.encode_array("Hello world").tolist() == ids
+    german = "Sehr geehrte Damen und Herren, „Grüße“ – Straße"
+    assert tokenizer.decode(tokenizer.encode(german)) == german
 
 
-def test_tiktoken_uses_the_merges() -> None:
-    assert TIKTOKEN.encode("he") == [257]
-    assert TIKTOKEN.vocab_size == 260  # 259 ranks + <|endoftext|>
-    assert TIKTOKEN.kind == "tiktoken"
-    assert TIKTOKEN.encode_array("th").tolist() == [256]
+def test_gzipped_rank_file_is_read(rank_files: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "cl100k_base.tiktoken.gz"
+    packed.write_bytes(gzip.compress((rank_files / "cl100k_base.tiktoken").read_bytes()))
+    tokenizer = TiktokenTokenizer.from_file("cl100k_base", packed, tmp_path / "cache")
+    assert tokenizer.encode("Hello world") == [9906, 1917]
+    tokenizer.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "ranks.tiktoken").read_bytes() == (rank_files / "cl100k_base.tiktoken").read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe", "tiktoken"])
-def test_save_and_load_give_the_same_tokenizer(tmp_path: Path, kind: str, bpe: BpeTokenizer) -> None:
-    tokenizers: dict[str, Tokenizer] = {"char": CharTokenizer.train(CORPUS), "bpe": bpe, "tiktoken": TIKTOKEN}
+def test_save_and_load_give_the_same_tokenizer(
+    tmp_path: Path, kind: str, bpe: BpeTokenizer, gpt2: TiktokenTokenizer
+) -> None:
+    tokenizers: dict[str, Tokenizer] = {"char": CharTokenizer.train(CORPUS), "bpe": bpe, "tiktoken": gpt2}
     original = tokenizers[kind]
     original.save(tmp_path / "tok")
-    again = load_tokenizer(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok", tmp_path / "cache")
     assert isinstance(again, Tokenizer)
     assert again.kind == kind
     assert again.vocab_size == original.vocab_size
@@ -90,11 +109,11 @@ def test_save_and_load_give_the_same_tokenizer(tmp_path: Path, kind: str, bpe: B
     assert again.decode(again.encode(sample)) == sample
 
 
-def test_saved_tiktoken_copy_is_self_contained(tmp_path: Path) -> None:
-    TIKTOKEN.save(tmp_path / "a")
-    loaded = load_tokenizer(tmp_path / "a")
+def test_saved_tiktoken_copy_is_self_contained(tmp_path: Path, gpt2: TiktokenTokenizer) -> None:
+    gpt2.save(tmp_path / "a")
+    loaded = load_tokenizer(tmp_path / "a", tmp_path / "cache")
     loaded.save(tmp_path / "a")  # saving onto its own copy must not break it
-    assert load_tokenizer(tmp_path / "a").encode("the") == TIKTOKEN.encode("the")
+    assert load_tokenizer(tmp_path / "a", tmp_path / "other-cache").encode("the") == gpt2.encode("the")
 
 
 def test_char_tokenizer_names_unknown_characters() -> None:
@@ -121,15 +140,20 @@ def test_tiktoken_unknown_encoding_name(tmp_path: Path) -> None:
         TiktokenTokenizer.by_name("nope", tmp_path)
 
 
-def test_tiktoken_local_file_problems(tmp_path: Path) -> None:
+def test_tiktoken_local_file_problems(tmp_path: Path, rank_files: Path) -> None:
     with pytest.raises(DataError, match="tiktoken rank file not found"):
-        TiktokenTokenizer.from_file("gpt2", tmp_path / "missing")
+        TiktokenTokenizer.from_file("gpt2", tmp_path / "missing", tmp_path)
     bad = tmp_path / "bad.tiktoken"
-    bad.write_text("this is not a rank file\n")
-    with pytest.raises(DataError, match="not a tiktoken rank file"):
-        TiktokenTokenizer.from_file("gpt2", bad)
-    with pytest.raises(UserError, match="not 'cl100k_base'"):
-        TiktokenTokenizer.from_file("cl100k_base", bad)
+    bad.write_text("dGg= 256\n")
+    with pytest.raises(DataError, match=r"bad\.tiktoken: not the official r50k_base rank file"):
+        TiktokenTokenizer.from_file("gpt2", bad, tmp_path)
+    with pytest.raises(DataError, match="not the official cl100k_base rank file"):
+        TiktokenTokenizer.from_file("cl100k_base", rank_files / "o200k_base.tiktoken", tmp_path)
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match=r"bad\.gz: not a gzip file"):
+        TiktokenTokenizer.from_file("cl100k_base", tmp_path / "bad.gz", tmp_path)
+    with pytest.raises(UserError, match="not 'llama3'"):
+        TiktokenTokenizer.from_file("llama3", bad, tmp_path)
 
 
 def test_load_tokenizer_errors_name_the_spec(tmp_path: Path) -> None:
@@ -146,21 +170,19 @@ def test_load_tokenizer_errors_name_the_spec(tmp_path: Path) -> None:
         load_tokenizer(tmp_path, cache_dir=tmp_path / "cache")
 
 
-def test_tiktoken_by_name_uses_the_cache_dir_and_saves_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """tiktoken's loader reads its cache location from the environment: it must see ours, then the old value."""
+def test_tiktoken_by_name_reads_its_cache_offline_and_saves_by_name(
+    tmp_path: Path, rank_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache filled once (here from the local rank file, as a first online run would) serves later runs offline;
+    tiktoken reads the cache location from the environment: it must see ours, then the user's value again."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "/users/own/cache")
-    seen: list[str] = []
-
-    def loader(name: str) -> tiktoken.Encoding:
-        seen.append(os.environ["TIKTOKEN_CACHE_DIR"])
-        return TIKTOKEN._encoding
-
-    tokenizer = TiktokenTokenizer.by_name("gpt2", tmp_path, get_encoding=loader)
-    assert seen == [str(tmp_path / "tiktoken")]
+    TiktokenTokenizer.from_file("r50k_base", rank_files / "r50k_base.tiktoken", tmp_path)
+    tokenizer = TiktokenTokenizer.by_name("r50k_base", tmp_path)
     assert os.environ["TIKTOKEN_CACHE_DIR"] == "/users/own/cache"
-    assert tokenizer.encode("the") == TIKTOKEN.encode("the")
+    assert tokenizer.encode("Hello world") == [15496, 995]
     tokenizer.save(tmp_path / "tok")
-    assert json.loads((tmp_path / "tok" / SPEC_FILE).read_text()) == {"kind": "tiktoken", "encoding": "gpt2"}
+    assert json.loads((tmp_path / "tok" / SPEC_FILE).read_text()) == {"kind": "tiktoken", "encoding": "r50k_base"}
+    assert load_tokenizer(tmp_path / "tok", tmp_path).encode("Hello world") == [15496, 995]
 
 
 def test_batch_encoding_of_large_text_equals_whole_encoding(bpe: BpeTokenizer, shakespeare_text: str) -> None:

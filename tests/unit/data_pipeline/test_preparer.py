@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ml_playground.configuration.models import PrepareConfig
-from ml_playground.core.errors import DataError, UserError
+from ml_playground.core.errors import DataError
 from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.preparer import prepare, read_meta, token_dtype
 from ml_playground.data_pipeline.sources.text import fetch_cached
@@ -78,16 +78,20 @@ def test_crlf_and_bom_are_normalised(tmp_path: Path) -> None:
     assert "\ufeff" not in chars
 
 
-def test_explicit_encoding(tmp_path: Path) -> None:
+def test_legacy_encoding_is_detected_and_an_explicit_one_wins(tmp_path: Path) -> None:
     source = tmp_path / "latin.txt"
-    source.write_bytes("Grüße aus Köln\n".encode("cp1252") * 40)
-    with pytest.raises(DataError, match="not valid UTF-8 at byte"):
-        prepare(config(tmp_path, source))
-    prepare(config(tmp_path, source, encoding="cp1252"))
+    source.write_bytes("Grüße aus Köln – „Straße“\n".encode("cp1252") * 40)
+    report = prepare(config(tmp_path, source))
+    assert report.encodings == {"cp1252": 1}
     tokenizer = load_tokenizer(tmp_path / "ds" / "tokenizer")
-    assert set("Grüße aus Köln\n") == set(tokenizer.decode(list(range(tokenizer.vocab_size))))
+    assert set("Grüße aus Köln – „Straße“\n") == set(tokenizer.decode(list(range(tokenizer.vocab_size))))
+    prepare(config(tmp_path, source, encoding="latin-1"))
+    latin = load_tokenizer(tmp_path / "ds" / "tokenizer")
+    assert "\x84" in latin.decode(list(range(latin.vocab_size)))  # the user asked for latin-1, and got it
     with pytest.raises(DataError, match="unknown encoding 'klingon'"):
         prepare(config(tmp_path, source, encoding="klingon"))
+    with pytest.raises(DataError, match=r"latin\.txt: not valid utf-8 at byte 2"):
+        prepare(config(tmp_path, source, encoding="utf-8"))
 
 
 @pytest.mark.parametrize(
@@ -123,10 +127,10 @@ def test_large_vocabularies_use_uint32() -> None:
     assert token_dtype(65537) is np.uint32
 
 
-def test_tokenizer_choice_reaches_tiktoken(tmp_path: Path, shakespeare_slice: Path) -> None:
+def test_tokenizer_choice_reaches_tiktoken(tmp_path: Path, shakespeare_slice: Path, rank_files: Path) -> None:
     with pytest.raises(DataError, match="could not fetch tiktoken encoding 'gpt2'"):
         prepare(config(tmp_path, shakespeare_slice, tokenizer="gpt2"))
-    with pytest.raises(UserError, match="not 'cl100k_base'"):
+    with pytest.raises(DataError, match="not the official cl100k_base rank file"):
         prepare(
             config(
                 tmp_path,
@@ -137,6 +141,11 @@ def test_tokenizer_choice_reaches_tiktoken(tmp_path: Path, shakespeare_slice: Pa
             )
         )
     assert not (tmp_path / "ds").exists()
+    report = prepare(
+        config(tmp_path, shakespeare_slice, tokenizer="gpt2", tiktoken_file=rank_files / "r50k_base.tiktoken")
+    )
+    assert report.vocab_size == 50257
+    assert 3.0 < report.characters / (report.train_tokens + report.val_tokens) < 5.0  # GPT-2 BPE on English
 
 
 class _Handler(BaseHTTPRequestHandler):
