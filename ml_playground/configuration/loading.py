@@ -65,7 +65,7 @@ def _format_validation_error(error: ValidationError, config_path: Path, overridd
     elif first["type"] == "missing":
         message = "required key is missing"
     else:
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], dict):
             message += f" (got {first['input']!r})"
     source = f"--set {overridden[key]}" if key in overridden else None
@@ -74,7 +74,7 @@ def _format_validation_error(error: ValidationError, config_path: Path, overridd
     more = len(error.errors()) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return ConfigError(message, path=config_path, key=key)
+    return ConfigError(message, path=config_path, key=key or None)
 
 
 def load_config(config_path: Path, overrides: Iterable[str] = ()) -> ExperimentConfig:

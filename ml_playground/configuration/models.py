@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TokenizerName = Literal["char", "bpe", "gpt2", "tiktoken"]
+TokenizerName = Literal["char", "bpe", "gpt2", "tiktoken", "hf"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DtypeName = Literal["float32", "bfloat16", "float16"]
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -30,9 +30,20 @@ class PrepareConfig(Section):
     tiktoken_file: Path | None = None
     cache_dir: Path = Path("~/.cache/ml_playground")
     encoding: str | None = Field(default=None, description="Force a text encoding instead of detecting it.")
-    format: Literal["text", "bundestag"] = Field(
-        default="text", description="text: files as they are; bundestag: plenary protocols split into speeches."
+    format: Literal["text", "bundestag", "jsonl"] = Field(
+        default="text",
+        description="text: files as they are; bundestag: plenary protocols split into speeches; "
+        "jsonl: records with a 'text' field (for example a speeches.jsonl).",
     )
+    hf_tokenizer: str | None = Field(
+        default=None, description="tokenizer = 'hf': Hub id or folder; defaults to train.base_model."
+    )
+    template: str | None = Field(
+        default=None,
+        description="Header before each record's text, with {speaker}, {party}, {role}, {date} fields "
+        "(bundestag/jsonl formats with tokenizer = 'hf').",
+    )
+    mask_template: bool = Field(default=False, description="Keep the template's tokens out of the loss.")
     interjections: Literal["keep", "strip", "separate"] = Field(
         default="keep", description="bundestag: keep interjections in the text, strip them, or make them records."
     )
@@ -68,6 +79,16 @@ class ModelConfig(Section):
 class DataConfig(Section):
     batch_size: int = Field(default=12, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)
+    block_size: int | None = Field(
+        default=None, ge=2, description="Fine-tuning only: tokens per sequence (from scratch: train.model.block_size)."
+    )
+
+
+class LoraConfig(Section):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
 class OptimConfig(Section):
@@ -135,6 +156,26 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     sample_during_training: SampleDuringTrainingConfig = SampleDuringTrainingConfig()
     distributed: DistributedConfig = DistributedConfig()
+    base_model: str | None = Field(
+        default=None, description="Fine-tune this Hugging Face causal LM (Hub id or local folder) with LoRA."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of base_model.")
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = False
+    save_merged_on_best: bool = Field(default=False, description="Also write the merged model to out_dir/merged.")
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per training sequence: train.data.block_size when fine-tuning, else train.model.block_size."""
+        if self.base_model is not None and self.data.block_size is not None:
+            return self.data.block_size
+        return self.model.block_size
+
+    @model_validator(mode="after")
+    def _block_size_in_one_place(self) -> TrainConfig:
+        if self.base_model is None and self.data.block_size is not None:
+            raise ValueError("train.data.block_size is for fine-tuning (train.base_model); use train.model.block_size")
+        return self
 
 
 class SampleConfig(Section):
@@ -149,9 +190,25 @@ class SampleConfig(Section):
     checkpoint: str = Field(default="best", description="best, last, or a checkpoint folder path.")
     weights: Literal["raw", "ema"] = "raw"
     use_kv_cache: bool = True
+    require_adapters: bool = Field(
+        default=True, description="Fine-tuning: refuse to sample the bare base model when no adapters exist."
+    )
+    chat: bool = Field(default=False, description="Fine-tuning: wrap the prompt in the tokenizer's chat template.")
 
 
 class ExperimentConfig(Section):
     prepare: PrepareConfig
     train: TrainConfig
     sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _hf_tokenizer_defaults_to_the_base_model(self) -> ExperimentConfig:
+        if self.prepare.tokenizer == "hf" and self.prepare.hf_tokenizer is None:
+            if self.train.base_model is None:
+                raise ValueError("prepare.tokenizer = 'hf' needs prepare.hf_tokenizer or train.base_model")
+            object.__setattr__(self, "prepare", self.prepare.model_copy(update={"hf_tokenizer": self.train.base_model}))
+        if self.train.base_model is not None and self.prepare.tokenizer != "hf":
+            raise ValueError(
+                "fine-tuning (train.base_model) needs the base model's tokenizer: prepare.tokenizer = 'hf'"
+            )
+        return self

@@ -43,9 +43,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the accelerator runs it natively (CUDA with bf16 support, MPS), float32 elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():  # pragma: no cover (no GPU on the CI machine)
+        return torch.bfloat16
+    if device.type == "mps":  # pragma: no cover
+        return torch.bfloat16
+    return torch.float32
+
+
 def resolve_precision(device_name: str, dtype_name: str) -> Precision:
     device = resolve_device(device_name)
-    dtype = _DTYPES[dtype_name]
+    dtype = auto_dtype(device) if dtype_name == "auto" else _DTYPES[dtype_name]
     if device.type == "cpu" and dtype == torch.float16:
         raise ConfigError("float16 autocast is not supported on the CPU; use bfloat16 or float32", key="train.dtype")
     return Precision(device, dtype)

@@ -28,6 +28,7 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 SPEC_FILE = "tokenizer.json"
 BPE_FILE = "bpe.json"
 TIKTOKEN_RANKS_FILE = "ranks.tiktoken"
+HF_TOKENIZER_DIR = "hf"
 
 # The official rank files tiktoken downloads, with the sha256 it expects (from tiktoken_ext.openai_public).
 # A local copy is checked against the hash and put where tiktoken's own loader looks for its cache, so
@@ -272,6 +273,55 @@ class TiktokenTokenizer:
         atomic_write_text(directory / SPEC_FILE, json.dumps(spec))
 
 
+class PretrainedTokenizer:
+    """A Hugging Face ``transformers`` tokenizer (a base model's own), saved with ``save_pretrained``.
+
+    ``encode`` adds no special tokens: the data pipeline places BOS/EOS itself.
+    """
+
+    def __init__(self, tokenizer: Any, source: str) -> None:
+        self.tokenizer = tokenizer
+        self.source = source
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, revision: str | None = None, key: str = "train.base_model"
+    ) -> PretrainedTokenizer:
+        from ml_playground.finetune.hub import load_pretrained_tokenizer
+
+        return cls(load_pretrained_tokenizer(name_or_path, revision, key), name_or_path)
+
+    @property
+    def kind(self) -> str:
+        return "hf"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self.tokenizer.eos_token_id
+        return int(eos) if eos is not None else None
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def encode_array(self, text: str) -> npt.NDArray[np.int64]:
+        return np.asarray(self.encode(text), dtype=np.int64)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def save(self, directory: Path) -> None:
+        """The tokenizer's own files go to ``hf/`` (its ``tokenizer.json`` is not our spec file)."""
+        target = directory / HF_TOKENIZER_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(target))
+        spec = {"kind": "hf", "dir": HF_TOKENIZER_DIR, "source": self.source}
+        atomic_write_text(directory / SPEC_FILE, json.dumps(spec))
+
+
 @contextlib.contextmanager
 def _env(name: str, value: str) -> Iterator[None]:
     """tiktoken reads its cache location only from the environment."""
@@ -304,4 +354,9 @@ def load_tokenizer(directory: Path, cache_dir: Path = Path("~/.cache/ml_playgrou
         if "file" in spec:
             return TiktokenTokenizer.from_file(spec["encoding"], directory / spec["file"], cache_dir)
         return TiktokenTokenizer.by_name(spec["encoding"], cache_dir)
+    if kind == "hf":
+        from ml_playground.finetune.hub import load_pretrained_tokenizer
+
+        folder = directory / spec.get("dir", HF_TOKENIZER_DIR)
+        return PretrainedTokenizer(load_pretrained_tokenizer(str(folder)), spec.get("source", str(folder)))
     raise DataError(f"unknown tokenizer kind {kind!r}", path=spec_path)

@@ -19,13 +19,20 @@ import torch
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.preparer import read_meta
 
+IGNORE_INDEX = -100  # targets with this id are not in the loss (PyTorch's cross_entropy default)
+
+Tokens = npt.NDArray[np.unsignedinteger[Any]]
+Mask = npt.NDArray[np.uint8]
+
 
 @dataclass(frozen=True)
 class TokenDataset:
     dataset_dir: Path
     meta: dict[str, Any]
-    train: npt.NDArray[np.unsignedinteger[Any]]
-    val: npt.NDArray[np.unsignedinteger[Any]]
+    train: Tokens
+    val: Tokens
+    train_mask: Mask | None = None
+    val_mask: Mask | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -46,7 +53,26 @@ def open_dataset(dataset_dir: Path) -> TokenDataset:
                 path=path,
             )
         splits[split] = array
-    return TokenDataset(dataset_dir, meta, splits["train"], splits["val"])
+    masks: dict[str, Mask | None] = {"train": None, "val": None}
+    if meta.get("loss_mask"):
+        for split in ("train", "val"):
+            path = dataset_dir / f"{split}_mask.bin"
+            if not path.is_file() or path.stat().st_size != len(splits[split]):
+                raise DataError(
+                    f"{split}_mask.bin is missing or does not match {split}.bin (run prepare again)", path=path
+                )
+            masks[split] = np.memmap(path, dtype=np.uint8, mode="r")
+    return TokenDataset(dataset_dir, meta, splits["train"], splits["val"], masks["train"], masks["val"])
+
+
+def _windows(tokens: Tokens, mask: Mask | None, starts: Any, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of the windows ``tokens[s : s + length + 1]``; masked targets become IGNORE_INDEX."""
+    rows = torch.from_numpy(np.stack([tokens[s : s + length + 1] for s in starts]).astype(np.int64))
+    x, y = rows[:, :-1], rows[:, 1:]
+    if mask is not None:
+        keep = torch.from_numpy(np.stack([mask[s + 1 : s + length + 1] for s in starts]).astype(np.bool_))
+        y = y.masked_fill(~keep, IGNORE_INDEX)
+    return x, y
 
 
 class BatchSampler:
@@ -54,13 +80,14 @@ class BatchSampler:
 
     def __init__(
         self,
-        tokens: npt.NDArray[np.unsignedinteger[Any]],
+        tokens: Tokens,
         *,
         block_size: int,
         batch_size: int,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        mask: Mask | None = None,
     ) -> None:
         if len(tokens) <= block_size:
             raise DataError(f"split has {len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}")
@@ -70,6 +97,7 @@ class BatchSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.mask = mask
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         seed = int(np.random.SeedSequence([self.seed, step, micro_step]).generate_state(1)[0])
@@ -78,18 +106,17 @@ class BatchSampler:
             len(self.tokens) - self.block_size, (self.batch_size * self.world_size,), generator=generator
         )
         starts = global_starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].numpy()
-        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts]).astype(np.int64)
-        window = torch.from_numpy(rows)
-        return window[:, :-1], window[:, 1:]
+        return _windows(self.tokens, self.mask, starts, self.block_size)
 
 
 def sequential_windows(
-    tokens: npt.NDArray[np.unsignedinteger[Any]],
+    tokens: Tokens,
     block_size: int,
     batch_size: int,
     *,
     rank: int = 0,
     world_size: int = 1,
+    mask: Mask | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every next-token target of the split exactly once: non-overlapping windows, last one shorter.
 
@@ -102,10 +129,6 @@ def sequential_windows(
     for index, i in enumerate(batch_starts):
         if index % world_size != rank:
             continue
-        rows = np.stack([tokens[s : s + block_size + 1] for s in full[i : i + batch_size]]).astype(np.int64)
-        window = torch.from_numpy(rows)
-        yield window[:, :-1], window[:, 1:]
+        yield _windows(tokens, mask, full[i : i + batch_size], block_size)
     if len(full) < len(starts) and len(batch_starts) % world_size == rank:
-        tail = np.asarray(tokens[starts[-1] :], dtype=np.int64)
-        window = torch.from_numpy(tail).unsqueeze(0)
-        yield window[:, :-1], window[:, 1:]
+        yield _windows(tokens, mask, [starts[-1]], n_targets - starts[-1])

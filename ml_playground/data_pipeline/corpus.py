@@ -7,6 +7,7 @@ sampling can start from a speaker line such as ``Dr. Angela Merkel, Bundeskanzle
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,30 @@ def render_speeches(speeches: list[Speech]) -> str:
 def build_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpus:
     if config.format == "text":
         return Corpus("\n".join(source.text for source in sources))
+    if config.format == "jsonl":
+        return _jsonl_corpus(sources)
     return _bundestag_corpus(config, sources)
+
+
+def _jsonl_corpus(sources: list[SourceText]) -> Corpus:
+    """One JSON object per line with at least a ``text`` string (a speeches.jsonl qualifies)."""
+    records: list[dict[str, Any]] = []
+    for source in sources:
+        for number, line in enumerate(source.text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"line {number} is not JSON ({exc.msg})", path=source.path) from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataError(f"line {number} has no 'text' string", path=source.path)
+            if record.get("kind", "speech") == "speech":
+                records.append(record)
+    if not records:
+        raise DataError("no records with text", key="prepare.input_path")
+    text = "".join(f"{record['text']}\n\n" for record in records)
+    return Corpus(text, records, details=[f"records: {len(records):,}"])
 
 
 def _bundestag_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpus:

@@ -18,10 +18,11 @@ import numpy.typing as npt
 
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.atomic import atomic_open, atomic_write_text
-from ml_playground.core.errors import DataError
-from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
+from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.data_pipeline.corpus import build_corpus
+from ml_playground.data_pipeline.corpus import Corpus, build_corpus
+from ml_playground.data_pipeline.packing import check_template, pack_records
 from ml_playground.data_pipeline.sources.text import SourceText, read_sources
 from ml_playground.data_pipeline.speeches import JSONL_FILE, write_speeches
 
@@ -84,6 +85,55 @@ def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
     return TiktokenTokenizer.by_name(name, config.cache_dir)
 
 
+Split = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]
+
+
+def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, Split, Split]:
+    """Train/val token ids, plus loss masks when records are packed with EOS (Hugging Face tokenizers)."""
+    if config.tokenizer != "hf" and config.template is not None:
+        raise ConfigError(
+            "a template needs tokenizer = 'hf' (records are packed with its EOS token)", key="prepare.template"
+        )
+    text = corpus.text
+    split_at = int(len(text) * (1.0 - config.val_fraction))
+    train_text, val_text = text[:split_at], text[split_at:]
+    tokenizer: Tokenizer
+    if config.tokenizer == "hf":
+        assert config.hf_tokenizer is not None  # ExperimentConfig fills it from train.base_model
+        pretrained = PretrainedTokenizer.from_pretrained(config.hf_tokenizer, key="prepare.hf_tokenizer")
+        if corpus.records is not None:
+            return (pretrained, *_pack_split(config, corpus.records, pretrained))
+        tokenizer = pretrained
+    else:
+        # char vocabularies see the whole text (a character only in val would be unencodable), unless
+        # rare characters are cut; BPE merges are learnt from train only.
+        vocab_text = train_text if config.tokenizer == "bpe" or config.min_char_count > 1 else text
+        tokenizer = build_tokenizer(config, vocab_text)
+    return tokenizer, (tokenizer.encode_array(train_text), None), (tokenizer.encode_array(val_text), None)
+
+
+def _pack_split(
+    config: PrepareConfig, records: list[dict[str, Any]], tokenizer: PretrainedTokenizer
+) -> tuple[Split, Split]:
+    """The last ``val_fraction`` of the records (at least one) is validation."""
+    records = [r for r in records if r.get("kind", "speech") == "speech"]
+    if config.template is not None:
+        check_template(config.template, sorted({key for record in records for key in record}))
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no end-of-sequence token to separate records", key="prepare.hf_tokenizer")
+    n_val = max(1, round(len(records) * config.val_fraction))
+    if len(records) <= n_val:
+        raise DataError(
+            f"{len(records)} record(s) are too few to split into train and validation", key="prepare.input_path"
+        )
+    packed = [
+        pack_records(part, tokenizer, eos, template=config.template, mask_template=config.mask_template)
+        for part in (records[:-n_val], records[-n_val:])
+    ]
+    return (packed[0].ids, packed[0].mask), (packed[1].ids, packed[1].mask)
+
+
 def _chunks(text: str, size: int = 1 << 20) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
@@ -99,6 +149,9 @@ def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
         "interjections",
         "non_protocol",
         "min_char_count",
+        "hf_tokenizer",
+        "template",
+        "mask_template",
     )
     settings = {key: getattr(config, key) for key in keys}
     settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
@@ -136,7 +189,7 @@ def _up_to_date(config: PrepareConfig, sources: list[SourceText]) -> bool:
     return not (config.format == "bundestag" and not (config.dataset_dir / JSONL_FILE).is_file())
 
 
-def _write_tokens(path: Path, ids: npt.NDArray[np.int64], dtype: type[np.unsignedinteger[Any]]) -> None:
+def _write_tokens(path: Path, ids: npt.NDArray[Any], dtype: type[np.unsignedinteger[Any]]) -> None:
     with atomic_open(path) as handle:
         handle.write(ids.astype(dtype).tobytes())
 
@@ -156,14 +209,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         )
     corpus = build_corpus(config, sources)
     text = corpus.text
-    split_at = int(len(text) * (1.0 - config.val_fraction))
-    train_text, val_text = text[:split_at], text[split_at:]
-    # char vocabularies see the whole text (a character only in val would be unencodable), unless
-    # rare characters are cut; BPE merges are learnt from train only.
-    vocab_text = train_text if config.tokenizer == "bpe" or config.min_char_count > 1 else text
-    tokenizer = build_tokenizer(config, vocab_text)
-    train_ids = tokenizer.encode_array(train_text)
-    val_ids = tokenizer.encode_array(val_text)
+    tokenizer, (train_ids, train_mask), (val_ids, val_mask) = _tokenize(config, corpus)
     if len(val_ids) < 2:
         raise DataError(
             f"validation split has {len(val_ids)} tokens; use more text or a larger prepare.val_fraction",
@@ -173,12 +219,15 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     out = config.dataset_dir
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out / TOKENIZER_DIR)
-    if corpus.records is not None:
+    if config.format == "bundestag" and corpus.records is not None:
         write_speeches(out, corpus.records)
     if config.format != "text":
         atomic_write_text(out / CORPUS_FILE, text)
     _write_tokens(out / "train.bin", train_ids, dtype)
     _write_tokens(out / "val.bin", val_ids, dtype)
+    if train_mask is not None and val_mask is not None:
+        _write_tokens(out / "train_mask.bin", train_mask, np.uint8)
+        _write_tokens(out / "val_mask.bin", val_mask, np.uint8)
     meta = {
         "format_version": META_FORMAT_VERSION,
         "tokenizer": {"kind": tokenizer.kind, "dir": TOKENIZER_DIR},
@@ -187,6 +236,8 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         "train_tokens": len(train_ids),
         "val_tokens": len(val_ids),
         "characters": len(text),
+        "loss_mask": train_mask is not None,
+        "eos_id": getattr(tokenizer, "eos_token_id", None),
         "sources": _source_entries(sources),
         "settings": _settings_fingerprint(config),
         "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),

@@ -26,6 +26,8 @@ class EvalReport:
 
 
 def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
+    if config.train.base_model is not None:
+        return _evaluate_finetuned(config)
     service = CheckpointService(config.train.out_dir)
     loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
     dataset = open_dataset(config.prepare.dataset_dir)
@@ -39,3 +41,23 @@ def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
     model = model_from_checkpoint(loaded, precision.device, config.sample.weights)
     result = evaluate_split(model, dataset.val, block_size=model.config.block_size, precision=precision)
     return EvalReport(result.loss, result.tokens, str(loaded.path), loaded.step)
+
+
+def _evaluate_finetuned(config: ExperimentConfig) -> EvalReport:
+    """Base + adapters (or the merged model) named by ``sample.checkpoint``, on the masked validation split."""
+    from ml_playground.finetune.sampling import load_for_sampling
+    from ml_playground.finetune.setup import LogitsOnly
+
+    dataset = open_dataset(config.prepare.dataset_dir)
+    precision = resolve_precision(config.train.device, config.train.dtype)
+    model, _, described = load_for_sampling(config)
+    result = evaluate_split(
+        LogitsOnly(model),
+        dataset.val,
+        block_size=config.train.sequence_length,
+        precision=precision,
+        mask=dataset.val_mask,
+    )
+    pointer = CheckpointService(config.train.out_dir).pointer_info(config.sample.checkpoint)
+    step = int(pointer["step"]) if pointer is not None else -1
+    return EvalReport(result.loss, result.tokens, described, step)

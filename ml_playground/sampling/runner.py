@@ -66,6 +66,10 @@ def write_stdout(text: str) -> None:
 
 def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = write_stdout) -> list[Sample]:
     sc = config.sample
+    if config.train.base_model is not None:
+        from ml_playground.finetune.sampling import sample_finetuned
+
+        return [Sample(text, path) for text, path in sample_finetuned(config, read_prompt(config), emit)]
     service = CheckpointService(config.train.out_dir)
     loaded = service.load(service.resolve(sc.checkpoint), with_training_state=False)
     tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)

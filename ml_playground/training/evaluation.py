@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ml_playground.core.devices import Precision
-from ml_playground.data_pipeline.batches import BatchSampler, sequential_windows
+from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, Mask, sequential_windows
 from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
@@ -33,17 +33,22 @@ def evaluate_split(
     precision: Precision,
     batch_size: int = EVAL_BATCH_SIZE,
     dist: DistributedContext = SINGLE_PROCESS,
+    mask: Mask | None = None,
 ) -> SplitLoss:
-    """Mean next-token loss over every target of ``tokens`` exactly once; ranks share the batches."""
+    """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)  # (loss * tokens, tokens)
-    for x, y in sequential_windows(tokens, block_size, batch_size, rank=dist.rank, world_size=dist.world_size):
+    windows = sequential_windows(tokens, block_size, batch_size, rank=dist.rank, world_size=dist.world_size, mask=mask)
+    for x, y in windows:
+        counted = int((y != IGNORE_INDEX).sum())
+        if counted == 0:
+            continue
         x, y = x.to(precision.device), y.to(precision.device)
         with precision.autocast():
             logits = model(x)
-        sums[0] += cross_entropy(logits, y).double().cpu() * y.numel()
-        sums[1] += y.numel()
+        sums[0] += cross_entropy(logits, y).double().cpu() * counted
+        sums[1] += counted
     dist.sum_(sums)
     model.train(was_training)
     return SplitLoss(float(sums[0] / sums[1]), int(sums[1]))

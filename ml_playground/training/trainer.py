@@ -115,9 +115,8 @@ def check_dataset_fits(dataset: TokenDataset, block_size: int) -> None:
             )
 
 
-def check_same_shape(loaded: LoadedCheckpoint, config: GPTConfig) -> None:
+def check_same_shape(loaded: LoadedCheckpoint, current: Mapping[str, Any]) -> None:
     saved = loaded.manifest.get("model_config", {})
-    current = config.to_dict()
     differing = [
         f"{k}: {saved.get(k)} in checkpoint, {current.get(k)} now"
         for k in sorted(set(saved) | set(current))
@@ -174,6 +173,75 @@ def maybe_compile(
         return None
 
 
+@dataclass
+class ModelSetup:
+    """What the training wiring needs from a model family (our GPT, or a Hugging Face model with LoRA).
+
+    ``model(x)`` returns logits (evaluation and the loop call it); ``trainable_state`` is what a
+    checkpoint stores as ``model.safetensors`` and ``load_trainable`` puts it back on resume;
+    ``model_config`` goes into the manifest and must match on resume.
+    """
+
+    model: nn.Module
+    model_config: dict[str, Any]
+    summary: str
+    trainable_state: Callable[[], dict[str, torch.Tensor]]
+    load_trainable: Callable[[Mapping[str, torch.Tensor]], None]
+    ema: EMA | None = None
+    forward: nn.Module | None = None
+    no_sync: Callable[[], contextlib.AbstractContextManager[object]] | None = None
+    make_hooks: Callable[[MetricsLogger, CheckpointService], list[Hook]] | None = None
+
+
+def _gpt_setup(
+    config: ExperimentConfig,
+    dataset: TokenDataset,
+    precision: Precision,
+    console: Console,
+    dist: DistributedContext,
+) -> ModelSetup:
+    tc = config.train
+    model_config = gpt_config(tc.model, dataset.vocab_size)
+    model = GPT(model_config).to(precision.device)
+    ema = EMA(model, tc.ema.decay, tc.ema.start_step) if tc.ema.enabled else None
+    train_module, no_sync = wrap_model(model, dist, tc.distributed.strategy, precision.device)
+    if dist.enabled:
+        forward: nn.Module | None = train_module
+        if tc.compile:
+            say(console, "warning: train.compile is not combined with distributed training yet; training eager")
+    else:
+        forward = maybe_compile(model, tc.compile, console)
+
+    def make_hooks(logger: MetricsLogger, service: CheckpointService) -> list[Hook]:
+        if not (tc.sample_during_training.every_evals and dist.is_main):
+            return []
+        return [
+            SampleHook(
+                every_evals=tc.sample_during_training.every_evals,
+                model=model,
+                tokenizer=load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir),
+                prompt=tc.sample_during_training.prompt,
+                params=SamplingParams(
+                    max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed
+                ),
+                logger=logger,
+                device=precision.device,
+            )
+        ]
+
+    return ModelSetup(
+        model=model,
+        model_config=model_config.to_dict(),
+        summary=f"model: {model.num_parameters() / 1e6:.2f}M parameters",
+        trainable_state=model.state_dict,
+        load_trainable=lambda state: model.load_state_dict(state) and None,
+        ema=ema,
+        forward=forward,
+        no_sync=no_sync,
+        make_hooks=make_hooks,
+    )
+
+
 def train(
     config: ExperimentConfig,
     *,
@@ -188,7 +256,7 @@ def train(
     """Train from config. ``environ`` carries torchrun's RANK/WORLD_SIZE for a distributed run."""
     tc = config.train
     dataset = open_dataset(config.prepare.dataset_dir)
-    check_dataset_fits(dataset, tc.model.block_size)
+    check_dataset_fits(dataset, tc.sequence_length)
     precision = resolve_precision(tc.device, tc.dtype)
     dist = init_process_group(context_from_env(environ or {}), precision.device, tc.distributed.timeout_s)
     if dist.enabled and precision.device.type == "cuda":  # pragma: no cover (no GPU on the CI machine)
@@ -232,15 +300,19 @@ def _train_locked(
 ) -> TrainResult:
     tc = config.train
     configure_torch(config)
-    model_config = gpt_config(tc.model, dataset.vocab_size)
-    model = GPT(model_config).to(precision.device)
+    if tc.base_model is not None:
+        from ml_playground.finetune.setup import finetune_setup
+
+        setup = finetune_setup(config, dataset, precision, console, dist)
+    else:
+        setup = _gpt_setup(config, dataset, precision, console, dist)
+    model, ema = setup.model, setup.ema
     optimizer = build_optimizer(model, tc.optim, precision.device)
-    ema = EMA(model, tc.ema.decay, tc.ema.start_step) if tc.ema.enabled else None
     loaded = service.load_latest_intact()
     state = LoopState()
     if loaded is not None:
-        check_same_shape(loaded, model_config)
-        model.load_state_dict(loaded.model)
+        check_same_shape(loaded, setup.model_config)
+        setup.load_trainable(loaded.model)
         assert loaded.training_state is not None
         optimizer.load_state_dict(loaded.training_state["optimizer"])
         if ema is not None and loaded.ema is not None:
@@ -251,34 +323,29 @@ def _train_locked(
     resumed_from = state.step if loaded is not None else None
     if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
         torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + state.step)
-    train_module, no_sync = wrap_model(model, dist, tc.distributed.strategy, precision.device)
+    block_size = tc.sequence_length
     if not quiet:
         say(
             console,
-            f"model: {model.num_parameters() / 1e6:.2f}M parameters | "
+            f"{setup.summary} | "
             f"device {precision.device} {str(precision.dtype).removeprefix('torch.')} | "
             f"global batch {tc.data.batch_size} x {tc.data.grad_accum_steps} accum x {dist.world_size} "
             f"process{'es' if dist.enabled else ''} = "
             f"{tc.data.batch_size * tc.data.grad_accum_steps * dist.world_size} sequences "
-            f"of {tc.model.block_size} tokens",
+            f"of {block_size} tokens",
         )
     batches = BatchSampler(
         dataset.train,
-        block_size=tc.model.block_size,
+        block_size=block_size,
         batch_size=tc.data.batch_size,
         seed=tc.seed,
         rank=dist.rank,
         world_size=dist.world_size,
+        mask=dataset.train_mask,
     )
     estimate_batches = BatchSampler(
-        dataset.train, block_size=tc.model.block_size, batch_size=tc.data.batch_size, seed=tc.seed + 1
+        dataset.train, block_size=block_size, batch_size=tc.data.batch_size, seed=tc.seed + 1, mask=dataset.train_mask
     )
-    if dist.enabled:
-        forward: nn.Module | None = train_module
-        if tc.compile:
-            say(console, "warning: train.compile is not combined with distributed training yet; training eager")
-    else:
-        forward = maybe_compile(model, tc.compile, console)
     metrics_path = tc.out_dir / "metrics.jsonl"
     sinks: list[MetricsLogger] = []
     if dist.is_main:
@@ -290,27 +357,15 @@ def _train_locked(
     logger = CompositeLogger(sinks)
     evaluation = EvaluationHook(
         interval=tc.eval_interval,
-        evaluate_val=lambda: _val_loss(model, dataset, tc.model.block_size, precision, dist),
+        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist),
         estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
     )
     hooks: list[Hook] = [
         evaluation,
         EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
     ]
-    if tc.sample_during_training.every_evals and dist.is_main:
-        hooks.append(
-            SampleHook(
-                every_evals=tc.sample_during_training.every_evals,
-                model=model,
-                tokenizer=load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir),
-                prompt=tc.sample_during_training.prompt,
-                params=SamplingParams(
-                    max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed
-                ),
-                logger=logger,
-                device=precision.device,
-            )
-        )
+    if setup.make_hooks is not None:
+        hooks.extend(setup.make_hooks(logger, service))
     hooks.extend(extra_hooks)
     main_only: list[Hook] = []
     main_only.append(
@@ -323,7 +378,7 @@ def _train_locked(
     def build_payload(ctx: TrainingContext) -> CheckpointPayload:
         return CheckpointPayload(
             step=ctx.state.step,
-            model=model.state_dict(),
+            model=setup.trainable_state(),
             optimizer=optimizer.state_dict(),
             rng=capture_rng(),
             state={
@@ -332,7 +387,7 @@ def _train_locked(
                 "sampler": {"seed": tc.seed, "next_step": ctx.state.step + 1},
             },
             config=config_dump,
-            model_config=model_config.to_dict(),
+            model_config=setup.model_config,
             tokenizer_dir=dataset.dataset_dir / TOKENIZER_DIR,
             ema=ema.state_dict() if ema is not None else None,
             extra_meta={
@@ -364,8 +419,8 @@ def _train_locked(
         hooks=hooks,
         ema=ema,
         stop_signal=stop_signal,
-        forward=forward,
-        no_sync=no_sync,
+        forward=setup.forward,
+        no_sync=setup.no_sync,
         dist=dist,
     )
     ctx = loop.new_context(state)
@@ -398,5 +453,7 @@ def _train_locked(
 def _val_loss(
     model: nn.Module, dataset: TokenDataset, block_size: int, precision: Precision, dist: DistributedContext
 ) -> tuple[float, int]:
-    result = evaluate_split(model, dataset.val, block_size=block_size, precision=precision, dist=dist)
+    result = evaluate_split(
+        model, dataset.val, block_size=block_size, precision=precision, dist=dist, mask=dataset.val_mask
+    )
     return result.loss, result.tokens

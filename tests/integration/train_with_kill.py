@@ -1,6 +1,6 @@
 """Run ``train`` in this process and SIGKILL it at a chosen point; used by the resume tests.
 
-Usage: python train_with_kill.py OVERRIDES_JSON MODE STEP
+Usage: python train_with_kill.py OVERRIDES_JSON MODE STEP [EXPERIMENT]
 MODE: ``none`` (run to the end), ``after-step`` (killed after the optimizer step STEP, before any
 checkpoint of that step is written), ``mid-save`` (killed while the checkpoint of step STEP is
 half written), ``kill-rank-R`` (under torchrun: only rank R is killed after step STEP).
@@ -34,7 +34,8 @@ class KillAfterStep(Hook):
 
 def main() -> None:
     overrides, mode, step = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    config = load_config(experiment_config_path("shakespeare"), overrides)
+    experiment = sys.argv[4] if len(sys.argv) > 4 else "shakespeare"
+    config = load_config(experiment_config_path(experiment), overrides)
     hooks: list[Hook] = []
     if mode == "after-step":
         hooks.append(KillAfterStep(step))

@@ -113,7 +113,9 @@ class Speech:
         return f"{self.speaker}:"
 
     def as_record(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        record["speaker_line"] = self.header() if self.kind == "speech" else ""
+        return record
 
 
 @dataclass

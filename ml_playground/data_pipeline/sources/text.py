@@ -13,7 +13,7 @@ from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.sources.encoding import decode_bytes
 from ml_playground.data_pipeline.sources.normalize import normalize_text
 
-TEXT_SUFFIXES = {".txt", ".md", ".text"}
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".jsonl"}
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,28 @@ def test_speedrun_config_uses_the_modern_options() -> None:
     assert config.train.early_stopping.target_val_loss == pytest.approx(1.89)
     with pytest.raises(ConfigError, match="rotary needs an even head width"):
         load_config(SHAKESPEARE, ["train.model.rotary=true", "train.model.n_embd=12", "train.model.n_head=4"])
+
+
+@pytest.mark.parametrize("name", ["bundestag_char", "bundestag_tiktoken", "bundestag_qwen15b_lora_mps"])
+def test_every_shipped_experiment_loads_and_is_listed(name: str) -> None:
+    config = load_config(experiment_config_path(name))
+    assert config.prepare.format == "bundestag"
+    assert dict(list_experiments())[name]
+
+
+def test_fine_tuning_settings_hang_together() -> None:
+    lora = experiment_config_path("bundestag_qwen15b_lora_mps")
+    config = load_config(lora)
+    assert config.prepare.hf_tokenizer == config.train.base_model == "Qwen/Qwen2.5-1.5B"
+    assert config.train.sequence_length == 512
+    local = load_config(lora, ["train.base_model='/models/tiny'"])
+    assert local.prepare.hf_tokenizer == "/models/tiny"
+    with pytest.raises(ConfigError, match=r"config\.toml: fine-tuning \(train.base_model\) needs .*prepare.tokenizer"):
+        load_config(lora, ["prepare.tokenizer='char'"])
+    with pytest.raises(
+        ConfigError, match=r"prepare\.tokenizer = 'hf' needs prepare\.hf_tokenizer or train\.base_model"
+    ):
+        load_config(SHAKESPEARE, ["prepare.tokenizer='hf'"])
+    with pytest.raises(ConfigError, match=r"train: .*train\.data\.block_size is for fine-tuning"):
+        load_config(SHAKESPEARE, ["train.data.block_size=32"])
+    assert load_config(SHAKESPEARE).train.sequence_length == 64

@@ -1,0 +1,104 @@
+"""Adapters in PEFT's standard format under ``out_dir/adapters/{last,best}``, and the merged model.
+
+Each is written to a temporary folder beside its target and renamed into place, so a reader
+finds either the previous complete folder or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ml_playground.core.errors import CheckpointError
+from ml_playground.training.checkpointing.service import CheckpointService
+from ml_playground.training.hooks.base import Hook
+from ml_playground.training.loop.runner import TrainingContext
+
+ADAPTERS_DIR = "adapters"
+MERGED_DIR = "merged"
+
+
+def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Produce ``target`` with ``write(tmp_dir)`` and swap it in; on error the old folder stays."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def adapter_base_model(adapter_dir: Path) -> str | None:
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"not a PEFT adapter folder ({exc})", path=adapter_dir) from None
+    base = config.get("base_model_name_or_path")
+    return str(base) if base is not None else None
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_adapters_match(adapter_dir: Path, base_model: str) -> None:
+    """Refuse adapters trained on another base model, naming both."""
+    trained_on = adapter_base_model(adapter_dir)
+    if trained_on is not None and not _same_model(trained_on, base_model):
+        raise CheckpointError(
+            f"these adapters were trained on base model {trained_on!r}, not on {base_model!r} (train.base_model); "
+            "set train.base_model to the model they belong to",
+            path=adapter_dir,
+        )
+
+
+class AdapterExportHook(Hook):
+    """After each checkpoint: ``adapters/last``; when it is the best: ``adapters/best`` (and ``merged/``)."""
+
+    def __init__(
+        self,
+        *,
+        peft_model: Any,
+        tokenizer: Any,
+        out_dir: Path,
+        service: CheckpointService,
+        merge: Callable[[Path, Path], None] | None = None,
+    ) -> None:
+        self.peft_model = peft_model
+        self.tokenizer = tokenizer
+        self.out_dir = out_dir
+        self.service = service
+        self.merge = merge
+
+    def _save_adapters(self, target: Path) -> None:
+        def write(tmp: Path) -> None:
+            self.peft_model.save_pretrained(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+
+        replace_dir(target, write)
+
+    def on_checkpoint_saved(self, ctx: TrainingContext, path: Path) -> None:
+        adapters = self.out_dir / ADAPTERS_DIR
+        self._save_adapters(adapters / "last")
+        best = self.service.pointer_info("best")
+        if best is not None and self.service.resolve("best") == path:
+            self._save_adapters(adapters / "best")
+            if self.merge is not None:
+                merge = self.merge
+                replace_dir(self.out_dir / MERGED_DIR, lambda tmp: merge(adapters / "best", tmp))

@@ -1,0 +1,230 @@
+"""LoRA fine-tuning end to end on a tiny real Qwen2 model built locally (no downloads).
+
+prepare (the base model's tokenizer, speeches packed with EOS, header masked) -> train on our
+loop -> adapters in PEFT's format, loadable by plain PEFT -> merged model equal to base+adapters
+-> sampling from adapters and from the merged model -> kill/resume -> bad inputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from ml_playground.configuration import experiment_config_path, load_config
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.errors import CheckpointError, ConfigError
+from ml_playground.data_pipeline.batches import open_dataset
+from ml_playground.data_pipeline.preparer import prepare
+from ml_playground.evaluation.runner import evaluate_checkpoint
+from ml_playground.finetune.tiny import build_tiny_causal_lm
+from ml_playground.sampling.runner import sample
+from ml_playground.training.trainer import train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HELPER = Path(__file__).with_name("train_with_kill.py")
+EXPERIMENT = "bundestag_qwen15b_lora_mps"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    text = (shared_data / "bundestag" / "19009.txt").read_text("utf-8-sig")
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "qwen2", [text])
+
+
+def overrides(root: Path, base_model: Path, shared_data: Path) -> list[str]:
+    return [
+        f"train.base_model='{base_model}'",
+        f"prepare.input_path='{shared_data / 'bundestag' / '19009.txt'}'",
+        f"prepare.dataset_dir='{root / 'dataset'}'",
+        f"train.out_dir='{root / 'run'}'",
+        "train.device='cpu'",
+        "train.num_threads=1",
+        "train.data.block_size=64",
+        "train.data.batch_size=4",
+        "train.data.grad_accum_steps=1",
+        "train.max_iters=30",
+        "train.eval_interval=10",
+        "train.eval_iters=2",
+        "train.log_interval=10",
+        "train.checkpoint.interval=10",
+        "train.checkpoint.keep_last=5",
+        "train.schedule.warmup_iters=3",
+        "train.optim.learning_rate=5e-3",
+        "train.lora.r=8",
+        "train.lora.dropout=0.1",
+        "sample.max_new_tokens=12",
+    ]
+
+
+ConfigFactory = Callable[..., ExperimentConfig]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, shared_data: Path) -> ExperimentConfig:
+    root = tmp_path_factory.mktemp("lora")
+    config = load_config(
+        experiment_config_path(EXPERIMENT),
+        [*overrides(root, tiny_model, shared_data), "train.save_merged_on_best=true"],
+    )
+    prepare(config.prepare)
+    train(config, quiet=True, console=Console(file=io.StringIO()))
+    return config
+
+
+def test_prepared_data_keeps_eos_in_the_loss_although_pad_is_eos(trained: ExperimentConfig, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # as with Qwen
+    dataset = open_dataset(trained.prepare.dataset_dir)
+    assert dataset.train_mask is not None
+    ids, mask = np.asarray(dataset.train), np.asarray(dataset.train_mask)
+    eos_positions = np.flatnonzero(ids == tokenizer.eos_token_id)
+    assert len(eos_positions) > 10  # one per speech
+    assert mask[eos_positions].all()  # every EOS is a target of the loss
+    # the header ("Präsident Dr. Wolfgang Schäuble:\n") after each EOS is masked, the speech text is not
+    first_header = tokenizer("Präsident Dr. Wolfgang Schäuble:\n", add_special_tokens=False)["input_ids"]
+    assert ids[: len(first_header)].tolist() == first_header
+    assert not mask[: len(first_header)].any()
+    assert mask[len(first_header)]
+    assert 0.8 < mask.mean() < 1.0
+
+
+def test_training_lowers_the_loss_and_writes_peft_adapters(trained: ExperimentConfig) -> None:
+    out = trained.train.out_dir
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert len(evals) == 3
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    for tag in ("best", "last"):
+        assert (out / "adapters" / tag / "adapter_config.json").is_file()
+        assert (out / "adapters" / tag / "adapter_model.safetensors").is_file()
+    assert (out / "tb").is_dir()
+    manifest = json.loads(next((out / "checkpoints").glob("step_*/manifest.json")).read_text())
+    assert manifest["model_config"]["kind"] == "lora"
+
+
+# peft itself reads transformers 5's renamed `is_gradient_checkpointing` property; not this project's warning.
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_adapters_load_with_plain_peft_and_merged_logits_match(trained: ExperimentConfig, tiny_model: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = trained.train.out_dir / "adapters" / "best"
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    with_adapters = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(trained.train.out_dir / "merged")).eval()
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    ids = torch.from_numpy(np.asarray(open_dataset(trained.prepare.dataset_dir).val[:48], dtype=np.int64))[None]
+    with torch.no_grad():
+        adapted_logits = with_adapters(input_ids=ids).logits
+        merged_logits = merged(input_ids=ids).logits
+        plain_logits = plain(input_ids=ids).logits
+    torch.testing.assert_close(merged_logits, adapted_logits, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain_logits, adapted_logits, atol=1e-3)  # the adapters changed something
+
+
+def test_sampling_from_adapters_and_from_merged(trained: ExperimentConfig) -> None:
+    emitted: list[str] = []
+    from_adapters = sample(trained, emit=emitted.append)
+    assert from_adapters[0].text.startswith(trained.sample.prompt)
+    assert from_adapters[0].path.is_file()
+    merged = trained.model_copy(update={"sample": trained.sample.model_copy(update={"checkpoint": "merged"})})
+    assert sample(merged, emit=emitted.append)[0].text.startswith(trained.sample.prompt)
+    greedy = trained.sample.model_copy(update={"temperature": 0.0, "checkpoint": "best"})
+    a = sample(trained.model_copy(update={"sample": greedy}), emit=emitted.append)[0].text
+    b = sample(
+        merged.model_copy(update={"sample": greedy.model_copy(update={"checkpoint": "merged"})}), emit=emitted.append
+    )[0].text
+    assert a == b  # base + adapters and the merged model generate the same greedy tokens
+    chat = trained.model_copy(update={"sample": trained.sample.model_copy(update={"chat": True})})
+    assert sample(chat, emit=emitted.append)
+
+
+def test_eval_reports_the_masked_validation_loss(trained: ExperimentConfig) -> None:
+    report = evaluate_checkpoint(trained)
+    best = json.loads((trained.train.out_dir / "checkpoints" / "best.json").read_text())
+    assert report.step == best["step"]
+    assert report.val_loss == pytest.approx(best["val_loss"], rel=1e-4)
+    dataset = open_dataset(trained.prepare.dataset_dir)
+    assert dataset.val_mask is not None
+    assert report.tokens == int(np.asarray(dataset.val_mask[1:]).sum())
+
+
+def test_sampling_refuses_missing_adapters_and_adapters_of_another_base(
+    trained: ExperimentConfig, tmp_path: Path, shared_data: Path
+) -> None:
+    empty_run = trained.train.model_copy(update={"out_dir": tmp_path / "empty"})
+    with pytest.raises(CheckpointError, match="no LoRA adapters here"):
+        sample(trained.model_copy(update={"train": empty_run}), emit=lambda _: None)
+    other_base = build_tiny_causal_lm(
+        tmp_path / "other", [(shared_data / "bundestag" / "19001.txt").read_text("utf-8-sig")]
+    )
+    wrong = trained.train.model_copy(update={"base_model": str(other_base)})
+    with pytest.raises(CheckpointError) as info:
+        sample(trained.model_copy(update={"train": wrong}), emit=lambda _: None)
+    message = str(info.value)
+    assert str(other_base) in message
+    assert str(trained.train.base_model) in message
+
+
+def test_killed_lora_run_resumes_to_the_same_adapters(
+    tmp_path: Path, tiny_model: Path, shared_data: Path, trained: ExperimentConfig
+) -> None:
+    settings = overrides(tmp_path, tiny_model, shared_data)
+    prepare(load_config(experiment_config_path(EXPERIMENT), settings).prepare)
+    killed = subprocess.run(
+        [sys.executable, str(HELPER), json.dumps(settings), "after-step", "17", EXPERIMENT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    resumed = subprocess.run(
+        [sys.executable, str(HELPER), json.dumps(settings), "none", "0", EXPERIMENT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    from safetensors.torch import load_file
+
+    again = load_file(str(tmp_path / "run" / "adapters" / "last" / "adapter_model.safetensors"))
+    baseline = load_file(str(trained.train.out_dir / "adapters" / "last" / "adapter_model.safetensors"))
+    assert again.keys() == baseline.keys()
+    for name in baseline:
+        torch.testing.assert_close(again[name], baseline[name], rtol=0, atol=0)
+
+
+def test_bad_base_model_and_target_modules(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    settings = overrides(tmp_path, tiny_model, shared_data)
+    config = load_config(experiment_config_path(EXPERIMENT), settings)
+    prepare(config.prepare)
+    bad_targets = config.train.model_copy(
+        update={"lora": config.train.lora.model_copy(update={"target_modules": ["q_proj", "attn.c_attn"]})}
+    )
+    with pytest.raises(ConfigError) as info:
+        train(config.model_copy(update={"train": bad_targets}), quiet=True, console=Console(file=io.StringIO()))
+    message = str(info.value)
+    assert "train.lora.target_modules: attn.c_attn match no Linear module" in message
+    for name in ("q_proj", "k_proj", "gate_proj", "down_proj"):
+        assert name in message
+    missing = config.train.model_copy(update={"base_model": "no-such-org/no-such-model"})
+    with pytest.raises(ConfigError) as info:
+        train(config.model_copy(update={"train": missing}), quiet=True, console=Console(file=io.StringIO()))
+    message = str(info.value)
+    assert "'no-such-org/no-such-model'" in message
+    assert "Hugging Face cache" in message
+    assert "set train.base_model to a local folder" in message
+    assert "\n" not in message
