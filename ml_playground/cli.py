@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("sample", "generate text from a checkpoint (sample.checkpoint: best, last or a path)"),
         ("loop", "prepare, train and sample in one go"),
         ("eval", "loss of a checkpoint over the whole validation split"),
+        ("debate", "a generated debate between parties on a topic (header-conditioned experiments: speakger)"),
+        ("analyze", "report on generated samples: diversity, header format, party conditioning accuracy"),
     ]
     for name, help_text in specs:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -62,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("sample", "loop"):
             sub.add_argument("--prompt", help="start the sample from this text (same as --set sample.prompt=...)")
-        if name == "eval":
+        if name == "debate":
+            sub.add_argument("--topic", required=True, help="what the debate is about")
+            sub.add_argument("--parties", required=True, help="comma-separated, e.g. SPD,CDU/CSU,FDP")
+            sub.add_argument("--turns", type=int, default=6, help="speeches in the debate (default 6)")
+        if name == "analyze":
+            sub.add_argument("--per-party", type=int, default=10, help="generated samples per party (default 10)")
+        if name in ("eval", "analyze"):
             sub.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     return parser
 
@@ -175,6 +183,37 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_debate(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.sampling.debate import run_debate
+
+    parties = [party.strip() for party in args.parties.split(",") if party.strip()]
+    debate = run_debate(_load(args), args.topic, parties, args.turns, emit=write_stdout)
+    console.print(f"\nwrote the debate ({len(debate.turns)} turns) to {debate.path}", highlight=False, markup=False)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.evaluation.analysis import analyze
+
+    def progress(text: str) -> None:
+        if not args.quiet:
+            console.print(text.rstrip("\n"), highlight=False, markup=False)
+
+    report = analyze(_load(args), per_party=args.per_party, emit=progress)
+    if args.json:
+        write_stdout(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        console.print(
+            f"classified as the requested party: {report.conditioning_accuracy:.1%} of {report.samples} samples "
+            f"(classifier on real speeches {report.classifier_accuracy:.1%}, chance {report.chance:.1%}); "
+            f"header format kept {report.header_format_share:.1%}; distinct-2 {report.distinct[2]:.3f}; "
+            f"report {report.report_path}",
+            highlight=False,
+            markup=False,
+        )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "experiments": cmd_experiments,
     "bench": cmd_bench,
@@ -183,6 +222,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "sample": cmd_sample,
     "loop": cmd_loop,
     "eval": cmd_eval,
+    "debate": cmd_debate,
+    "analyze": cmd_analyze,
 }
 
 

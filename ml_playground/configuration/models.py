@@ -18,6 +18,35 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class ColumnsConfig(Section):
+    """Column names in a speech CSV (format csv: text is required; format speakger: SpeakGer's names by default)."""
+
+    text: str | None = None
+    speaker: str | None = None
+    mpid: str | None = None
+    party: str | None = None
+    year: str | None = None
+    date: str | None = None
+    topic: str | None = None
+    parliament: str | None = None
+    period: str | None = None
+    chair: str | None = None
+    interjection: str | None = None
+
+
+class FiltersConfig(Section):
+    """Which speeches to keep (formats with records: bundestag, speakger, csv, speech_txt, jsonl)."""
+
+    parliaments: list[str] = Field(default_factory=list, description="Empty: all.")
+    periods: list[int] = Field(default_factory=list, description="Legislative periods; empty: all.")
+    year_min: int | None = None
+    year_max: int | None = None
+    parties: list[str] = Field(default_factory=list, description="Empty: all.")
+    min_length: int = Field(default=0, ge=0, description="Minimum speech length in characters.")
+    drop_chair: bool = Field(default=False, description="Drop speeches by the presiding chair.")
+    drop_interjections: bool = Field(default=False, description="Drop interjection rows and (...) lines.")
+
+
 class PrepareConfig(Section):
     input_path: str = Field(
         description="A file, a folder of .txt files, or an http(s) URL fetched once into cache_dir."
@@ -30,10 +59,23 @@ class PrepareConfig(Section):
     tiktoken_file: Path | None = None
     cache_dir: Path = Path("~/.cache/ml_playground")
     encoding: str | None = Field(default=None, description="Force a text encoding instead of detecting it.")
-    format: Literal["text", "bundestag", "jsonl"] = Field(
+    format: Literal["text", "bundestag", "jsonl", "speakger", "csv", "speech_txt"] = Field(
         default="text",
         description="text: files as they are; bundestag: plenary protocols split into speeches; "
-        "jsonl: records with a 'text' field (for example a speeches.jsonl).",
+        "jsonl: records with a 'text' field (for example a speeches.jsonl); speakger: SpeakGer speech CSVs "
+        "joined with the MP metadata; csv: any speech CSV with prepare.columns; speech_txt: .txt speeches "
+        "with a Sprecher:/Thema:/Jahr: header.",
+    )
+    conditioning: Literal["none", "header"] = Field(
+        default="none", description="header: each speech behind a speaker/party/year/topic header (special tokens)."
+    )
+    columns: ColumnsConfig = ColumnsConfig()
+    filters: FiltersConfig = FiltersConfig()
+    metadata_dir: Path | None = Field(
+        default=None, description="speakger: folder with all_mps_meta.csv and all_mps_mapping.csv."
+    )
+    malformed: Literal["skip", "error"] = Field(
+        default="skip", description="CSV rows that cannot be read: counted and skipped, or an error."
     )
     hf_tokenizer: str | None = Field(
         default=None, description="tokenizer = 'hf': Hub id or folder; defaults to train.base_model."
@@ -194,6 +236,10 @@ class SampleConfig(Section):
         default=True, description="Fine-tuning: refuse to sample the bare base model when no adapters exist."
     )
     chat: bool = Field(default=False, description="Fine-tuning: wrap the prompt in the tokenizer's chat template.")
+    speaker: str | None = Field(default=None, description="Header-conditioned datasets: who speaks.")
+    party: str | None = None
+    year: int | None = None
+    topic: str | None = None
 
 
 class ExperimentConfig(Section):

@@ -118,13 +118,15 @@ class BpeTokenizer:
         self._tokenizer = tokenizer
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> BpeTokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = ()) -> BpeTokenizer:
+        """Byte-level BPE; ``special_tokens`` get ids of their own and are never split or merged."""
         tokenizer = HfTokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=list(special_tokens),
             show_progress=False,
         )
         tokenizer.train_from_iterator(texts, trainer)
@@ -151,6 +153,11 @@ class BpeTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a whole token (for example a special token), or None."""
+        found = self._tokenizer.token_to_id(token)
+        return int(found) if found is not None else None
 
     def save(self, directory: Path) -> None:
         atomic_write_text(directory / BPE_FILE, self._tokenizer.to_str())

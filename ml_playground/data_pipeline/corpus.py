@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ml_playground.configuration.models import PrepareConfig
-from ml_playground.core.errors import DataError
+from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.data_pipeline.header import format_example
 from ml_playground.data_pipeline.sources.bundestag import NotAProtocolError, Speech, parse_protocol
+from ml_playground.data_pipeline.sources.records import (
+    CsvFile,
+    ReadStats,
+    SpeechRecord,
+    from_protocol_speech,
+    keep,
+    read_csv_file,
+    read_speech_txt,
+    year_of,
+)
+from ml_playground.data_pipeline.sources.speakger import MpMetadata, read_speakger_file, resolve_columns
 from ml_playground.data_pipeline.sources.text import SourceText
+
+RECORD_FORMATS = ("speakger", "csv", "speech_txt")
 
 
 @dataclass
@@ -24,6 +39,7 @@ class Corpus:
     records: list[dict[str, Any]] | None = None
     warnings: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    speech_records: list[SpeechRecord] | None = None
 
 
 def render_speeches(speeches: list[Speech]) -> str:
@@ -31,12 +47,88 @@ def render_speeches(speeches: list[Speech]) -> str:
     return "".join(f"{s.header()}\n{s.text}\n\n" for s in speeches if s.kind == "speech")
 
 
-def build_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpus:
+def build_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile] | None = None) -> Corpus:
+    """``csv_files`` (formats speakger and csv) are streamed; ``sources`` hold decoded text files."""
     if config.format == "text":
+        if config.conditioning == "header":
+            raise ConfigError(
+                "conditioning = 'header' needs records (a format other than 'text')", key="prepare.format"
+            )
         return Corpus("\n".join(source.text for source in sources))
+    if config.conditioning == "header" or config.format in RECORD_FORMATS:
+        return _record_corpus(config, sources, csv_files or [])
     if config.format == "jsonl":
         return _jsonl_corpus(sources)
     return _bundestag_corpus(config, sources)
+
+
+def _jsonl_record(record: dict[str, Any]) -> SpeechRecord:
+    year = record.get("year")
+    return SpeechRecord(
+        text=str(record["text"]),
+        speaker=str(record.get("speaker") or ""),
+        party=str(record.get("party") or ""),
+        year=int(year) if isinstance(year, int) else year_of(str(record.get("date") or "")),
+        topic=str(record.get("topic") or ""),
+        parliament=str(record.get("parliament") or ""),
+        period=record.get("period") if isinstance(record.get("period"), int) else None,
+        chair=bool(record.get("chair"))
+        or record.get("role", "") in ("Präsident", "Präsidentin", "Vizepräsident", "Vizepräsidentin"),
+        interjection=record.get("kind") == "interjection",
+        source_file=str(record.get("source_file") or ""),
+    )
+
+
+def iter_speech_records(
+    config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile], stats: ReadStats
+) -> Iterator[SpeechRecord]:
+    """Every record of the input, unfiltered; CSV files are streamed row by row."""
+    if config.format == "speakger":
+        metadata = MpMetadata.load_from(config.metadata_dir)
+        stats.notes.extend(metadata.notes)
+        columns = resolve_columns(config.columns)
+        for csv_file in csv_files:
+            yield from read_speakger_file(csv_file, columns, metadata, stats, config.malformed)
+    elif config.format == "csv":
+        for csv_file in csv_files:
+            yield from read_csv_file(csv_file, config.columns, stats, config.malformed)
+    elif config.format == "speech_txt":
+        yield from (read_speech_txt(source.path, source.text) for source in sources)
+    elif config.format == "jsonl":
+        yield from (_jsonl_record(record) for record in _jsonl_corpus(sources).records or [])
+    else:
+        corpus = _bundestag_corpus(config, sources)
+        stats.notes.extend(corpus.warnings)
+        for record in corpus.records or []:
+            yield from_protocol_speech(Speech(**{k: v for k, v in record.items() if k != "speaker_line"}))
+
+
+def _record_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile]) -> Corpus:
+    stats = ReadStats()
+    read = iter_speech_records(config, sources, csv_files, stats)
+    kept = [record for r in read if (record := keep(r, config.filters, stats)) is not None]
+    if not kept:
+        raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
+    if config.conditioning == "header":
+        text = "".join(format_example(r.conditioning_fields, r.text) for r in kept)
+    else:
+        text = "".join(f"{r.text}\n\n" for r in kept)
+    parties = Counter(r.party or "(none)" for r in kept)
+    decades = Counter(f"{r.year // 10 * 10}s" if r.year else "(unknown)" for r in kept)
+    details = [
+        f"speeches: {len(kept):,} kept of {len(kept) + sum(stats.dropped.values()):,} read"
+        + (f" ({stats.rows:,} CSV rows, {stats.malformed:,} malformed and skipped)" if stats.rows else ""),
+        "per party: " + ", ".join(f"{party} {count:,}" for party, count in parties.most_common()),
+        "per decade: " + ", ".join(f"{decade} {count:,}" for decade, count in sorted(decades.items())),
+    ]
+    if stats.dropped:
+        details.append("dropped: " + ", ".join(f"{why} {count:,}" for why, count in sorted(stats.dropped.items())))
+    warnings = list(stats.notes)
+    if stats.malformed:
+        warnings.append(
+            f"{stats.malformed:,} malformed row(s) skipped, for example: " + "; ".join(stats.malformed_examples)
+        )
+    return Corpus(text, None, warnings, details, kept)
 
 
 def _jsonl_corpus(sources: list[SourceText]) -> Corpus:

@@ -22,13 +22,16 @@ from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import Corpus, build_corpus
+from ml_playground.data_pipeline.header import SPECIAL_TOKENS
 from ml_playground.data_pipeline.packing import check_template, pack_records
-from ml_playground.data_pipeline.sources.text import SourceText, read_sources
-from ml_playground.data_pipeline.speeches import JSONL_FILE, write_speeches
+from ml_playground.data_pipeline.sources.records import CsvFile, sniff_csv
+from ml_playground.data_pipeline.sources.text import SourceText, list_text_files, read_sources, resolve_input
+from ml_playground.data_pipeline.speeches import JSONL_FILE, write_records, write_speeches
 
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 CORPUS_FILE = "corpus.txt"
+CSV_SUFFIXES = {".csv", ".tsv"}
 META_FORMAT_VERSION = 1
 MAX_FILES_LISTED = 40
 
@@ -75,10 +78,16 @@ def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
 
 
 def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
+    if config.conditioning == "header" and config.tokenizer != "bpe":
+        raise ConfigError(
+            "conditioning = 'header' needs tokenizer = 'bpe' (its markers become special tokens)",
+            key="prepare.tokenizer",
+        )
     if config.tokenizer == "char":
         return CharTokenizer.train(train_text, config.min_char_count)
     if config.tokenizer == "bpe":
-        return BpeTokenizer.train(_chunks(train_text), config.bpe_vocab_size)
+        special = SPECIAL_TOKENS if config.conditioning == "header" else ()
+        return BpeTokenizer.train(_chunks(train_text), config.bpe_vocab_size, special)
     name = "gpt2" if config.tokenizer == "gpt2" else config.tiktoken_encoding
     if config.tiktoken_file is not None:
         return TiktokenTokenizer.from_file(name, config.tiktoken_file, config.cache_dir)
@@ -152,8 +161,13 @@ def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
         "hf_tokenizer",
         "template",
         "mask_template",
+        "conditioning",
+        "malformed",
     )
     settings = {key: getattr(config, key) for key in keys}
+    settings["columns"] = config.columns.model_dump()
+    settings["filters"] = config.filters.model_dump()
+    settings["metadata_dir"] = str(config.metadata_dir) if config.metadata_dir else None
     settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
     return settings
 
@@ -194,8 +208,17 @@ def _write_tokens(path: Path, ids: npt.NDArray[Any], dtype: type[np.unsignedinte
         handle.write(ids.astype(dtype).tobytes())
 
 
+def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[CsvFile]]:
+    """Text sources are read whole; CSV sources only hashed and sniffed here, streamed later."""
+    if config.format not in ("speakger", "csv"):
+        return read_sources(config.input_path, config.cache_dir, config.encoding), []
+    files = list_text_files(resolve_input(config.input_path, config.cache_dir), CSV_SUFFIXES)
+    csv_files = [sniff_csv(path, config.encoding) for path in files]
+    return [SourceText(f.path, "", f.sha256, f.encoding) for f in csv_files], csv_files
+
+
 def prepare(config: PrepareConfig) -> PrepareReport:
-    sources = read_sources(config.input_path, config.cache_dir, config.encoding)
+    sources, csv_files = _read_inputs(config)
     if _up_to_date(config, sources):
         meta = read_meta(config.dataset_dir)
         return PrepareReport(
@@ -207,7 +230,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
             meta["val_tokens"],
             meta["vocab_size"],
         )
-    corpus = build_corpus(config, sources)
+    corpus = build_corpus(config, sources, csv_files)
     text = corpus.text
     tokenizer, (train_ids, train_mask), (val_ids, val_mask) = _tokenize(config, corpus)
     if len(val_ids) < 2:
@@ -221,6 +244,8 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     tokenizer.save(out / TOKENIZER_DIR)
     if config.format == "bundestag" and corpus.records is not None:
         write_speeches(out, corpus.records)
+    if corpus.speech_records is not None:
+        write_records(out, corpus.speech_records, conditioning=config.conditioning)
     if config.format != "text":
         atomic_write_text(out / CORPUS_FILE, text)
     _write_tokens(out / "train.bin", train_ids, dtype)
@@ -237,6 +262,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         "val_tokens": len(val_ids),
         "characters": len(text),
         "loss_mask": train_mask is not None,
+        "conditioning": config.conditioning,
         "eos_id": getattr(tokenizer, "eos_token_id", None),
         "sources": _source_entries(sources),
         "settings": _settings_fingerprint(config),

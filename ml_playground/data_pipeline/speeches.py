@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ml_playground.core.atomic import atomic_open_text
 from ml_playground.core.errors import DataError
+from ml_playground.data_pipeline.sources.records import SpeechRecord
 
 JSONL_FILE = "speeches.jsonl"
+RECORDS_FILE = "records.jsonl"
+CONDITIONS_FILE = "conditions.json"
 CSV_FILE = "speeches.csv"
 REQUIRED_KEYS = ("speaker", "role", "party", "session", "date", "text", "source_file")
 
@@ -53,3 +57,41 @@ def iter_speeches(path: Path) -> Iterator[dict[str, Any]]:
             if missing:
                 raise DataError(f"line {number} lacks {', '.join(missing)}", path=path)
             yield record
+
+
+def write_records(directory: Path, records: Sequence[SpeechRecord], *, conditioning: str) -> None:
+    """``records.jsonl`` (every speech kept, normalised) and ``conditions.json`` (the known speakers and
+    parties, for checking and completing sampling requests)."""
+    with atomic_open_text(directory / RECORDS_FILE) as handle:
+        for record in records:
+            handle.write(json.dumps(record.as_dict(), ensure_ascii=False) + "\n")
+    speakers: dict[str, Counter[str]] = {}
+    for record in records:
+        if record.speaker:
+            speakers.setdefault(record.speaker, Counter())[record.party] += 1
+    conditions = {
+        "conditioning": conditioning,
+        "parties": dict(Counter(r.party for r in records if r.party).most_common()),
+        "speakers": {
+            name: {"speeches": sum(parties.values()), "party": parties.most_common(1)[0][0]}
+            for name, parties in sorted(speakers.items())
+        },
+        "years": sorted({r.year for r in records if r.year is not None}),
+    }
+    with atomic_open_text(directory / CONDITIONS_FILE) as handle:
+        handle.write(json.dumps(conditions, ensure_ascii=False, indent=1))
+
+
+def read_conditions(directory: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((directory / CONDITIONS_FILE).read_text("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{CONDITIONS_FILE} not found (prepare this dataset again)", path=directory) from None
+    return data
+
+
+def iter_records(directory: Path) -> Iterator[SpeechRecord]:
+    with (directory / RECORDS_FILE).open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield SpeechRecord(**json.loads(line))

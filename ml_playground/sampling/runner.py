@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.configuration.models import ExperimentConfig, SampleConfig
 from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.devices import resolve_device
 from ml_playground.core.errors import ConfigError, UserError
@@ -19,6 +19,7 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.models.core.inference import SamplingParams, generate_stream
 from ml_playground.models.core.loading import model_from_checkpoint
 from ml_playground.models.core.model import GPT
+from ml_playground.sampling.conditioning import conditioned_prompt, dataset_conditions
 from ml_playground.training.checkpointing.service import CheckpointService
 
 
@@ -40,9 +41,16 @@ def read_prompt(config: ExperimentConfig) -> str:
 
 
 def stream_decode(
-    tokenizer: Tokenizer, model: GPT, prompt_ids: list[int], params: SamplingParams, emit: Callable[[str], None]
+    tokenizer: Tokenizer,
+    model: GPT,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    emit: Callable[[str], None],
+    stop_id: int | None = None,
 ) -> str:
-    """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence."""
+    """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence.
+
+    Generation ends early at ``stop_id`` (included in the text)."""
     device = next(model.parameters()).device
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     new_ids: list[int] = []
@@ -53,15 +61,52 @@ def stream_decode(
         if not text.endswith("\ufffd") and text.startswith(shown):
             emit(text[len(shown) :])
             shown = text
+        if stop_id is not None and new_ids[-1] == stop_id:
+            break
     final = tokenizer.decode(new_ids)
     if final.startswith(shown):
         emit(final[len(shown) :])
     return final
 
 
+def end_token_id(tokenizer: Tokenizer) -> int | None:
+    """The id of ``<|end|>`` in a tokenizer that has it as a special token."""
+    from ml_playground.core.tokenizer import BpeTokenizer
+    from ml_playground.data_pipeline.header import END_TOKEN
+
+    return tokenizer.token_id(END_TOKEN) if isinstance(tokenizer, BpeTokenizer) else None
+
+
 def write_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A from-scratch checkpoint ready to generate: model, tokenizer, and the step it was saved at."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    step: int
+
+    def params(self, sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=max_new_tokens or sc.max_new_tokens,
+            temperature=sc.temperature,
+            top_k=sc.top_k,
+            top_p=sc.top_p,
+            seed=sc.seed + index,
+            use_kv_cache=sc.use_kv_cache,
+        )
+
+
+def load_generator(config: ExperimentConfig) -> Generator:
+    service = CheckpointService(config.train.out_dir)
+    loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
+    tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
+    model = model_from_checkpoint(loaded, resolve_device(config.train.device), config.sample.weights)
+    return Generator(model, tokenizer, loaded.step)
 
 
 def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = write_stdout) -> list[Sample]:
@@ -70,12 +115,15 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = write_stdo
         from ml_playground.finetune.sampling import sample_finetuned
 
         return [Sample(text, path) for text, path in sample_finetuned(config, read_prompt(config), emit)]
-    service = CheckpointService(config.train.out_dir)
-    loaded = service.load(service.resolve(sc.checkpoint), with_training_state=False)
-    tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
-    device = resolve_device(config.train.device)
-    model = model_from_checkpoint(loaded, device, sc.weights)
+    generator = load_generator(config)
+    model, tokenizer = generator.model, generator.tokenizer
     prompt_text = read_prompt(config)
+    stop_id = None
+    conditions = dataset_conditions(config.prepare.dataset_dir)
+    if conditions is not None:
+        fields = {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
+        prompt_text = conditioned_prompt(fields, conditions, prompt_text.strip())
+        stop_id = end_token_id(tokenizer)
     try:
         prompt_ids = tokenizer.encode(prompt_text)
     except UserError as exc:
@@ -86,18 +134,10 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = write_stdo
     stamp = time.strftime("%Y%m%d-%H%M%S")
     samples = []
     for index in range(sc.num_samples):
-        params = SamplingParams(
-            max_new_tokens=sc.max_new_tokens,
-            temperature=sc.temperature,
-            top_k=sc.top_k,
-            top_p=sc.top_p,
-            seed=sc.seed + index,
-            use_kv_cache=sc.use_kv_cache,
-        )
         emit(prompt_text)
-        text = prompt_text + stream_decode(tokenizer, model, prompt_ids, params, emit)
+        text = prompt_text + stream_decode(tokenizer, model, prompt_ids, generator.params(sc, index), emit, stop_id)
         emit("\n---------------\n")
-        path = samples_dir / f"sample-{stamp}-step{loaded.step}-{index}.txt"
+        path = samples_dir / f"sample-{stamp}-step{generator.step}-{index}.txt"
         atomic_write_text(path, text)
         samples.append(Sample(text, path))
     return samples

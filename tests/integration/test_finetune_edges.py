@@ -60,7 +60,9 @@ def test_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
         sample(config.model_copy(update={"sample": config.sample.model_copy(update={"prompt": ""})}))
 
 
-def test_datasets_that_do_not_fit_the_base_model_are_refused(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+def test_datasets_that_do_not_fit_the_base_model_are_refused(
+    tmp_path: Path, tiny_model: Path, shared_data: Path
+) -> None:
     char = config_for(tmp_path / "char", tiny_model, shared_data)
     prepare(char.prepare.model_copy(update={"tokenizer": "char", "template": None}))
     with pytest.raises(DataError, match="prepared with a char tokenizer"):

@@ -50,14 +50,14 @@ def resolve_input(input_path: str, cache_dir: Path) -> Path:
     return Path(input_path).expanduser()
 
 
-def list_text_files(path: Path) -> list[Path]:
+def list_text_files(path: Path, suffixes: set[str] = TEXT_SUFFIXES) -> list[Path]:
     if not path.exists():
         raise DataError("input not found", path=path)
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise DataError(f"no text files ({', '.join(sorted(TEXT_SUFFIXES))}) in this folder", path=path)
+        raise DataError(f"no text files ({', '.join(sorted(suffixes))}) in this folder", path=path)
     return files
 
 

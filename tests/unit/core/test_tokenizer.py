@@ -199,3 +199,19 @@ def test_batch_encoding_of_large_text_equals_whole_encoding(bpe: BpeTokenizer, s
     assert split_for_batch_encoding("  \n  " * 10, piece_chars=4) == ["  \n  " * 10]
     one_line = "x" * 200_000
     assert split_for_batch_encoding(one_line, piece_chars=1000) == [one_line]
+
+
+def test_unknown_symbol_handling() -> None:
+    with pytest.raises(DataError, match="unknown symbol '#' is not in the vocabulary"):
+        CharTokenizer(["a", "b"], unknown="#")
+    tokenizer = CharTokenizer(["a", "b", "\ufffd"], unknown="\ufffd")
+    assert tokenizer.decode(tokenizer.encode("a😀c b")) == "a\ufffd\ufffd\ufffdb"  # beyond and inside the table
+
+
+def test_a_seeded_cache_is_reused(rank_files: Path, tmp_path: Path) -> None:
+    first = TiktokenTokenizer.from_file("gpt2", rank_files / "r50k_base.tiktoken", tmp_path)
+    seeded = next((tmp_path / "tiktoken").iterdir())
+    mtime = seeded.stat().st_mtime_ns
+    second = TiktokenTokenizer.from_file("gpt2", rank_files / "r50k_base.tiktoken", tmp_path)
+    assert seeded.stat().st_mtime_ns == mtime
+    assert first.encode("Hallo") == second.encode("Hallo")

@@ -1,0 +1,219 @@
+"""``analyze``: how well generated speeches read, and whether they sound like the party that was asked for.
+
+Samples are generated per party from the header alone. Reported: length, distinct-1/2/3 (unique
+n-grams over all n-grams, across samples), repetition rate (share of repeated word 3-grams within
+a sample), the share of samples that keep the header format (finish with ``<|end|>`` and contain
+no stray markers), and conditioning accuracy: a party classifier (TF-IDF + logistic regression,
+scikit-learn) trained on the real speeches predicts each sample's party. Its own held-out accuracy
+on real speeches and chance are reported beside it, so the figure can be read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.atomic import atomic_write_text, atomic_write_with
+from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.data_pipeline.header import format_header, parse_example
+from ml_playground.data_pipeline.speeches import iter_records
+from ml_playground.sampling.conditioning import dataset_conditions
+from ml_playground.sampling.runner import end_token_id, load_generator, stream_decode
+
+MIN_SPEECHES_PER_PARTY = 20  # fewer real speeches make a class the classifier cannot learn
+MAX_PARTIES = 8
+
+
+@dataclass(frozen=True)
+class GeneratedSample:
+    party: str
+    text: str
+    keeps_format: bool
+    predicted: str = ""
+
+
+@dataclass
+class AnalysisReport:
+    parties: list[str]
+    samples: int
+    mean_words: float
+    distinct: dict[int, float]
+    repetition_rate: float
+    header_format_share: float
+    conditioning_accuracy: float
+    classifier_accuracy: float
+    chance: float
+    majority_share: float
+    per_party: dict[str, float] = field(default_factory=dict)
+    report_path: Path | None = None
+    chart_path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["report_path"] = str(self.report_path) if self.report_path else None
+        data["chart_path"] = str(self.chart_path) if self.chart_path else None
+        return data
+
+
+def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    grams = [g for text in texts for g in ngrams(text.split(), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    grams = ngrams(text.split(), n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+class PartyClassifier:
+    """TF-IDF over word uni- and bigrams, then multinomial logistic regression."""
+
+    def __init__(self) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+
+        self.pipeline = Pipeline(
+            [
+                ("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000)),
+                ("logreg", LogisticRegression(max_iter=2000, class_weight="balanced")),
+            ]
+        )
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> PartyClassifier:
+        self.pipeline.fit(list(texts), list(labels))
+        return self
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [str(label) for label in self.pipeline.predict(list(texts))]
+
+
+def _split_records(config: ExperimentConfig, parties: list[str]) -> tuple[list[Any], list[Any]]:
+    records = [r for r in iter_records(config.prepare.dataset_dir) if r.party in parties]
+    n_val = max(len(parties), round(len(records) * config.prepare.val_fraction))
+    if len(records) <= n_val:
+        raise DataError("too few speeches with a party to train and test a classifier", path=config.prepare.dataset_dir)
+    return records[:-n_val], records[-n_val:]
+
+
+def generate_samples(
+    config: ExperimentConfig, parties: list[str], per_party: int, emit: Callable[[str], None]
+) -> list[GeneratedSample]:
+    generator = load_generator(config)
+    stop_id = end_token_id(generator.tokenizer)
+    samples = []
+    for party in parties:
+        header = format_header({"party": party, "year": config.sample.year, "topic": config.sample.topic})
+        prompt = generator.tokenizer.encode(header)
+        for index in range(per_party):
+            params = generator.params(config.sample, index)
+            text = stream_decode(generator.tokenizer, generator.model, prompt, params, lambda _: None, stop_id)
+            parsed = parse_example(header + text)
+            keeps = parsed is not None and parsed.finished
+            samples.append(GeneratedSample(party, parsed.text if parsed else text, keeps))
+        emit(f"generated {per_party} sample(s) for {party}\n")
+    return samples
+
+
+def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str], None] = print) -> AnalysisReport:
+    conditions = dataset_conditions(config.prepare.dataset_dir)
+    if conditions is None:
+        raise ConfigError("analyze needs a header-conditioned dataset (prepare.conditioning = 'header')")
+    counts: dict[str, int] = conditions["parties"]
+    parties = [p for p, n in counts.items() if n >= MIN_SPEECHES_PER_PARTY][:MAX_PARTIES]
+    if len(parties) < 2:
+        raise DataError(
+            f"analysis needs at least two parties with {MIN_SPEECHES_PER_PARTY}+ speeches",
+            path=config.prepare.dataset_dir,
+        )
+    train, held_out = _split_records(config, parties)
+    classifier = PartyClassifier().fit([r.text for r in train], [r.party for r in train])
+    predicted_real = classifier.predict([r.text for r in held_out])
+    classifier_accuracy = sum(p == r.party for p, r in zip(predicted_real, held_out, strict=True)) / len(held_out)
+    majority_share = Counter(r.party for r in held_out).most_common(1)[0][1] / len(held_out)
+    samples = generate_samples(config, parties, per_party, emit)
+    predictions = classifier.predict([s.text or "-" for s in samples])
+    samples = [GeneratedSample(s.party, s.text, s.keeps_format, p) for s, p in zip(samples, predictions, strict=True)]
+    texts = [s.text for s in samples]
+    per_party_accuracy = {
+        party: sum(s.predicted == party for s in samples if s.party == party) / per_party for party in parties
+    }
+    report = AnalysisReport(
+        parties=parties,
+        samples=len(samples),
+        mean_words=sum(len(t.split()) for t in texts) / len(texts),
+        distinct={n: distinct_n(texts, n) for n in (1, 2, 3)},
+        repetition_rate=sum(repetition_rate(t) for t in texts) / len(texts),
+        header_format_share=sum(s.keeps_format for s in samples) / len(samples),
+        conditioning_accuracy=sum(s.predicted == s.party for s in samples) / len(samples),
+        classifier_accuracy=classifier_accuracy,
+        chance=1 / len(parties),
+        majority_share=majority_share,
+        per_party=per_party_accuracy,
+    )
+    out = config.train.out_dir / "analysis"
+    report.chart_path = out / "conditioning.png"
+    atomic_write_with(report.chart_path, lambda path: _chart(report, path))
+    report.report_path = out / "report.md"
+    atomic_write_text(report.report_path, render_report(report, samples))
+    atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    return report
+
+
+def _chart(report: AnalysisReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = ["classifier on\nreal speeches", "generated:\nrequested party", "chance"]
+    values = [report.classifier_accuracy, report.conditioning_accuracy, report.chance]
+    left.bar(names, values, color=["#777777", "#1f77b4", "#cccccc"])
+    left.set_ylim(0, 1)
+    left.set_ylabel("share")
+    left.set_title("Party classifier agreement")
+    right.bar(list(report.per_party), list(report.per_party.values()), color="#1f77b4")
+    right.axhline(report.chance, color="#999999", linestyle="--", label="chance")
+    right.set_ylim(0, 1)
+    right.set_title("Generated samples classified as the requested party")
+    plt.setp(right.get_xticklabels(), rotation=30, ha="right")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+    plt.close(figure)
+
+
+def render_report(report: AnalysisReport, samples: Sequence[GeneratedSample]) -> str:
+    rows = [
+        ("samples", f"{report.samples} ({report.samples // len(report.parties)} per party)"),
+        ("mean length", f"{report.mean_words:.1f} words"),
+        ("distinct-1 / 2 / 3", " / ".join(f"{report.distinct[n]:.3f}" for n in (1, 2, 3))),
+        ("repetition rate (repeated word 3-grams)", f"{report.repetition_rate:.3f}"),
+        ("keep the header format", f"{report.header_format_share:.1%}"),
+        ("classified as the requested party", f"{report.conditioning_accuracy:.1%}"),
+        ("classifier accuracy on held-out real speeches", f"{report.classifier_accuracy:.1%}"),
+        ("chance (1 / parties)", f"{report.chance:.1%}"),
+        ("majority class share (held-out)", f"{report.majority_share:.1%}"),
+    ]
+    lines = ["# Analysis of generated speeches", "", f"Parties: {', '.join(report.parties)}.", ""]
+    lines += ["| measure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], ""]
+    lines += ["## Per party", "", "| party | classified as requested |", "|---|---|"]
+    lines += [f"| {party} | {share:.1%} |" for party, share in report.per_party.items()]
+    lines += ["", "![conditioning](conditioning.png)", "", "## Examples", ""]
+    shown: set[str] = set()
+    for sample in samples:
+        if sample.party not in shown:
+            shown.add(sample.party)
+            excerpt = " ".join(sample.text.split()[:60])
+            lines += [f"**{sample.party}** (classified: {sample.predicted}): {excerpt} …", ""]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""Prompts for header-conditioned datasets (``prepare.conditioning = "header"``): checked against what was seen."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ml_playground.core.errors import ConfigError
+from ml_playground.data_pipeline.header import format_header
+from ml_playground.data_pipeline.speeches import read_conditions
+
+
+def closest(value: str, known: list[str], n: int = 5) -> list[str]:
+    """The most similar known values; case-insensitive, so 'spd' finds 'SPD'."""
+    lowered = {k.lower(): k for k in known}
+    matches = difflib.get_close_matches(value.lower(), list(lowered), n=n, cutoff=0.3)
+    return [lowered[m] for m in matches]
+
+
+def check_known(kind: str, value: str | None, known: list[str], key: str) -> None:
+    if value is None or value in known:
+        return
+    suggestions = closest(value, known)
+    hint = f"closest known: {', '.join(suggestions)}" if suggestions else f"{len(known)} are known"
+    raise ConfigError(f"unknown {kind} {value!r} in this dataset; {hint}", key=key)
+
+
+def conditioned_prompt(fields: Mapping[str, Any], conditions: Mapping[str, Any], text: str = "") -> str:
+    """The header for ``fields`` (speaker, party, year, topic), after checking speaker and party exist."""
+    check_known("party", fields.get("party"), list(conditions.get("parties", {})), "sample.party")
+    check_known("speaker", fields.get("speaker"), list(conditions.get("speakers", {})), "sample.speaker")
+    return format_header(fields) + text
+
+
+def dataset_conditions(dataset_dir: Path) -> dict[str, Any] | None:
+    """The dataset's known conditions when it is header-conditioned, else None."""
+    from ml_playground.data_pipeline.preparer import read_meta
+
+    if read_meta(dataset_dir).get("conditioning") != "header":
+        return None
+    return read_conditions(dataset_dir)

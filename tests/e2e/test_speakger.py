@@ -1,0 +1,60 @@
+"""`speakger` end to end through the CLI on speeches from two real Bundestag protocols, tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL
+from tests.e2e.test_cli import assert_one_line_user_error, cli, sets
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
+    protocols = tmp_path / "protocols"
+    protocols.mkdir()
+    for name in ("19009.txt", "19010.txt"):
+        (protocols / name).symlink_to(shared_data / "bundestag" / name)
+    args = sets(
+        [
+            f"prepare.input_path='{protocols}'",
+            f"prepare.dataset_dir='{tmp_path / 'dataset'}'",
+            f"train.out_dir='{tmp_path / 'run'}'",
+            "prepare.bpe_vocab_size=600",
+            *TINY_MODEL,
+            "sample.max_new_tokens=20",
+        ]
+    )
+    loop = cli("loop", "speakger", *args)
+    assert "per party: " in loop.stdout
+    assert "per decade: 2010s" in loop.stdout
+    conditions = json.loads((tmp_path / "dataset" / "conditions.json").read_text("utf-8"))
+    assert "SPD" in conditions["parties"]
+    sampled = cli(
+        "sample", "speakger", *args, "--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet"
+    )
+    assert sampled.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
+    unknown = cli("sample", "speakger", *args, "--set", "sample.party='spd'", check_code=None)
+    assert_one_line_user_error(unknown, "sample.party", "unknown party 'spd'", "closest known: SPD")
+    speaker = cli("sample", "speakger", *args, "--set", "sample.speaker='Christian Lindnr'", check_code=None)
+    assert_one_line_user_error(speaker, "unknown speaker 'Christian Lindnr'", "Christian Lindner")
+    debate = cli("debate", "speakger", *args, "--topic", "Europa", "--parties", "SPD,CDU/CSU", "--turns", "3")
+    path = Path(debate.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
+    markdown = path.read_text("utf-8")
+    assert markdown.startswith("# Debatte: Europa")
+    assert markdown.count("\n## ") == 3
+    assert "(SPD)" in markdown
+    assert "(CDU/CSU)" in markdown
+    analyzed = cli("analyze", "speakger", *args, "--per-party", "2", "--json")
+    report = json.loads(analyzed.stdout.strip().splitlines()[-1])
+    assert 0.0 <= report["conditioning_accuracy"] <= 1.0
+    assert 0.0 < report["classifier_accuracy"] <= 1.0
+    assert report["chance"] == pytest.approx(1 / len(report["parties"]))
+    assert report["samples"] == 2 * len(report["parties"])
+    assert Path(report["report_path"]).read_text("utf-8").startswith("# Analysis of generated speeches")
+    assert Path(report["chart_path"]).read_bytes().startswith(b"\x89PNG")
+    no_parties = cli("debate", "speakger", *args, "--topic", "x", "--parties", "Piraten", check_code=None)
+    assert_one_line_user_error(no_parties, "--parties", "unknown party 'Piraten'")
