@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("eval", "loss of a checkpoint over the whole validation split"),
         ("debate", "a generated debate between parties on a topic (header-conditioned experiments: speakger)"),
         ("analyze", "report on generated samples: diversity, header format, party conditioning accuracy"),
+        ("export", "a checkpoint as a Hugging Face folder, a GGUF file, or GGUF + Ollama Modelfile"),
     ]
     for name, help_text in specs:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--topic", required=True, help="what the debate is about")
             sub.add_argument("--parties", required=True, help="comma-separated, e.g. SPD,CDU/CSU,FDP")
             sub.add_argument("--turns", type=int, default=6, help="speeches in the debate (default 6)")
+        if name == "export":
+            sub.add_argument("--format", choices=["hf", "gguf", "ollama"], help="default: [export] format")
+            sub.add_argument("--checkpoint", help="best, last or a checkpoint folder (default: [export] checkpoint)")
+            sub.add_argument("--out", type=Path, help="output folder (default: export-FORMAT beside train.out_dir)")
+            sub.add_argument("--force", action="store_true", help="replace an output folder that is not empty")
         if name == "analyze":
             sub.add_argument("--per-party", type=int, default=10, help="generated samples per party (default 10)")
         if name in ("eval", "analyze"):
@@ -214,6 +220,30 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.export.runner import ExportRequest, default_out_dir, run_export
+
+    config = _load(args)
+    fmt = args.format or config.export.format
+    request = ExportRequest(
+        format=fmt,
+        out_dir=args.out or default_out_dir(config, fmt),
+        checkpoint=args.checkpoint or config.export.checkpoint,
+        force=args.force,
+        name=config.export.ollama_model or args.experiment,
+        gguf_type=config.export.gguf_type,
+    )
+    result = run_export(config, request)
+    console.print(
+        f"exported step {result.step} as {fmt} to {result.out_dir}: {', '.join(result.files)}",
+        highlight=False,
+        markup=False,
+    )
+    for note in result.notes:
+        console.print(note, highlight=False, markup=False)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "experiments": cmd_experiments,
     "bench": cmd_bench,
@@ -224,6 +254,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "eval": cmd_eval,
     "debate": cmd_debate,
     "analyze": cmd_analyze,
+    "export": cmd_export,
 }
 
 

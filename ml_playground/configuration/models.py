@@ -242,10 +242,19 @@ class SampleConfig(Section):
     topic: str | None = None
 
 
+class ExportConfig(Section):
+    format: Literal["hf", "gguf", "ollama"] = "hf"
+    out_dir: Path | None = Field(default=None, description="Default: export-<format> beside train.out_dir.")
+    checkpoint: str = Field(default="best", description="best, last, or a checkpoint folder.")
+    gguf_type: Literal["f32", "f16", "q8_0"] = "f16"
+    ollama_model: str | None = Field(default=None, description="Model name for `ollama create`; default: experiment.")
+
+
 class ExperimentConfig(Section):
     prepare: PrepareConfig
     train: TrainConfig
     sample: SampleConfig = SampleConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _hf_tokenizer_defaults_to_the_base_model(self) -> ExperimentConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,3 +68,25 @@ def atomic_open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]
     """Like ``atomic_open`` for UTF-8 text (``newline=""`` for the csv module)."""
     with _replaced_on_success(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as handle:
         yield handle
+
+
+def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Produce the folder ``target`` with ``write(tmp_dir)`` and swap it in; on any error the old one stays.
+
+    The temporary folder sits beside ``target`` (same file system), so the swap is two renames.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -154,6 +154,11 @@ class BpeTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=False))
 
+    @property
+    def backend(self) -> HfTokenizer:
+        """The ``tokenizers`` object itself (for export)."""
+        return self._tokenizer
+
     def token_id(self, token: str) -> int | None:
         """The id of a whole token (for example a special token), or None."""
         found = self._tokenizer.token_to_id(token)
@@ -258,6 +263,10 @@ class TiktokenTokenizer:
     @property
     def kind(self) -> str:
         return "tiktoken"
+
+    @property
+    def encoding(self) -> tiktoken.Encoding:
+        return self._encoding
 
     @property
     def vocab_size(self) -> int:

@@ -7,13 +7,11 @@ finds either the previous complete folder or the new one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import CheckpointError
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.hooks.base import Hook
@@ -21,24 +19,6 @@ from ml_playground.training.loop.runner import TrainingContext
 
 ADAPTERS_DIR = "adapters"
 MERGED_DIR = "merged"
-
-
-def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Produce ``target`` with ``write(tmp_dir)`` and swap it in; on error the old folder stays."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def adapter_base_model(adapter_dir: Path) -> str | None:

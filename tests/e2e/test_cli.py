@@ -178,3 +178,16 @@ def test_sigint_writes_last_and_says_how_to_resume(tmp_path: Path, shakespeare_s
     resumed = cli("train", "shakespeare", *sets([*overrides[:-2], f"train.max_iters={interrupted_at + 5}"]))
     assert f"(step {interrupted_at})" in resumed.stdout
     assert f"done at step {interrupted_at + 5}" in resumed.stdout
+
+
+def test_export_round_trip_from_the_cli(tmp_path: Path, shakespeare_slice: Path) -> None:
+    args = sets([*tiny_overrides(tmp_path, shakespeare_slice), "train.max_iters=10"])
+    cli("loop", "shakespeare", *args, "--quiet")
+    out = tmp_path / "exported"
+    first = cli("export", "shakespeare", *args, "--format", "hf", "--out", str(out))
+    assert f"as hf to {out}" in first.stdout
+    again = cli("export", "shakespeare", *args, "--format", "hf", "--out", str(out), check_code=None)
+    assert_one_line_user_error(again, "exists and is not empty; use --force")
+    gguf = cli("export", "shakespeare", *args, "--format", "ollama", "--out", str(out), "--force")
+    assert "ollama create shakespeare -f" in gguf.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "shakespeare-f16.gguf"]

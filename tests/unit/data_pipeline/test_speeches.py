@@ -20,5 +20,5 @@ def test_speeches_table_problems_are_named(tmp_path: Path) -> None:
     path.write_text("\n{oops\n")
     with pytest.raises(DataError, match="line 2 is not JSON"):
         list(iter_speeches(path))
-    with pytest.raises(DataError, match="conditions.json not found"):
+    with pytest.raises(DataError, match=r"conditions\.json not found"):
         read_conditions(tmp_path)
