@@ -14,7 +14,14 @@ from rich.console import Console
 from ml_playground.configuration import experiment_config_path, list_experiments, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
-from ml_playground.sampling.runner import write_stdout
+
+# Commands import their machinery lazily: `prepare` never loads PyTorch (about 650 MB of RSS for the CUDA build).
+
+
+def write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
 
 EXIT_USER_ERROR = 2
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}

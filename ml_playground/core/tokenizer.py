@@ -68,7 +68,11 @@ class CharTokenizer:
     @classmethod
     def train(cls, text: str, min_count: int = 1) -> CharTokenizer:
         """Every character of ``text``; with ``min_count > 1`` rarer ones become ``UNKNOWN_CHAR``."""
-        counts = np.bincount(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+        return cls.from_counts(np.bincount(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)), min_count)
+
+    @classmethod
+    def from_counts(cls, counts: npt.NDArray[np.int64], min_count: int = 1) -> CharTokenizer:
+        """From occurrences per code point (index = code point)."""
         kept = [chr(int(code)) for code in np.flatnonzero(counts >= min_count)]
         if min_count <= 1 or len(kept) == int(np.count_nonzero(counts)):
             return cls(kept)
@@ -170,17 +174,21 @@ class BpeTokenizer:
 
 
 def split_for_batch_encoding(text: str, piece_chars: int = 1 << 16) -> list[str]:
-    """Cut after a newline that is followed by a non-space character.
+    """Cut after a newline that has a non-space character on both sides.
 
-    Byte-level pre-tokenizers never merge across that point (the whitespace run ends at the
-    newline and the next piece starts without a leading space), so encoding the pieces separately
-    gives exactly the ids of encoding the whole text.
+    Byte-level pre-tokenizers (the GPT-2 split pattern) never join tokens across that point: the
+    newline is a piece of its own whichever side of the cut it is on, and the next piece starts
+    without a leading space. So encoding the pieces separately gives exactly the ids of encoding
+    the whole text. (A newline after a space is not safe: "a  \n" alone ends in one whitespace piece,
+    while in "a  \nb" the spaces and the newline are two.)
     """
     pieces = []
     start = 0
     while len(text) - start > piece_chars:
         newline = text.find("\n", start + piece_chars - 1)
-        while newline != -1 and newline + 2 < len(text) and text[newline + 1].isspace():
+        while (
+            newline != -1 and newline + 2 < len(text) and (text[newline + 1].isspace() or text[newline - 1].isspace())
+        ):
             newline = text.find("\n", newline + 1)
         if newline == -1 or newline + 2 >= len(text):
             break

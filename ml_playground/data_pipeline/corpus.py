@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ml_playground.configuration.models import PrepareConfig
-from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_example
 from ml_playground.data_pipeline.sources.bundestag import NotAProtocolError, Speech, parse_protocol
 from ml_playground.data_pipeline.sources.records import (
@@ -50,10 +50,6 @@ def render_speeches(speeches: list[Speech]) -> str:
 def build_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile] | None = None) -> Corpus:
     """``csv_files`` (formats speakger and csv) are streamed; ``sources`` hold decoded text files."""
     if config.format == "text":
-        if config.conditioning == "header":
-            raise ConfigError(
-                "conditioning = 'header' needs records (a format other than 'text')", key="prepare.format"
-            )
         return Corpus("\n".join(source.text for source in sources))
     if config.conditioning == "header" or config.format in RECORD_FORMATS:
         return _record_corpus(config, sources, csv_files or [])

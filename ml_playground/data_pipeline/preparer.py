@@ -24,9 +24,23 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import Corpus, build_corpus
 from ml_playground.data_pipeline.header import SPECIAL_TOKENS
 from ml_playground.data_pipeline.packing import check_template, pack_records
-from ml_playground.data_pipeline.sources.records import CsvFile, sniff_csv
-from ml_playground.data_pipeline.sources.text import SourceText, list_text_files, read_sources, resolve_input
+from ml_playground.data_pipeline.sources.records import CsvFile, sniff_file
+from ml_playground.data_pipeline.sources.text import (
+    TEXT_SUFFIXES,
+    SourceText,
+    list_text_files,
+    read_sources,
+    resolve_input,
+)
 from ml_playground.data_pipeline.speeches import JSONL_FILE, write_records, write_speeches
+from ml_playground.data_pipeline.streaming import (
+    Split,
+    TokenFileWriter,
+    char_counts,
+    count_characters,
+    encode_into,
+    iter_chunks,
+)
 
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
@@ -94,15 +108,11 @@ def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
     return TiktokenTokenizer.by_name(name, config.cache_dir)
 
 
-Split = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]
+SplitIds = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]
 
 
-def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, Split, Split]:
+def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitIds, SplitIds]:
     """Train/val token ids, plus loss masks when records are packed with EOS (Hugging Face tokenizers)."""
-    if config.tokenizer != "hf" and config.template is not None:
-        raise ConfigError(
-            "a template needs tokenizer = 'hf' (records are packed with its EOS token)", key="prepare.template"
-        )
     text = corpus.text
     split_at = int(len(text) * (1.0 - config.val_fraction))
     train_text, val_text = text[:split_at], text[split_at:]
@@ -123,7 +133,7 @@ def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, Split, 
 
 def _pack_split(
     config: PrepareConfig, records: list[dict[str, Any]], tokenizer: PretrainedTokenizer
-) -> tuple[Split, Split]:
+) -> tuple[SplitIds, SplitIds]:
     """The last ``val_fraction`` of the records (at least one) is validation."""
     records = [r for r in records if r.get("kind", "speech") == "speech"]
     if config.template is not None:
@@ -208,16 +218,97 @@ def _write_tokens(path: Path, ids: npt.NDArray[Any], dtype: type[np.unsignedinte
         handle.write(ids.astype(dtype).tobytes())
 
 
+def _streams(config: PrepareConfig) -> bool:
+    """Plain text with our own tokenizers is prepared in chunks (bounded memory, any corpus size)."""
+    return config.format == "text" and config.tokenizer != "hf"
+
+
 def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[CsvFile]]:
-    """Text sources are read whole; CSV sources only hashed and sniffed here, streamed later."""
-    if config.format not in ("speakger", "csv"):
+    """Record sources are read whole; plain text and CSV are only hashed and sniffed here, streamed later."""
+    if config.format not in ("speakger", "csv") and not _streams(config):
         return read_sources(config.input_path, config.cache_dir, config.encoding), []
-    files = list_text_files(resolve_input(config.input_path, config.cache_dir), CSV_SUFFIXES)
-    csv_files = [sniff_csv(path, config.encoding) for path in files]
-    return [SourceText(f.path, "", f.sha256, f.encoding) for f in csv_files], csv_files
+    suffixes = CSV_SUFFIXES if config.format in ("speakger", "csv") else TEXT_SUFFIXES
+    files = list_text_files(resolve_input(config.input_path, config.cache_dir), suffixes)
+    sniffed = [sniff_file(path, config.encoding) for path in files]
+    return [SourceText(f.path, "", f.sha256, f.encoding) for f in sniffed], sniffed
+
+
+def _streamed_tokenizer(config: PrepareConfig, files: list[CsvFile], split: Split) -> Tokenizer:
+    if config.tokenizer == "char":
+        # the whole text (a character only in val would be unencodable), unless rare characters are cut
+        chunks = iter_chunks(files)
+        if config.min_char_count > 1:
+            chunks = (train for train, _ in split.parts(chunks))
+        return CharTokenizer.from_counts(char_counts(chunks), config.min_char_count)
+    if config.tokenizer == "bpe":  # merges are learnt from train only
+        return BpeTokenizer.train(
+            (train for train, _ in split.parts(iter_chunks(files)) if train), config.bpe_vocab_size
+        )
+    return build_tokenizer(config, "")
+
+
+def _prepare_streaming(config: PrepareConfig, sources: list[SourceText], files: list[CsvFile]) -> PrepareReport:
+    characters = count_characters(files)
+    split = Split(int(characters * (1.0 - config.val_fraction)))
+    tokenizer = _streamed_tokenizer(config, files, split)
+    dtype = token_dtype(tokenizer.vocab_size)
+    out = config.dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "train.bin") as train_handle, atomic_open(out / "val.bin") as val_handle:
+        train, val = TokenFileWriter(train_handle, dtype), TokenFileWriter(val_handle, dtype)
+        encode_into(files, split, tokenizer.encode_array, train, val)
+        if val.count < 2:  # raised inside: neither token file is kept
+            raise DataError(
+                f"validation split has {val.count} tokens; use more text or a larger prepare.val_fraction",
+                path=Path(config.input_path),
+            )
+        tokenizer.save(out / TOKENIZER_DIR)
+    _write_meta(config, sources, tokenizer, dtype, characters, train.count, val.count, loss_mask=False)
+    encodings = {str(s.path): s.encoding for s in sources}
+    return PrepareReport(out, False, len(sources), characters, train.count, val.count, tokenizer.vocab_size, encodings)
+
+
+def _write_meta(
+    config: PrepareConfig,
+    sources: list[SourceText],
+    tokenizer: Tokenizer,
+    dtype: type[np.unsignedinteger[Any]],
+    characters: int,
+    train_tokens: int,
+    val_tokens: int,
+    *,
+    loss_mask: bool,
+) -> None:
+    meta = {
+        "format_version": META_FORMAT_VERSION,
+        "tokenizer": {"kind": tokenizer.kind, "dir": TOKENIZER_DIR},
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": train_tokens,
+        "val_tokens": val_tokens,
+        "characters": characters,
+        "loss_mask": loss_mask,
+        "conditioning": config.conditioning,
+        "eos_id": getattr(tokenizer, "eos_token_id", None),
+        "sources": _source_entries(sources),
+        "settings": _settings_fingerprint(config),
+        "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),
+    }
+    atomic_write_text(config.dataset_dir / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+def check_settings(config: PrepareConfig) -> None:
+    """Combinations the config model cannot see as wrong on its own."""
+    if config.format == "text" and config.conditioning == "header":
+        raise ConfigError("conditioning = 'header' needs records (a format other than 'text')", key="prepare.format")
+    if config.tokenizer != "hf" and config.template is not None:
+        raise ConfigError(
+            "a template needs tokenizer = 'hf' (records are packed with its EOS token)", key="prepare.template"
+        )
 
 
 def prepare(config: PrepareConfig) -> PrepareReport:
+    check_settings(config)
     sources, csv_files = _read_inputs(config)
     if _up_to_date(config, sources):
         meta = read_meta(config.dataset_dir)
@@ -230,6 +321,8 @@ def prepare(config: PrepareConfig) -> PrepareReport:
             meta["val_tokens"],
             meta["vocab_size"],
         )
+    if _streams(config):
+        return _prepare_streaming(config, sources, csv_files)
     corpus = build_corpus(config, sources, csv_files)
     text = corpus.text
     tokenizer, (train_ids, train_mask), (val_ids, val_mask) = _tokenize(config, corpus)
@@ -253,22 +346,9 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     if train_mask is not None and val_mask is not None:
         _write_tokens(out / "train_mask.bin", train_mask, np.uint8)
         _write_tokens(out / "val_mask.bin", val_mask, np.uint8)
-    meta = {
-        "format_version": META_FORMAT_VERSION,
-        "tokenizer": {"kind": tokenizer.kind, "dir": TOKENIZER_DIR},
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": np.dtype(dtype).name,
-        "train_tokens": len(train_ids),
-        "val_tokens": len(val_ids),
-        "characters": len(text),
-        "loss_mask": train_mask is not None,
-        "conditioning": config.conditioning,
-        "eos_id": getattr(tokenizer, "eos_token_id", None),
-        "sources": _source_entries(sources),
-        "settings": _settings_fingerprint(config),
-        "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),
-    }
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+    _write_meta(
+        config, sources, tokenizer, dtype, len(text), len(train_ids), len(val_ids), loss_mask=train_mask is not None
+    )
     return PrepareReport(
         out,
         False,

@@ -20,7 +20,7 @@ import torch
 
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.export.hf import ExportError
+from ml_playground.export.hf import ExportError, head_weight
 from ml_playground.models.core.model import GPTConfig
 
 GgufType = Literal["f32", "f16", "q8_0"]
@@ -108,7 +108,7 @@ def gguf_tensors(config: GPTConfig, state: Mapping[str, torch.Tensor]) -> dict[s
         "position_embd.weight": state["wpe.weight"],
         "output_norm.weight": state["ln_f.weight"],
         "output_norm.bias": get("ln_f.bias", c),
-        "output.weight": state.get("lm_head.weight", state["wte.weight"]),
+        "output.weight": head_weight(config, state),
     }
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"blk.{i}."

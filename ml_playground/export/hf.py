@@ -25,6 +25,11 @@ def _zeros_if_none(state: Mapping[str, torch.Tensor], name: str, width: int) -> 
     return state[name] if name in state else torch.zeros(width)
 
 
+def head_weight(config: GPTConfig, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A tied head is the embedding (in an EMA state only the embedding's average is authoritative)."""
+    return state["wte.weight"] if config.tie_weights else state["lm_head.weight"]
+
+
 def check_exportable(config: GPTConfig) -> None:
     if config.qk_norm:
         raise ExportError(
@@ -58,7 +63,7 @@ def gpt2_model(config: GPTConfig, state: Mapping[str, torch.Tensor]) -> Any:
         "transformer.wpe.weight": state["wpe.weight"],
         "transformer.ln_f.weight": state["ln_f.weight"],
         "transformer.ln_f.bias": _zeros_if_none(state, "ln_f.bias", c),
-        "lm_head.weight": state["lm_head.weight"] if "lm_head.weight" in state else state["wte.weight"],
+        "lm_head.weight": head_weight(config, state),
     }
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
@@ -112,7 +117,7 @@ def neox_model(config: GPTConfig, state: Mapping[str, torch.Tensor]) -> Any:
         "gpt_neox.embed_in.weight": state["wte.weight"],
         "gpt_neox.final_layer_norm.weight": state["ln_f.weight"],
         "gpt_neox.final_layer_norm.bias": _zeros_if_none(state, "ln_f.bias", c),
-        "lm_head.weight": state["lm_head.weight"] if "lm_head.weight" in state else state["wte.weight"],
+        "lm_head.weight": head_weight(config, state),
     }
     for i in range(config.n_layer):
         ours, theirs = f"blocks.{i}.", f"gpt_neox.layers.{i}."

@@ -111,9 +111,11 @@ def run_export(
     request: ExportRequest,
     *,
     run: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
+    which: Callable[[str], str | None] = shutil.which,
     write_hook: Callable[[Path], None] | None = None,
 ) -> ExportResult:
-    """``write_hook`` is called on the temporary folder before the swap (tests use it to fail mid-export)."""
+    """``run`` and ``which`` start and find ``ollama``; ``write_hook`` is called on the temporary folder before
+    the swap (tests use it to fail mid-export)."""
     if config.train.base_model is not None:
         raise ExportError(
             "LoRA runs export their merged model: train with train.save_merged_on_best = true, then use "
@@ -151,7 +153,7 @@ def run_export(
     if request.format == "ollama":
         command = ["ollama", "create", request.name, "-f", str(target / "Modelfile")]
         notes.append("create the Ollama model with: " + shlex.join(command))
-        if shutil.which("ollama") is not None:
+        if which("ollama") is not None:
             result = (run or _run)(command)
             notes.append(
                 f"ollama create exited with {result.returncode}: {(result.stdout + result.stderr).strip()[:500]}"
@@ -161,5 +163,5 @@ def run_export(
     return ExportResult(target, files, loaded.step, notes)
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:  # pragma: no cover (no ollama on the CI machine)
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)

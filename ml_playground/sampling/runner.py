@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,11 +76,6 @@ def end_token_id(tokenizer: Tokenizer) -> int | None:
     return tokenizer.token_id(END_TOKEN) if isinstance(tokenizer, BpeTokenizer) else None
 
 
-def write_stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 @dataclass(frozen=True)
 class Generator:
     """A from-scratch checkpoint ready to generate: model, tokenizer, and the step it was saved at."""
@@ -109,7 +103,7 @@ def load_generator(config: ExperimentConfig) -> Generator:
     return Generator(model, tokenizer, loaded.step)
 
 
-def sample(config: ExperimentConfig, *, emit: Callable[[str], None] = write_stdout) -> list[Sample]:
+def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sample]:
     sc = config.sample
     if config.train.base_model is not None:
         from ml_playground.finetune.sampling import sample_finetuned

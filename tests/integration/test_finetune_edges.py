@@ -53,11 +53,13 @@ def test_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
     by_path = config.sample.model_copy(update={"checkpoint": str(tmp_path / "run" / "adapters" / "last")})
     assert sample(config.model_copy(update={"sample": by_path}), emit=lambda _: None)
     with pytest.raises(CheckpointError, match="no merged model yet"):
-        sample(config.model_copy(update={"sample": config.sample.model_copy(update={"checkpoint": "merged"})}))
+        sample(
+            config.model_copy(update={"sample": config.sample.model_copy(update={"checkpoint": "merged"})}), emit=print
+        )
     bare = config.sample.model_copy(update={"require_adapters": False, "checkpoint": str(tmp_path / "nothing")})
     assert sample(config.model_copy(update={"sample": bare}), emit=lambda _: None)
     with pytest.raises(ConfigError, match="prompt is empty"):
-        sample(config.model_copy(update={"sample": config.sample.model_copy(update={"prompt": ""})}))
+        sample(config.model_copy(update={"sample": config.sample.model_copy(update={"prompt": ""})}), emit=print)
 
 
 def test_datasets_that_do_not_fit_the_base_model_are_refused(

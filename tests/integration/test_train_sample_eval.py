@@ -111,7 +111,7 @@ def test_corrupted_last_checkpoint_resumes_from_the_newest_intact(tiny_config: C
     service = CheckpointService(config.train.out_dir)
     (service.resolve("last") / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match=r"step_00000020/model.safetensors: truncated"):
-        sample(tiny_config("sample.checkpoint='last'"))
+        sample(tiny_config("sample.checkpoint='last'"), emit=lambda _: None)
     console = quiet_console()
     result = train(tiny_config("train.max_iters=25", "train.eval_interval=100"), console=console)
     output = console.file.getvalue()  # type: ignore[attr-defined]
@@ -181,7 +181,7 @@ def test_sampling_and_eval_before_any_checkpoint(tiny_config: ConfigFactory) -> 
     config = tiny_config()
     prepare(config.prepare)
     with pytest.raises(CheckpointError, match="no 'best' checkpoint yet"):
-        sample(config)
+        sample(config, emit=lambda _: None)
     with pytest.raises(CheckpointError, match="no 'best' checkpoint yet"):
         evaluate_checkpoint(config)
 

@@ -157,25 +157,44 @@ class CsvFile:
     sha256: str
 
 
-def sniff_csv(path: Path, encoding: str | None) -> CsvFile:
-    """Hash the file in chunks and pick its encoding from the first 64 KiB (never reading it whole)."""
+def sniff_file(path: Path, encoding: str | None) -> CsvFile:
+    """Hash a file in chunks, check it is text, and find its encoding, never holding it whole.
+
+    UTF-8 is checked over the whole file; a file that is not valid UTF-8 gets the legacy encoding
+    detected on the first block that fails (``decode_bytes``: charset-normalizer + strict decode).
+    """
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(f"unknown encoding {encoding!r}", key="prepare.encoding") from None
     digest = hashlib.sha256()
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    failing: bytes | None = None
     with path.open("rb") as handle:
         head = handle.read(_SNIFF_BYTES)
-        digest.update(head)
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    if not head.strip():
-        raise DataError("file is empty", path=path)
-    if b"\x00" in head:
-        raise DataError("file looks binary (contains NUL bytes), expected CSV text", path=path)
+        if not head.strip():
+            raise DataError("file is empty", path=path)
+        if b"\x00" in head:
+            raise DataError("file looks binary (contains NUL bytes), expected text", path=path)
+        for block in _blocks(head, handle):
+            digest.update(block)
+            if encoding is None and failing is None:
+                try:
+                    utf8.decode(block)
+                except UnicodeDecodeError:
+                    failing = block
     if encoding is None:
-        try:
-            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        if failing is None:
             encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
-        except UnicodeDecodeError:
-            encoding = decode_bytes(head, path).encoding
+        else:
+            encoding = decode_bytes(failing, path).encoding
     return CsvFile(path, encoding, digest.hexdigest())
+
+
+def _blocks(head: bytes, handle: Any) -> Iterator[bytes]:
+    yield head
+    yield from iter(lambda: handle.read(1 << 20), b"")
 
 
 RowMapper = Callable[[Mapping[str, str], CsvFile, int, ReadStats], SpeechRecord | None]

@@ -26,7 +26,7 @@ from ml_playground.data_pipeline.sources.records import (
     iter_csv_rows,
     normalized_text,
     row_is_malformed,
-    sniff_csv,
+    sniff_file,
     truthy,
     year_of,
 )
@@ -90,7 +90,7 @@ class MpMetadata:
     def load(cls, folder: Path) -> MpMetadata:
         names: dict[str, str] = {}
         duplicated = bad = 0
-        for _, row in iter_csv_rows(sniff_csv(folder / META_FILE, None), ["MPID", "Name"], delimiter=";"):
+        for _, row in iter_csv_rows(sniff_file(folder / META_FILE, None), ["MPID", "Name"], delimiter=";"):
             mpid = (row.get("MPID") or "").strip()
             if not mpid or row_is_malformed(row) is not None:
                 bad += 1
@@ -99,7 +99,7 @@ class MpMetadata:
             else:
                 names[mpid] = (row.get("Name") or "").strip()
         memberships: dict[tuple[str, int], tuple[str, str]] = {}
-        mapping = sniff_csv(folder / MAPPING_FILE, None)
+        mapping = sniff_file(folder / MAPPING_FILE, None)
         for _, row in iter_csv_rows(mapping, ["MPID", "Period", "Party", "State"], delimiter=","):
             try:
                 key = ((row.get("MPID") or "").strip(), int(row.get("Period") or ""))

@@ -10,7 +10,7 @@ import pytest
 from ml_playground.configuration.models import ColumnsConfig, FiltersConfig, PrepareConfig
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.preparer import prepare
-from ml_playground.data_pipeline.sources.records import ReadStats, keep, sniff_csv
+from ml_playground.data_pipeline.sources.records import ReadStats, keep, sniff_file
 from ml_playground.data_pipeline.sources.speakger import (
     MpMetadata,
     normalize_speakger_party,
@@ -74,7 +74,9 @@ def test_join_with_missing_and_partyless_ids_and_bad_rows(
     with path.open("a", encoding="utf-8") as handle:
         handle.write('19,9,0,0,17881,,,2018-01-22,"text",EXTRA\n')  # one field too many
     stats = ReadStats()
-    records = list(read_speakger_file(sniff_csv(path, None), resolve_columns(ColumnsConfig()), metadata, stats, "skip"))
+    records = list(
+        read_speakger_file(sniff_file(path, None), resolve_columns(ColumnsConfig()), metadata, stats, "skip")
+    )
     assert stats.rows == len(rows) + 1
     assert stats.malformed == 2
     assert len(records) == len(rows) - 1
@@ -88,7 +90,7 @@ def test_join_with_missing_and_partyless_ids_and_bad_rows(
         DataError, match=r"Bundestag\.csv: line \d+: period 'zwei' is not a number; set prepare\.malformed"
     ):
         list(
-            read_speakger_file(sniff_csv(path, None), resolve_columns(ColumnsConfig()), metadata, ReadStats(), "error")
+            read_speakger_file(sniff_file(path, None), resolve_columns(ColumnsConfig()), metadata, ReadStats(), "error")
         )
 
 
@@ -96,16 +98,18 @@ def test_missing_columns_are_named(tmp_path: Path, metadata: MpMetadata) -> None
     path = tmp_path / "x.csv"
     path.write_text("MPID,Rede\n1,Hallo\n")
     with pytest.raises(DataError, match=r"x\.csv: missing column\(s\) Speech \(the file has: MPID, Rede\)"):
-        list(read_speakger_file(sniff_csv(path, None), resolve_columns(ColumnsConfig()), metadata, ReadStats(), "skip"))
+        list(
+            read_speakger_file(sniff_file(path, None), resolve_columns(ColumnsConfig()), metadata, ReadStats(), "skip")
+        )
     mapped = resolve_columns(ColumnsConfig(text="Rede"))
-    assert [r.text for r in read_speakger_file(sniff_csv(path, None), mapped, metadata, ReadStats(), "skip")] == [
+    assert [r.text for r in read_speakger_file(sniff_file(path, None), mapped, metadata, ReadStats(), "skip")] == [
         "Hallo"
     ]
 
 
 def test_windows_1252_csv_is_detected(tmp_path: Path, shared_data: Path, metadata: MpMetadata) -> None:
     path = write_csv(tmp_path / "legacy.csv", speakger_rows(shared_data)[:5], encoding="cp1252")
-    source = sniff_csv(path, None)
+    source = sniff_file(path, None)
     assert source.encoding == "cp1252"
     texts = [
         r.text for r in read_speakger_file(source, resolve_columns(ColumnsConfig()), metadata, ReadStats(), "skip")
@@ -126,7 +130,7 @@ def test_streaming_a_large_csv_keeps_memory_bounded(tmp_path: Path, shared_data:
     stats = ReadStats()
     tracemalloc.start()
     try:
-        source = sniff_csv(path, None)
+        source = sniff_file(path, None)
         kept = sum(
             1
             for r in read_speakger_file(source, resolve_columns(ColumnsConfig()), metadata, stats, "skip")
