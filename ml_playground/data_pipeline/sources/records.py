@@ -231,6 +231,22 @@ def iter_csv_rows(
         ) from None
 
 
+def checked_rows(
+    source: CsvFile, required: list[str], columns: ColumnsConfig, stats: ReadStats, policy: str
+) -> Iterator[tuple[int, dict[str, str], int | None]]:
+    """(line, row, legislative period) for every readable row; the others counted or refused (``policy``)."""
+    for line, row in iter_csv_rows(source, required):
+        stats.rows += 1
+        problem = row_is_malformed(row)
+        period_text = (row.get(columns.period or "") or "").strip()
+        if problem is None and period_text and not period_text.isdigit():
+            problem = f"period {period_text!r} is not a number"
+        if problem is not None:
+            stats.bad_row(f"line {line}: {problem}", policy, source.path)
+            continue
+        yield line, row, int(period_text) if period_text else None
+
+
 def row_is_malformed(row: Mapping[Any, Any]) -> str | None:
     """DictReader puts extra fields under the key None and fills missing ones with None."""
     if None in row:
@@ -250,15 +266,7 @@ def read_csv_file(source: CsvFile, columns: ColumnsConfig, stats: ReadStats, pol
         raise DataError(
             "format = 'csv' needs prepare.columns.text (the column with the speech)", key="prepare.columns.text"
         )
-    for line, row in iter_csv_rows(source, [columns.text]):
-        stats.rows += 1
-        problem = row_is_malformed(row)
-        period_text = (row.get(columns.period or "") or "").strip()
-        if problem is None and period_text and not period_text.isdigit():
-            problem = f"period {period_text!r} is not a number"
-        if problem is not None:
-            stats.bad_row(f"line {line}: {problem}", policy, source.path)
-            continue
+    for _, row, period in checked_rows(source, [columns.text], columns, stats, policy):
         party = (row.get(columns.party or "") or "").strip()
         yield SpeechRecord(
             text=normalized_text(row[columns.text]),
@@ -267,7 +275,7 @@ def read_csv_file(source: CsvFile, columns: ColumnsConfig, stats: ReadStats, pol
             year=year_of(row.get(columns.year or "") or row.get(columns.date or "")),
             topic=(row.get(columns.topic or "") or "").strip(),
             parliament=(row.get(columns.parliament or "") or "").strip(),
-            period=int(period_text) if period_text else None,
+            period=period,
             chair=truthy(row.get(columns.chair or "")),
             interjection=truthy(row.get(columns.interjection or "")),
             source_file=str(source.path),

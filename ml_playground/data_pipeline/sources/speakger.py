@@ -23,6 +23,7 @@ from ml_playground.data_pipeline.sources.records import (
     CsvFile,
     ReadStats,
     SpeechRecord,
+    checked_rows,
     iter_csv_rows,
     normalized_text,
     row_is_malformed,
@@ -142,17 +143,8 @@ def read_speakger_file(
     assert columns.mpid is not None
     unknown_ids: Counter[str] = Counter()
     no_party = 0
-    for line, row in iter_csv_rows(source, [columns.text, columns.mpid]):
-        stats.rows += 1
-        problem = row_is_malformed(row)
-        period_text = (row.get(columns.period or "") or "").strip()
-        if problem is None and period_text and not period_text.isdigit():
-            problem = f"period {period_text!r} is not a number"
-        if problem is not None:
-            stats.bad_row(f"line {line}: {problem}", policy, source.path)
-            continue
+    for _, row, period in checked_rows(source, [columns.text, columns.mpid], columns, stats, policy):
         mpid = row[columns.mpid].strip()
-        period = int(period_text) if period_text else None
         party_raw, parliament = "", (row.get(columns.parliament or "") or "").strip()
         if period is not None and (mpid, period) in metadata.memberships:
             party_raw, mapped_parliament = metadata.memberships[(mpid, period)]
