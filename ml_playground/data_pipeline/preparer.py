@@ -233,24 +233,30 @@ def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[CsvFile]
     return [SourceText(f.path, "", f.sha256, f.encoding) for f in sniffed], sniffed
 
 
-def _streamed_tokenizer(config: PrepareConfig, files: list[CsvFile], split: Split) -> Tokenizer:
-    if config.tokenizer == "char":
-        # the whole text (a character only in val would be unencodable), unless rare characters are cut
-        chunks = iter_chunks(files)
-        if config.min_char_count > 1:
-            chunks = (train for train, _ in split.parts(chunks))
-        return CharTokenizer.from_counts(char_counts(chunks), config.min_char_count)
+def _streamed_tokenizer(config: PrepareConfig, files: list[CsvFile]) -> tuple[Tokenizer, int, Split]:
+    """The tokenizer, the number of characters, and where the validation part starts."""
+    if config.tokenizer == "char" and config.min_char_count <= 1:
+        # one pass: the counts give the vocabulary (the whole text: a character only in val would be
+        # unencodable) and the number of characters
+        counts = char_counts(iter_chunks(files))
+        characters = int(counts.sum())
+        return CharTokenizer.from_counts(counts), characters, _split(config, characters)
+    characters = count_characters(files)
+    split = _split(config, characters)
+    train_parts = (train for train, _ in split.parts(iter_chunks(files)) if train)
+    if config.tokenizer == "char":  # rare characters are counted on the training part only
+        return CharTokenizer.from_counts(char_counts(train_parts), config.min_char_count), characters, split
     if config.tokenizer == "bpe":  # merges are learnt from train only
-        return BpeTokenizer.train(
-            (train for train, _ in split.parts(iter_chunks(files)) if train), config.bpe_vocab_size
-        )
-    return build_tokenizer(config, "")
+        return BpeTokenizer.train(train_parts, config.bpe_vocab_size), characters, split
+    return build_tokenizer(config, ""), characters, split
+
+
+def _split(config: PrepareConfig, characters: int) -> Split:
+    return Split(int(characters * (1.0 - config.val_fraction)))
 
 
 def _prepare_streaming(config: PrepareConfig, sources: list[SourceText], files: list[CsvFile]) -> PrepareReport:
-    characters = count_characters(files)
-    split = Split(int(characters * (1.0 - config.val_fraction)))
-    tokenizer = _streamed_tokenizer(config, files, split)
+    tokenizer, characters, split = _streamed_tokenizer(config, files)
     dtype = token_dtype(tokenizer.vocab_size)
     out = config.dataset_dir
     out.mkdir(parents=True, exist_ok=True)

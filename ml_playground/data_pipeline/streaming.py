@@ -14,6 +14,7 @@ never spans a newline.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -28,14 +29,17 @@ from ml_playground.data_pipeline.sources.records import CsvFile
 CHUNK_BYTES = 8 << 20
 
 
+# Greedy ".*" backtracks from the end, so the match ends at the LAST such newline. The text is not
+# normalised yet, so a Windows line end counts as one newline.
+_LAST_SAFE_NEWLINE = re.compile(r".*\S\r?\n(?=\S)", re.S)
+
+
 def safe_cut(text: str) -> int:
-    """Index just after the last newline with a non-space character on each side; 0 when there is none."""
-    index = text.rfind("\n")
-    while index > 0:
-        if index + 1 < len(text) and not text[index + 1].isspace() and not text[index - 1].isspace():
-            return index + 1
-        index = text.rfind("\n", 0, index)
-    return 0
+    """Index just after the last newline (LF or CRLF) with a non-space character on each side; 0 when none.
+
+    Memory is bounded by the longest stretch of text without such a newline (in prose, a few lines)."""
+    match = _LAST_SAFE_NEWLINE.match(text)
+    return match.end() if match else 0
 
 
 def iter_chunks(files: list[CsvFile], chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
@@ -89,8 +93,8 @@ def char_counts(chunks: Iterator[str]) -> npt.NDArray[np.int64]:
     """Occurrences of every code point in the chunks."""
     counts = np.zeros(0x110000, dtype=np.int64)
     for chunk in chunks:
-        codes = np.frombuffer(chunk.encode("utf-32-le"), dtype=np.uint32)
-        counts += np.bincount(codes, minlength=0x110000)
+        chunk_counts = np.bincount(np.frombuffer(chunk.encode("utf-32-le"), dtype=np.uint32))
+        counts[: len(chunk_counts)] += chunk_counts
     return counts
 
 
