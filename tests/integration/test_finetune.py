@@ -69,6 +69,12 @@ def overrides(root: Path, base_model: Path, shared_data: Path) -> list[str]:
 ConfigFactory = Callable[..., ExperimentConfig]
 
 
+def run_helper(settings: list[str], mode: str, step: int) -> subprocess.CompletedProcess[str]:
+    """``train_with_kill.py`` on this experiment in a child process (``mode``: none or after-step)."""
+    command = [sys.executable, str(HELPER), json.dumps(settings), mode, str(step), EXPERIMENT]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, shared_data: Path) -> ExperimentConfig:
     root = tmp_path_factory.mktemp("lora")
@@ -182,21 +188,9 @@ def test_killed_lora_run_resumes_to_the_same_adapters(
 ) -> None:
     settings = overrides(tmp_path, tiny_model, shared_data)
     prepare(load_config(experiment_config_path(EXPERIMENT), settings).prepare)
-    killed = subprocess.run(
-        [sys.executable, str(HELPER), json.dumps(settings), "after-step", "17", EXPERIMENT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    killed = run_helper(settings, "after-step", 17)
     assert killed.returncode == -9, killed.stderr
-    resumed = subprocess.run(
-        [sys.executable, str(HELPER), json.dumps(settings), "none", "0", EXPERIMENT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    resumed = run_helper(settings, "none", 0)
     assert resumed.returncode == 0, resumed.stderr
     from safetensors.torch import load_file
 
