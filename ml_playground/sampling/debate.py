@@ -11,9 +11,9 @@ from pathlib import Path
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.errors import ConfigError
-from ml_playground.data_pipeline.header import END_TOKEN, format_header
+from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_header
 from ml_playground.sampling.conditioning import check_known, dataset_conditions
-from ml_playground.sampling.runner import end_token_id, load_generator, stream_decode
+from ml_playground.sampling.runner import header_stop_ids, load_generator, stream_decode
 
 SPEAKERS_PER_PARTY = 3
 
@@ -36,6 +36,12 @@ def speakers_by_party(speakers: dict[str, dict[str, object]], parties: list[str]
     """The most frequent speakers of each party (the ones the model knows best), most frequent first."""
     ranked = sorted(speakers.items(), key=lambda item: (-int(str(item[1]["speeches"])), item[0]))
     return {party: [name for name, info in ranked if info["party"] == party][:SPEAKERS_PER_PARTY] for party in parties}
+
+
+def strip_markers(text: str) -> str:
+    for token in SPECIAL_TOKENS:
+        text = text.replace(token, "")
+    return text
 
 
 def render_markdown(debate_topic: str, parties: list[str], turns: list[Turn], step: int) -> str:
@@ -66,7 +72,7 @@ def run_debate(
     pool = speakers_by_party(conditions["speakers"], parties)
     generator = load_generator(config)
     tokenizer = generator.tokenizer
-    stop_id = end_token_id(tokenizer)
+    stop_ids = header_stop_ids(tokenizer)
     transcript: list[int] = []
     held: list[Turn] = []
     for index in range(turns):
@@ -76,13 +82,10 @@ def run_debate(
         header_ids = tokenizer.encode(format_header({"speaker": speaker, "party": party, "topic": topic}))
         emit(f"\n## {index + 1}. {speaker} ({party})\n")
         params = generator.params(config.sample, index)
-        text = stream_decode(tokenizer, generator.model, transcript + header_ids, params, emit, stop_id)
-        held.append(Turn(speaker, party, text.replace(END_TOKEN, "")))
-        transcript += (
-            header_ids
-            + tokenizer.encode(text if text.endswith(END_TOKEN) else text + END_TOKEN)
-            + tokenizer.encode("\n")
-        )
+        text = stream_decode(tokenizer, generator.model, transcript + header_ids, params, emit, stop_ids)
+        text = strip_markers(text)  # the speech ends at <|end|> or where the model began another header
+        held.append(Turn(speaker, party, text))
+        transcript += header_ids + tokenizer.encode(text + END_TOKEN) + tokenizer.encode("\n")
     path = config.train.out_dir / "debates" / f"debate-{time.strftime('%Y%m%d-%H%M%S')}.md"
     atomic_write_text(path, render_markdown(topic, parties, held, generator.step))
     return Debate(topic, held, path)

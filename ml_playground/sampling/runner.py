@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +45,11 @@ def stream_decode(
     prompt_ids: list[int],
     params: SamplingParams,
     emit: Callable[[str], None],
-    stop_id: int | None = None,
+    stop_ids: Collection[int] = (),
 ) -> str:
     """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence.
 
-    Generation ends early at ``stop_id`` (included in the text)."""
+    Generation ends early at any of ``stop_ids`` (included in the text)."""
     device = next(model.parameters()).device
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     new_ids: list[int] = []
@@ -60,7 +60,7 @@ def stream_decode(
         if not text.endswith("\ufffd") and text.startswith(shown):
             emit(text[len(shown) :])
             shown = text
-        if stop_id is not None and new_ids[-1] == stop_id:
+        if new_ids[-1] in stop_ids:
             break
     final = tokenizer.decode(new_ids)
     if final.startswith(shown):
@@ -68,12 +68,14 @@ def stream_decode(
     return final
 
 
-def end_token_id(tokenizer: Tokenizer) -> int | None:
-    """The id of ``<|end|>`` in a tokenizer that has it as a special token."""
+def header_stop_ids(tokenizer: Tokenizer) -> set[int]:
+    """Ids of the header markers: a speech ends at ``<|end|>``, or where the model starts a new header."""
     from ml_playground.core.tokenizer import BpeTokenizer
-    from ml_playground.data_pipeline.header import END_TOKEN
+    from ml_playground.data_pipeline.header import SPECIAL_TOKENS
 
-    return tokenizer.token_id(END_TOKEN) if isinstance(tokenizer, BpeTokenizer) else None
+    if not isinstance(tokenizer, BpeTokenizer):
+        return set()
+    return {i for token in SPECIAL_TOKENS if (i := tokenizer.token_id(token)) is not None}
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,12 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sam
     generator = load_generator(config)
     model, tokenizer = generator.model, generator.tokenizer
     prompt_text = read_prompt(config)
-    stop_id = None
+    stop_ids: set[int] = set()
     conditions = dataset_conditions(config.prepare.dataset_dir)
     if conditions is not None:
         fields = {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
         prompt_text = conditioned_prompt(fields, conditions, prompt_text.strip())
-        stop_id = end_token_id(tokenizer)
+        stop_ids = header_stop_ids(tokenizer)
     try:
         prompt_ids = tokenizer.encode(prompt_text)
     except UserError as exc:
@@ -129,7 +131,7 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sam
     samples = []
     for index in range(sc.num_samples):
         emit(prompt_text)
-        text = prompt_text + stream_decode(tokenizer, model, prompt_ids, generator.params(sc, index), emit, stop_id)
+        text = prompt_text + stream_decode(tokenizer, model, prompt_ids, generator.params(sc, index), emit, stop_ids)
         emit("\n---------------\n")
         path = samples_dir / f"sample-{stamp}-step{generator.step}-{index}.txt"
         atomic_write_text(path, text)

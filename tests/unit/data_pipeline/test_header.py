@@ -139,3 +139,15 @@ def test_csv_format_with_a_column_mapping(tmp_path: Path) -> None:
         prepare(config.model_copy(update={"tokenizer": "char", "dataset_dir": tmp_path / "y"}))
     with pytest.raises(ConfigError, match="needs records"):
         prepare(config.model_copy(update={"format": "text", "dataset_dir": tmp_path / "z"}))
+
+
+def test_generation_stops_at_any_header_marker() -> None:
+    from ml_playground.sampling.debate import strip_markers
+    from ml_playground.sampling.runner import header_stop_ids
+
+    corpus = [format_example({"speaker": "A B", "party": "SPD"}, "Sehr geehrte Damen und Herren " * 20)] * 20
+    tokenizer = BpeTokenizer.train(corpus, 300, SPECIAL_TOKENS)
+    assert header_stop_ids(tokenizer) == {tokenizer.token_id(token) for token in SPECIAL_TOKENS}
+    assert len(header_stop_ids(tokenizer)) == len(SPECIAL_TOKENS)
+    assert header_stop_ids(BpeTokenizer.train(["plain text " * 50], 280)) == set()
+    assert strip_markers(f"Danke.{FIELD_TOKENS['party']}") == "Danke."
