@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ml_playground.configuration.models import ExperimentConfig
+import torch
+
+from ml_playground.configuration.models import ExperimentConfig, SampleConfig
 from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import CheckpointError, UserError
 from ml_playground.core.tokenizer import load_tokenizer
@@ -62,7 +64,7 @@ def _checkpoint(config: ExperimentConfig, which: str) -> LoadedCheckpoint:
     return service.load(path, with_training_state=False)
 
 
-def _weights(loaded: LoadedCheckpoint, which: str) -> dict[str, object]:
+def _weights(loaded: LoadedCheckpoint, which: str) -> dict[str, torch.Tensor]:
     if which == "ema":
         if loaded.ema is None:
             raise CheckpointError("this checkpoint has no EMA weights", path=loaded.path)
@@ -80,16 +82,15 @@ def _stop_tokens(tokenizer: Tokenizer) -> list[str]:
     return []
 
 
-def write_hf(target: Path, config: GPTConfig, state: dict[str, object], tokenizer: Tokenizer, sample: object) -> None:
+def write_hf(
+    target: Path, config: GPTConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer, sample: SampleConfig
+) -> None:
     from transformers import GenerationConfig
 
-    from ml_playground.configuration.models import SampleConfig
     from ml_playground.finetune.hub import quiet_transformers
 
     quiet_transformers()
-
-    assert isinstance(sample, SampleConfig)
-    model = to_transformers(config, state)  # type: ignore[arg-type]
+    model = to_transformers(config, state)
     model.save_pretrained(str(target))
     stop = _stop_tokens(tokenizer)
     fast = to_pretrained_tokenizer(tokenizer, eos_token=stop[0] if stop else None)
@@ -138,7 +139,7 @@ def run_export(
         if request.format == "hf":
             write_hf(tmp, model_config, state, tokenizer, config.sample)
         else:
-            write_gguf(tmp / gguf_name, model_config, state, tokenizer, request.gguf_type, request.name)  # type: ignore[arg-type]
+            write_gguf(tmp / gguf_name, model_config, state, tokenizer, request.gguf_type, request.name)
         if request.format == "ollama":
             stop = _stop_tokens(tokenizer)
             (tmp / "Modelfile").write_text(modelfile(gguf_name, config.sample, stop, model_config.block_size), "utf-8")
