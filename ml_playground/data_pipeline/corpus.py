@@ -18,8 +18,9 @@ from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_example
 from ml_playground.data_pipeline.sources.bundestag import NotAProtocolError, Speech, parse_protocol
 from ml_playground.data_pipeline.sources.records import (
-    CsvFile,
+    PRESIDING_ROLES,
     ReadStats,
+    SniffedFile,
     SpeechRecord,
     from_protocol_speech,
     keep,
@@ -47,7 +48,9 @@ def render_speeches(speeches: list[Speech]) -> str:
     return "".join(f"{s.header()}\n{s.text}\n\n" for s in speeches if s.kind == "speech")
 
 
-def build_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile] | None = None) -> Corpus:
+def build_corpus(
+    config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile] | None = None
+) -> Corpus:
     """``csv_files`` (formats speakger and csv) are streamed; ``sources`` hold decoded text files."""
     if config.format == "text":
         return Corpus("\n".join(source.text for source in sources))
@@ -68,15 +71,14 @@ def _jsonl_record(record: dict[str, Any]) -> SpeechRecord:
         topic=str(record.get("topic") or ""),
         parliament=str(record.get("parliament") or ""),
         period=record.get("period") if isinstance(record.get("period"), int) else None,
-        chair=bool(record.get("chair"))
-        or record.get("role", "") in ("Präsident", "Präsidentin", "Vizepräsident", "Vizepräsidentin"),
+        chair=bool(record.get("chair")) or bool(PRESIDING_ROLES.match(str(record.get("role") or ""))),
         interjection=record.get("kind") == "interjection",
         source_file=str(record.get("source_file") or ""),
     )
 
 
 def iter_speech_records(
-    config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile], stats: ReadStats
+    config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile], stats: ReadStats
 ) -> Iterator[SpeechRecord]:
     """Every record of the input, unfiltered; CSV files are streamed row by row."""
     if config.format == "speakger":
@@ -99,7 +101,7 @@ def iter_speech_records(
             yield from_protocol_speech(Speech(**{k: v for k, v in record.items() if k != "speaker_line"}))
 
 
-def _record_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[CsvFile]) -> Corpus:
+def _record_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile]) -> Corpus:
     stats = ReadStats()
     read = iter_speech_records(config, sources, csv_files, stats)
     kept = [record for r in read if (record := keep(r, config.filters, stats)) is not None]

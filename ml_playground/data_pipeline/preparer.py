@@ -24,7 +24,7 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import Corpus, build_corpus
 from ml_playground.data_pipeline.header import SPECIAL_TOKENS
 from ml_playground.data_pipeline.packing import check_template, pack_records
-from ml_playground.data_pipeline.sources.records import CsvFile, sniff_file
+from ml_playground.data_pipeline.sources.records import SniffedFile, sniff_file
 from ml_playground.data_pipeline.sources.text import (
     TEXT_SUFFIXES,
     SourceText,
@@ -223,7 +223,7 @@ def _streams(config: PrepareConfig) -> bool:
     return config.format == "text" and config.tokenizer != "hf"
 
 
-def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[CsvFile]]:
+def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFile]]:
     """Record sources are read whole; plain text and CSV are only hashed and sniffed here, streamed later."""
     if config.format not in ("speakger", "csv") and not _streams(config):
         return read_sources(config.input_path, config.cache_dir, config.encoding), []
@@ -233,7 +233,7 @@ def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[CsvFile]
     return [SourceText(f.path, "", f.sha256, f.encoding) for f in sniffed], sniffed
 
 
-def _streamed_tokenizer(config: PrepareConfig, files: list[CsvFile]) -> tuple[Tokenizer, int, Split]:
+def _streamed_tokenizer(config: PrepareConfig, files: list[SniffedFile]) -> tuple[Tokenizer, int, Split]:
     """The tokenizer, the number of characters, and where the validation part starts."""
     if config.tokenizer == "char" and config.min_char_count <= 1:
         # one pass: the counts give the vocabulary (the whole text: a character only in val would be
@@ -255,7 +255,7 @@ def _split(config: PrepareConfig, characters: int) -> Split:
     return Split(int(characters * (1.0 - config.val_fraction)))
 
 
-def _prepare_streaming(config: PrepareConfig, sources: list[SourceText], files: list[CsvFile]) -> PrepareReport:
+def _prepare_streaming(config: PrepareConfig, sources: list[SourceText], files: list[SniffedFile]) -> PrepareReport:
     tokenizer, characters, split = _streamed_tokenizer(config, files)
     dtype = token_dtype(tokenizer.vocab_size)
     out = config.dataset_dir

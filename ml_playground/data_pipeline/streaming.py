@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.sources.normalize import normalize_text
-from ml_playground.data_pipeline.sources.records import CsvFile
+from ml_playground.data_pipeline.sources.records import SniffedFile
 
 CHUNK_BYTES = 8 << 20
 
@@ -42,7 +42,7 @@ def safe_cut(text: str) -> int:
     return match.end() if match else 0
 
 
-def iter_chunks(files: list[CsvFile], chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def iter_chunks(files: list[SniffedFile], chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
     """The normalised text of all files, joined by newlines, in pieces cut only where ``safe_cut`` allows."""
     carry = ""
     for number, source in enumerate(files):
@@ -85,7 +85,7 @@ class Split:
             yield chunk[:cut], chunk[cut:]
 
 
-def count_characters(files: list[CsvFile]) -> int:
+def count_characters(files: list[SniffedFile]) -> int:
     return sum(len(chunk) for chunk in iter_chunks(files))
 
 
@@ -112,7 +112,7 @@ class TokenFileWriter:
 
 
 def encode_into(
-    files: list[CsvFile],
+    files: list[SniffedFile],
     split: Split,
     encode: Callable[[str], npt.NDArray[np.int64]],
     train: TokenFileWriter,

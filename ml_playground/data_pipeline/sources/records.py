@@ -151,13 +151,13 @@ def read_speech_txt(path: Path, text: str) -> SpeechRecord:
 
 
 @dataclass(frozen=True)
-class CsvFile:
+class SniffedFile:
     path: Path
     encoding: str
     sha256: str
 
 
-def sniff_file(path: Path, encoding: str | None) -> CsvFile:
+def sniff_file(path: Path, encoding: str | None) -> SniffedFile:
     """Hash a file in chunks, check it is text, and find its encoding, never holding it whole.
 
     UTF-8 is checked over the whole file; a file that is not valid UTF-8 gets the legacy encoding
@@ -189,7 +189,7 @@ def sniff_file(path: Path, encoding: str | None) -> CsvFile:
             encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
         else:
             encoding = decode_bytes(failing, path).encoding
-    return CsvFile(path, encoding, digest.hexdigest())
+    return SniffedFile(path, encoding, digest.hexdigest())
 
 
 def _blocks(head: bytes, handle: Any) -> Iterator[bytes]:
@@ -197,11 +197,11 @@ def _blocks(head: bytes, handle: Any) -> Iterator[bytes]:
     yield from iter(lambda: handle.read(1 << 20), b"")
 
 
-RowMapper = Callable[[Mapping[str, str], CsvFile, int, ReadStats], SpeechRecord | None]
+RowMapper = Callable[[Mapping[str, str], SniffedFile, int, ReadStats], SpeechRecord | None]
 
 
 def iter_csv_rows(
-    source: CsvFile, required: list[str], delimiter: str | None = None
+    source: SniffedFile, required: list[str], delimiter: str | None = None
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) for each data row; missing required columns are an error naming them."""
     try:
@@ -232,7 +232,7 @@ def iter_csv_rows(
 
 
 def checked_rows(
-    source: CsvFile, required: list[str], columns: ColumnsConfig, stats: ReadStats, policy: str
+    source: SniffedFile, required: list[str], columns: ColumnsConfig, stats: ReadStats, policy: str
 ) -> Iterator[tuple[int, dict[str, str], int | None]]:
     """(line, row, legislative period) for every readable row; the others counted or refused (``policy``)."""
     for line, row in iter_csv_rows(source, required):
@@ -260,7 +260,7 @@ def normalized_text(value: str) -> str:
     return normalize_text(value).strip()
 
 
-def read_csv_file(source: CsvFile, columns: ColumnsConfig, stats: ReadStats, policy: str) -> Iterator[SpeechRecord]:
+def read_csv_file(source: SniffedFile, columns: ColumnsConfig, stats: ReadStats, policy: str) -> Iterator[SpeechRecord]:
     """Any speech CSV, with ``prepare.columns`` naming the columns (``text`` required); streamed."""
     if columns.text is None:
         raise DataError(

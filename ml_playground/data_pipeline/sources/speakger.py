@@ -20,8 +20,8 @@ from pathlib import Path
 from ml_playground.configuration.models import ColumnsConfig
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.sources.records import (
-    CsvFile,
     ReadStats,
+    SniffedFile,
     SpeechRecord,
     checked_rows,
     iter_csv_rows,
@@ -132,7 +132,7 @@ class MpMetadata:
 
 
 def read_speakger_file(
-    source: CsvFile,
+    source: SniffedFile,
     columns: ColumnsConfig,
     metadata: MpMetadata,
     stats: ReadStats,
@@ -150,10 +150,8 @@ def read_speakger_file(
             party_raw, mapped_parliament = metadata.memberships[(mpid, period)]
             parliament = parliament or mapped_parliament
         parliament = parliament or source.path.stem
-        given_party = (row.get(columns.party or "") or "").strip()
-        party = normalize_speakger_party(given_party, parliament) if given_party else party_raw
-        if parliament == "Bundestag" and party in ("CDU", "CSU"):
-            party = "CDU/CSU"
+        # normalising is idempotent, so the mapping's (already normalised) party gets the speech's parliament
+        party = normalize_speakger_party((row.get(columns.party or "") or "").strip() or party_raw, parliament)
         speaker = metadata.names.get(mpid, "")
         if not speaker:
             unknown_ids[mpid or "(empty)"] += 1
