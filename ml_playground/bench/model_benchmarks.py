@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
 from ml_playground.models.core.inference import SamplingParams, generate
+from ml_playground.models.core.kernels import LinearKernel, onednn_available, resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
 
 
@@ -44,9 +45,13 @@ TINY = BenchSizes(
 )  # fmt: skip
 
 
-def ours_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT:
+def ours_model(
+    sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int, kernel: LinearKernel | None = None
+) -> GPT:
+    """Our GPT as training and sampling build it: linear kernel ``auto`` unless ``kernel`` is given."""
     torch.manual_seed(0)
-    return GPT(GPTConfig(sizes.vocab_size, block_size, n_layer, n_head, n_embd))
+    model = GPT(GPTConfig(sizes.vocab_size, block_size, n_layer, n_head, n_embd))
+    return model.use_linear_kernel(kernel or resolve_linear_kernel("auto", torch.device("cpu")))
 
 
 def hf_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT2LMHeadModel:
@@ -80,8 +85,11 @@ def training_steps(
 
 
 def matmul_peak_flops(size: int) -> float:
+    """The faster of ``torch.mm`` and oneDNN's linear on two square float32 matrices, in FLOP/s."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     seconds = median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=5)
+    if onednn_available():
+        seconds = min(seconds, median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")))
     return 2 * size**3 / seconds
 
 
@@ -105,10 +113,29 @@ def train_throughput_vs_hf(sizes: BenchSizes) -> list[BenchResult]:
         ),
         BenchResult(
             "train FLOP/s vs fp32 matmul peak", achieved / 1e9, "GFLOP/s",
-            f"torch.mm {sizes.matmul_size}^2", peak / 1e9,
+            f"best of torch.mm and oneDNN, {sizes.matmul_size}^2", peak / 1e9,
             note="6*params*tokens/s + attention; ratio = fraction of the measured peak",
         ),
     ]  # fmt: skip
+
+
+def linear_kernels(sizes: BenchSizes) -> BenchResult:
+    """Training tokens/s of our model with oneDNN linear layers against PyTorch's default ones."""
+    shape = (sizes.n_layer, sizes.n_head, sizes.n_embd, sizes.block_size)
+    kernel = resolve_linear_kernel("auto", torch.device("cpu"))
+    ours, aten = ours_model(sizes, *shape, kernel=kernel), ours_model(sizes, *shape, kernel="aten")
+    ours_s, aten_s = paired_medians(
+        training_steps(ours, ours, sizes, sizes.block_size),
+        training_steps(aten, aten, sizes, sizes.block_size),
+        warmup=1,
+        repeats=sizes.repeats,
+    )
+    tokens = sizes.steps_per_repeat * sizes.batch_size * sizes.block_size
+    return BenchResult(
+        f"train tokens/s, linear kernel {kernel} vs aten", tokens / ours_s, "tokens/s",
+        "our model with F.linear (MKL on x86)", tokens / aten_s,
+        note="train.linear_kernel = auto picks oneDNN on a CPU; see models/core/kernels.py",
+    )  # fmt: skip
 
 
 def compile_vs_eager(sizes: BenchSizes) -> BenchResult:

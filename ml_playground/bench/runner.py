@@ -34,6 +34,7 @@ def run_benchmarks(
             )
 
     add(model_benchmarks.train_throughput_vs_hf(sizes))
+    add(model_benchmarks.linear_kernels(sizes))
     add(model_benchmarks.compile_vs_eager(sizes))
     add(model_benchmarks.sampling(sizes))
     add(model_benchmarks.scaling_table(sizes))

@@ -134,11 +134,19 @@ class LoraConfig(Section):
 
 
 class OptimConfig(Section):
+    name: Literal["adamw", "muon"] = Field(
+        default="adamw", description="muon: Muon on the matrices inside the blocks, AdamW (below) on the rest."
+    )
     learning_rate: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=0.1, ge=0.0)
     beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
     beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
     grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
+    muon_learning_rate: float = Field(
+        default=0.02, gt=0.0, description="Peak learning rate of the Muon matrices; follows the same schedule."
+    )
+    muon_momentum: float = Field(default=0.95, ge=0.0, lt=1.0)
+    muon_weight_decay: float = Field(default=0.0, ge=0.0)
 
 
 class ScheduleConfig(Section):
@@ -187,6 +195,10 @@ class TrainConfig(Section):
     device: DeviceName = "auto"
     dtype: DtypeName = "float32"
     compile: bool = False
+    linear_kernel: Literal["auto", "aten", "onednn"] = Field(
+        default="auto",
+        description="CPU float32 linear layers: onednn (auto on a CPU) or PyTorch's default aten (MKL on x86).",
+    )
     deterministic: bool = True
     num_threads: int | None = Field(default=None, ge=1)
     model: ModelConfig = ModelConfig()
@@ -217,6 +229,14 @@ class TrainConfig(Section):
     def _block_size_in_one_place(self) -> TrainConfig:
         if self.base_model is None and self.data.block_size is not None:
             raise ValueError("train.data.block_size is for fine-tuning (train.base_model); use train.model.block_size")
+        return self
+
+    @model_validator(mode="after")
+    def _muon_where_it_applies(self) -> TrainConfig:
+        if self.optim.name == "muon" and self.base_model is not None:
+            raise ValueError("train.optim.name = 'muon' is for training from scratch; LoRA fine-tuning uses adamw")
+        if self.optim.name == "muon" and self.distributed.strategy == "fsdp":
+            raise ValueError("train.optim.name = 'muon' needs whole weight matrices, which FSDP shards; use ddp")
         return self
 
 

@@ -38,7 +38,7 @@ def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
             path=loaded.path,
         )
     precision = resolve_precision(config.train.device, config.train.dtype)
-    model = model_from_checkpoint(loaded, precision.device, config.sample.weights)
+    model = model_from_checkpoint(loaded, precision.device, config.sample.weights, config.train.linear_kernel)
     result = evaluate_split(model, dataset.val, block_size=model.config.block_size, precision=precision)
     return EvalReport(result.loss, result.tokens, str(loaded.path), loaded.step)
 

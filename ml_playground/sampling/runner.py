@@ -101,7 +101,9 @@ def load_generator(config: ExperimentConfig) -> Generator:
     service = CheckpointService(config.train.out_dir)
     loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
     tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
-    model = model_from_checkpoint(loaded, resolve_device(config.train.device), config.sample.weights)
+    model = model_from_checkpoint(
+        loaded, resolve_device(config.train.device), config.sample.weights, config.train.linear_kernel
+    )
     return Generator(model, tokenizer, loaded.step)
 
 

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from ml_playground.configuration.models import ExperimentConfig, ModelConfig, OptimConfig
+from ml_playground.configuration.models import ExperimentConfig, ModelConfig
 from ml_playground.core.devices import Precision, resolve_precision
 from ml_playground.core.errors import CheckpointError, DataError
 from ml_playground.core.logging_protocol import MetricsLogger
@@ -27,7 +27,9 @@ from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
 from ml_playground.data_pipeline.preparer import TOKENIZER_DIR
 from ml_playground.models.core.inference import SamplingParams
+from ml_playground.models.core.kernels import resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.models.core.optim import build_optimizer
 from ml_playground.training.checkpointing.rng import capture_rng, restore_rng
 from ml_playground.training.checkpointing.service import (
     CheckpointPayload,
@@ -89,19 +91,6 @@ def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
         qk_norm=model.qk_norm,
         activation=model.activation,
         tie_weights=model.tie_weights,
-    )
-
-
-def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases); fused kernels on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(
-        groups, lr=optim.learning_rate, betas=(optim.beta1, optim.beta2), fused=fused, foreach=None if fused else True
     )
 
 
@@ -203,6 +192,7 @@ def _gpt_setup(
     tc = config.train
     model_config = gpt_config(tc.model, dataset.vocab_size)
     model = GPT(model_config).to(precision.device)
+    model.use_linear_kernel(resolve_linear_kernel(tc.linear_kernel, precision.device))
     ema = EMA(model, tc.ema.decay, tc.ema.start_step) if tc.ema.enabled else None
     train_module, no_sync = wrap_model(model, dist, tc.distributed.strategy, precision.device)
     if dist.enabled:
@@ -314,7 +304,14 @@ def _train_locked(
         check_same_shape(loaded, setup.model_config)
         setup.load_trainable(loaded.model)
         assert loaded.training_state is not None
-        optimizer.load_state_dict(loaded.training_state["optimizer"])
+        try:
+            optimizer.load_state_dict(loaded.training_state["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"its optimizer state does not fit train.optim.name = {tc.optim.name!r} ({exc}); "
+                "resume with the optimizer it was trained with, or start over with --fresh",
+                path=loaded.path,
+            ) from None
         if ema is not None and loaded.ema is not None:
             ema.load_state_dict(loaded.ema)
         restore_rng(loaded.training_state["rng"])

@@ -93,3 +93,25 @@ def test_killed_and_resumed_run_is_bit_identical(dataset_and_baseline: tuple[Pat
         assert torch.equal(ema[name], base_ema[name]), name
     assert losses == base_losses
     assert not list((out_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_muon_run_resumes_bit_identically_and_refuses_another_optimizer(
+    dataset_and_baseline: tuple[Path, Path],
+) -> None:
+    root, _ = dataset_and_baseline
+    common = [*tiny_overrides(root, root / "corpus.txt"), *RESUME_SETTINGS, "train.optim.name=muon"]
+    straight = run_helper([*common, f"train.out_dir='{root / 'muon-straight'}'"], "none")
+    assert straight.returncode == 0, straight.stderr
+    out_dir = root / "muon-killed"
+    killed = run_helper([*common, f"train.out_dir='{out_dir}'"], "after-step", 17)
+    assert killed.returncode == -9, killed.stderr
+    other = run_helper([*common, "train.optim.name=adamw", f"train.out_dir='{out_dir}'"], "none")
+    assert other.returncode != 0
+    assert "optimizer state does not fit train.optim.name = 'adamw'" in other.stderr
+    resumed = run_helper([*common, f"train.out_dir='{out_dir}'"], "none")
+    assert resumed.returncode == 0, resumed.stderr
+    model, _, losses = final_state(out_dir)
+    base_model, _, base_losses = final_state(root / "muon-straight")
+    for name in model:
+        assert torch.equal(model[name], base_model[name]), name
+    assert losses == base_losses

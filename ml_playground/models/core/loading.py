@@ -7,12 +7,16 @@ from typing import Literal
 import torch
 
 from ml_playground.core.errors import CheckpointError
+from ml_playground.models.core.kernels import LinearKernelSetting, resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import LoadedCheckpoint
 
 
 def model_from_checkpoint(
-    loaded: LoadedCheckpoint, device: torch.device, weights: Literal["raw", "ema"] = "raw"
+    loaded: LoadedCheckpoint,
+    device: torch.device,
+    weights: Literal["raw", "ema"] = "raw",
+    linear_kernel: LinearKernelSetting = "aten",
 ) -> GPT:
     try:
         config = GPTConfig(**loaded.manifest["model_config"])
@@ -32,4 +36,4 @@ def model_from_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the model ({str(exc).splitlines()[0]})", path=loaded.path) from None
-    return model.to(device).eval()
+    return model.to(device).use_linear_kernel(resolve_linear_kernel(linear_kernel, device)).eval()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml_playground.models.core.kernels import LinearKernel, linear
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -46,6 +48,15 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose product may run on oneDNN; see ``kernels``."""
+
+    kernel: LinearKernel = "aten"
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # the name nn.Linear uses
+        return linear(input, self.weight, self.bias, self.kernel)
 
 
 class KVCache:
@@ -103,10 +114,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout  # attention weights and residual output; skipped when 0
         self.qk_norm = config.qk_norm
 
     def forward(
@@ -117,9 +127,8 @@ class CausalSelfAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, H, T, D)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> 3 x (B, H, T, D): one view and one permute (generation runs this per token)
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm:
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotary is not None:
@@ -136,24 +145,23 @@ class CausalSelfAttention(nn.Module):
             # New queries sit at positions past..past+T-1 and may see every key up to their own.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        out: torch.Tensor = self.resid_dropout(self.proj(y))
-        return out
+        out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return F.dropout(out, self.dropout, self.training) if self.dropout else out
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
         self.relu2 = config.activation == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc(x)
         hidden = F.relu(hidden).square() if self.relu2 else F.gelu(hidden)
-        out: torch.Tensor = self.dropout(self.proj(hidden))
-        return out
+        out: torch.Tensor = self.proj(hidden)
+        return F.dropout(out, self.dropout, self.training) if self.dropout else out
 
 
 class Block(nn.Module):
@@ -185,7 +193,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
         self.apply(self._init_weights)
@@ -202,6 +210,13 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def use_linear_kernel(self, kernel: LinearKernel) -> GPT:
+        """Run every linear layer's product on ``kernel`` (see ``kernels``); returns the model."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.kernel = kernel
+        return self
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())

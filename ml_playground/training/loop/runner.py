@@ -176,8 +176,8 @@ class TrainingLoop:
     def _step(self, step: int) -> StepMetrics:
         started = self.clock()
         lr = self.schedule(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # lr_ratio: a group's peak rate relative to the schedule's
+            group["lr"] = lr * group.get("lr_ratio", 1.0)
         total_loss = 0.0
         for micro in range(self.grad_accum_steps):
             x, y = self.batches.batch(step, micro)

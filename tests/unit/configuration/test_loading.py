@@ -134,3 +134,15 @@ def test_fine_tuning_settings_hang_together() -> None:
     with pytest.raises(ConfigError, match=r"train: .*train\.data\.block_size is for fine-tuning"):
         load_config(SHAKESPEARE, ["train.data.block_size=32"])
     assert load_config(SHAKESPEARE).train.sequence_length == 64
+
+
+def test_muon_only_where_it_applies() -> None:
+    assert load_config(SHAKESPEARE, ["train.optim.name='muon'"]).train.optim.name == "muon"
+    with pytest.raises(ConfigError, match=r"train: .*'muon' is for training from scratch"):
+        load_config(SHAKESPEARE, ["train.optim.name='muon'", "train.base_model='/models/tiny'"])
+    with pytest.raises(ConfigError, match=r"train: .*FSDP shards"):
+        load_config(SHAKESPEARE, ["train.optim.name='muon'", "train.distributed.strategy='fsdp'"])
+    with pytest.raises(ConfigError, match=r"train\.optim\.name"):
+        load_config(SHAKESPEARE, ["train.optim.name='sgd'"])
+    with pytest.raises(ConfigError, match=r"train\.linear_kernel"):
+        load_config(SHAKESPEARE, ["train.linear_kernel='mkl'"])

@@ -217,3 +217,16 @@ def test_hook_states_are_restored_by_key() -> None:
     ctx.load_hook_states({"counter": {"value": 7}, "gone": {}})
     assert counter.value == 7
     assert ctx.hook_states() == {"counter": {"value": 7}}
+
+
+def test_each_group_follows_the_schedule_at_its_own_ratio() -> None:
+    loop = make_loop([], max_iters=3)
+    model = loop.model
+    matrices = [p for p in model.parameters() if p.dim() == 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    loop.optimizer = torch.optim.AdamW([{"params": matrices, "lr_ratio": 10.0}, {"params": others}], lr=1.0)
+    loop.run(loop.new_context(LoopState()))
+    scaled, plain = loop.optimizer.param_groups
+    expected = loop.schedule(3)
+    assert plain["lr"] == pytest.approx(expected)
+    assert scaled["lr"] == pytest.approx(10 * expected)

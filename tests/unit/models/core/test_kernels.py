@@ -1,0 +1,105 @@
+"""oneDNN linear layers: same results as F.linear (to float rounding), gradients included, and fallbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ml_playground.core.errors import ConfigError
+from ml_playground.models.core.inference import SamplingParams, generate
+from ml_playground.models.core.kernels import linear, onednn_available, resolve_linear_kernel
+from ml_playground.models.core.loading import model_from_checkpoint
+from ml_playground.models.core.model import GPT, GPTConfig, Linear, cross_entropy
+from tests.unit.models.core.test_loading import saved
+
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN"),
+]
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (3, 5, 12)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_forward_and_gradients_match_f_linear(shape: tuple[int, ...], with_bias: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    weight = torch.randn(9, 12, requires_grad=True)
+    bias = torch.randn(9, requires_grad=True) if with_bias else None
+    upstream = torch.randn(*shape[:-1], 9)
+
+    def run(kernel: str) -> list[torch.Tensor]:
+        out = linear(x, weight, bias, kernel)  # type: ignore[arg-type]
+        inputs = [x, weight] + ([bias] if bias is not None else [])
+        grads = torch.autograd.grad(out, inputs, upstream)
+        return [out, *grads]
+
+    for mine, reference in zip(run("onednn"), run("aten"), strict=True):
+        assert mine.shape == reference.shape
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_input_and_no_grad_path() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(12, 4).t()  # (4, 12), transposed view
+    weight = torch.randn(6, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, weight, None, "onednn"), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_falls_back_to_f_linear_where_onednn_does_not_apply() -> None:
+    torch.manual_seed(0)
+    x, weight = torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(3, 8, dtype=torch.bfloat16)
+    assert torch.equal(linear(x, weight, None, "onednn"), F.linear(x, weight))  # bfloat16: bit for bit
+    x32, weight32 = x.float(), weight.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = linear(x32, weight32, None, "onednn")
+        assert under_autocast.dtype == torch.bfloat16  # autocast still applied: F.linear ran
+        assert torch.equal(under_autocast, F.linear(x32, weight32))
+
+
+def test_resolution() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_linear_kernel("auto", cpu, available=True) == "onednn"
+    assert resolve_linear_kernel("auto", cpu, available=False) == "aten"
+    assert resolve_linear_kernel("auto", cuda, available=True) == "aten"
+    assert resolve_linear_kernel("aten", cpu, available=True) == "aten"
+    assert resolve_linear_kernel("onednn", cpu, available=True) == "onednn"
+    with pytest.raises(ConfigError, match="no oneDNN") as err:
+        resolve_linear_kernel("onednn", cpu, available=False)
+    assert err.value.key == "train.linear_kernel"
+
+
+def test_model_trains_and_generates_alike_on_both_kernels() -> None:
+    config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=True, tie_weights=False)
+    torch.manual_seed(0)
+    reference = GPT(config)
+    onednn = GPT(config).use_linear_kernel("onednn")
+    onednn.load_state_dict(reference.state_dict())
+    assert {m.kernel for m in onednn.modules() if isinstance(m, Linear)} == {"onednn"}
+    idx, targets = torch.randint(40, (4, 16)), torch.randint(40, (4, 16))
+    losses = []
+    for model in (reference, onednn):
+        loss = cross_entropy(model(idx), targets)
+        loss.backward()  # type: ignore[no-untyped-call]
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, mine), theirs in zip(onednn.named_parameters(), reference.parameters(), strict=True):
+        assert mine.grad is not None, name
+        assert theirs.grad is not None, name
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    prompt = torch.randint(40, (1, 3))
+    greedy = SamplingParams(max_new_tokens=20, temperature=0.0)
+    assert torch.equal(generate(onednn, prompt, greedy), generate(reference, prompt, greedy))
+
+
+def test_checkpoints_load_with_the_configured_kernel(tmp_path: Path) -> None:
+    loaded = saved(tmp_path, ema=False)
+    kernels = {
+        setting: {m.kernel for m in model_from_checkpoint(loaded, torch.device("cpu"), "raw", setting).modules()
+                  if isinstance(m, Linear)}
+        for setting in ("auto", "aten")
+    }  # fmt: skip
+    assert kernels == {"auto": {"onednn"}, "aten": {"aten"}}
