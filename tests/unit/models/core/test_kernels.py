@@ -41,6 +41,17 @@ def test_forward_and_gradients_match_f_linear(shape: tuple[int, ...], with_bias:
         torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_only_the_gradients_asked_for() -> None:
+    torch.manual_seed(0)
+    x, weight = torch.randn(5, 12), torch.randn(9, 12)
+    frozen_input = linear(x, weight.requires_grad_(), None, "onednn")
+    (weight_grad,) = torch.autograd.grad(frozen_input.sum(), [weight])
+    torch.testing.assert_close(weight_grad, torch.ones(5, 9).t() @ x, rtol=1e-5, atol=1e-5)
+    frozen_weight = linear(x.requires_grad_(), weight.detach(), None, "onednn")
+    (input_grad,) = torch.autograd.grad(frozen_weight.sum(), [x])
+    torch.testing.assert_close(input_grad, torch.ones(5, 9) @ weight.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_non_contiguous_input_and_no_grad_path() -> None:
     torch.manual_seed(0)
     x = torch.randn(12, 4).t()  # (4, 12), transposed view

@@ -43,7 +43,8 @@ def test_cached_forward_equals_full_forward() -> None:
     idx = torch.randint(50, (2, 12))
     full = model(idx)
     cache = KVCache(model.config.n_layer)
-    parts = [model(idx[:, :5], cache)] + [model(idx[:, i : i + 1], cache) for i in range(5, 12)]
+    parts = [model(idx[:, :5], cache), model(idx[:, 5:8], cache)]  # a prefix, then several tokens at once
+    parts += [model(idx[:, i : i + 1], cache) for i in range(8, 12)]  # then one at a time
     assert cache.length == 12
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
