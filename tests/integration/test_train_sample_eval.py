@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -204,3 +205,28 @@ def test_compile_falls_back_or_works(tiny_config: ConfigFactory) -> None:
     result = train(config, console=quiet_console())
     assert result.step == 4
     assert result.last_val_loss is not None
+
+
+def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: ConfigFactory) -> None:
+    from ml_playground.models.core.kernels import onednn_available
+    from ml_playground.models.core.model import Linear
+    from ml_playground.models.core.optim import MuonWithAdamW
+    from ml_playground.training.hooks.base import Hook
+    from ml_playground.training.loop.runner import TrainingContext
+
+    seen: dict[str, object] = {}
+
+    class Inspect(Hook):
+        def on_train_start(self, ctx: TrainingContext) -> None:
+            seen["kernels"] = {m.kernel for m in ctx.model.modules() if isinstance(m, Linear)}
+            seen["optimizer"] = type(ctx.optimizer)
+
+    config = tiny_config("train.max_iters=20", "train.optim.name='muon'")
+    prepare(config.prepare)
+    result = train(config, console=quiet_console(), extra_hooks=[Inspect()])
+    assert seen == {"kernels": {"onednn" if onednn_available() else "aten"}, "optimizer": MuonWithAdamW}
+    assert result.best_val_loss is not None
+    assert result.best_val_loss < 3.8  # uniform over the ~60 characters would be 4.1
+    train(tiny_config("train.max_iters=2", "train.linear_kernel='aten'"), fresh=True, console=quiet_console(),
+          extra_hooks=[Inspect()])  # fmt: skip
+    assert seen == {"kernels": {"aten"}, "optimizer": torch.optim.AdamW}
