@@ -30,14 +30,14 @@ LinearKernelSetting = Literal["auto", "aten", "onednn"]
 
 @functools.cache
 def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear operator."""
+    """Whether this PyTorch build has oneDNN's linear operator and it computes ``F.linear`` (a private op)."""
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return False
+    x, weight = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(4, 3)
     try:
-        torch.ops.mkldnn._linear_pointwise.default  # noqa: B018  # resolving the op is the check
-    except (AttributeError, RuntimeError):
+        return bool(torch.equal(_onednn(x, weight, None), F.linear(x, weight)))
+    except (AttributeError, RuntimeError, TypeError):  # renamed, removed, or a new signature
         return False
-    return True
 
 
 def resolve_linear_kernel(
