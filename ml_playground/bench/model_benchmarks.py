@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
 from ml_playground.models.core.inference import SamplingParams, generate
-from ml_playground.models.core.kernels import LinearKernel, onednn_available, resolve_linear_kernel
+from ml_playground.models.core.kernels import LinearKernel, linear, onednn_available, resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
 
 
@@ -89,7 +89,8 @@ def matmul_peak_flops(size: int) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     seconds = median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=5)
     if onednn_available():
-        seconds = min(seconds, median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")))
+        with torch.no_grad():
+            seconds = min(seconds, median_seconds(lambda: linear(a, b, None, "onednn")))
     return 2 * size**3 / seconds
 
 

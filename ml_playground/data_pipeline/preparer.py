@@ -101,7 +101,7 @@ def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
         return CharTokenizer.train(train_text, config.min_char_count)
     if config.tokenizer == "bpe":
         special = SPECIAL_TOKENS if config.conditioning == "header" else ()
-        return BpeTokenizer.train(_chunks(train_text), config.bpe_vocab_size, special)
+        return BpeTokenizer.train([train_text], config.bpe_vocab_size, special)
     name = "gpt2" if config.tokenizer == "gpt2" else config.tiktoken_encoding
     if config.tiktoken_file is not None:
         return TiktokenTokenizer.from_file(name, config.tiktoken_file, config.cache_dir)
@@ -151,10 +151,6 @@ def _pack_split(
         for part in (records[:-n_val], records[-n_val:])
     ]
     return (packed[0].ids, packed[0].mask), (packed[1].ids, packed[1].mask)
-
-
-def _chunks(text: str, size: int = 1 << 20) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:

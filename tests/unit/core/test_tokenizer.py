@@ -215,3 +215,19 @@ def test_a_seeded_cache_is_reused(rank_files: Path, tmp_path: Path) -> None:
     second = TiktokenTokenizer.from_file("gpt2", rank_files / "r50k_base.tiktoken", tmp_path)
     assert seeded.stat().st_mtime_ns == mtime
     assert first.encode("Hallo") == second.encode("Hallo")
+
+
+def test_training_in_pieces_learns_the_merges_of_the_whole_text(shakespeare_text: str) -> None:
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    text = shakespeare_text[:300_000]  # several 64K pieces for the trainer
+    ours = BpeTokenizer.train([text], vocab_size=600)
+    whole = HfTokenizer(models.BPE())
+    whole.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    whole.train_from_iterator([text], trainer)
+    assert ours.backend.get_vocab() == whole.get_vocab()
+    assert ours.encode_array(text).tolist() == whole.encode(text).ids
