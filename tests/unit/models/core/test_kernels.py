@@ -21,6 +21,23 @@ pytestmark = [
 ]
 
 
+def twin_models(n_layer: int) -> tuple[GPT, GPT]:
+    """The same weights twice: on PyTorch's default linear and on oneDNN."""
+    config = GPTConfig(vocab_size=40, block_size=16, n_layer=n_layer, n_head=2, n_embd=32, bias=True, tie_weights=False)
+    torch.manual_seed(0)
+    reference = GPT(config)
+    onednn = GPT(config).use_linear_kernel("onednn")
+    onednn.load_state_dict(reference.state_dict())
+    return reference, onednn
+
+
+def assert_same_gradients(mine: GPT, reference: GPT) -> None:
+    for (name, got), expected in zip(mine.named_parameters(), reference.parameters(), strict=True):
+        assert got.grad is not None, name
+        assert expected.grad is not None, name
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("leading", [(7,), (3, 5)])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("features", [(12, 9), (320, 256)], ids=["narrow", "wide"])  # wide: dW on oneDNN too
@@ -100,11 +117,7 @@ def test_the_compile_operator_passes_pytorchs_operator_checks() -> None:
 def test_compiled_model_keeps_the_onednn_products() -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    config = GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=32, bias=True, tie_weights=False)
-    torch.manual_seed(0)
-    reference = GPT(config)
-    onednn = GPT(config).use_linear_kernel("onednn")
-    onednn.load_state_dict(reference.state_dict())
+    reference, onednn = twin_models(n_layer=1)
     compiled = torch.compile(onednn)
     idx, targets = torch.randint(40, (4, 16)), torch.randint(40, (4, 16))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -116,10 +129,7 @@ def test_compiled_model_keeps_the_onednn_products() -> None:
     reference_loss = cross_entropy(reference(idx), targets)
     reference_loss.backward()  # type: ignore[no-untyped-call]
     torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
-    for (name, mine), theirs in zip(onednn.named_parameters(), reference.parameters(), strict=True):
-        assert mine.grad is not None, name
-        assert theirs.grad is not None, name
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_gradients(onednn, reference)
 
 
 def test_resolution() -> None:
@@ -135,11 +145,7 @@ def test_resolution() -> None:
 
 
 def test_model_trains_and_generates_alike_on_both_kernels() -> None:
-    config = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=True, tie_weights=False)
-    torch.manual_seed(0)
-    reference = GPT(config)
-    onednn = GPT(config).use_linear_kernel("onednn")
-    onednn.load_state_dict(reference.state_dict())
+    reference, onednn = twin_models(n_layer=2)
     assert {m.kernel for m in onednn.modules() if isinstance(m, Linear)} == {"onednn"}
     idx, targets = torch.randint(40, (4, 16)), torch.randint(40, (4, 16))
     losses = []
@@ -148,10 +154,7 @@ def test_model_trains_and_generates_alike_on_both_kernels() -> None:
         loss.backward()  # type: ignore[no-untyped-call]
         losses.append(loss)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for (name, mine), theirs in zip(onednn.named_parameters(), reference.parameters(), strict=True):
-        assert mine.grad is not None, name
-        assert theirs.grad is not None, name
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_gradients(onednn, reference)
     prompt = torch.randint(40, (1, 3))
     greedy = SamplingParams(max_new_tokens=20, temperature=0.0)
     assert torch.equal(generate(onednn, prompt, greedy), generate(reference, prompt, greedy))
