@@ -10,11 +10,10 @@ ordered differently, so results agree to float rounding, not bit for bit.
 
 ``kernel = "onednn"`` runs the forward product and the input gradient on oneDNN, and the weight gradient
 too for layers 256 or more wide (narrower ones stay on ``torch.mm``, as fast there without two transposed
-copies). It applies to CPU
-float32 tensors only: under autocast or on an accelerator, a layer falls back to ``F.linear``. Under
-``torch.compile`` the product is the custom operator ``ml_playground::onednn_linear``, which Dynamo keeps
-as one opaque call (it cannot trace the private op itself, and Inductor would otherwise pick MKL), while
-Inductor fuses everything around it.
+copies). It applies to CPU float32 tensors only: under autocast or on an accelerator, a layer falls back
+to ``F.linear``. Under ``torch.compile`` the product is the custom operator
+``ml_playground::onednn_linear``, which Dynamo keeps as one opaque call (it cannot trace the private op
+itself, and Inductor would otherwise pick MKL), while Inductor fuses everything around it.
 """
 
 from __future__ import annotations
