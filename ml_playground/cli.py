@@ -216,14 +216,24 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         write_stdout(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
     else:
-        console.print(
-            f"classified as the requested party: {report.conditioning_accuracy:.1%} of {report.samples} samples "
-            f"(classifier on real speeches {report.classifier_accuracy:.1%}, chance {report.chance:.1%}); "
-            f"header format kept {report.header_format_share:.1%}; distinct-2 {report.distinct[2]:.3f}; "
-            f"report {report.report_path}",
-            highlight=False,
-            markup=False,
-        )
+        from rich.table import Table
+
+        table = Table(title=f"{report.checkpoint} (step {report.step})", title_justify="left")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        rows = [
+            ("classified as the requested party", f"{report.conditioning_accuracy:.1%} of {report.samples}"),
+            ("classifier on held-out real speeches", f"{report.classifier_accuracy:.1%}"),
+            ("chance (1 / parties)", f"{report.chance:.1%}"),
+            *((f"  {party}", f"{share:.1%}") for party, share in report.per_party.items()),
+            ("header format kept", f"{report.header_format_share:.1%}"),
+            ("distinct-2", f"{report.distinct[2]:.3f}"),
+            ("mean length (words)", f"{report.mean_words:.1f}"),
+        ]
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
+        console.print(f"report {report.report_path}", highlight=False, markup=False)
     return 0
 
 

@@ -90,3 +90,43 @@ def tiny_config(tmp_path: Path, shakespeare_slice: Path) -> ConfigFactory:
         )
 
     return build
+
+
+XML_SESSIONS = ("19008", "19009")  # small sessions of period 19 that are also in ../shared/data/bundestag as text
+
+
+def xml_members(archive: Path, sessions: tuple[str, ...]) -> dict[str, bytes]:
+    """The ``NNNNN-data.xml`` members of a real archive for ``sessions``, reading the stream only as far as needed."""
+    import tarfile
+
+    found: dict[str, bytes] = {}
+    with tarfile.open(archive, mode="r|gz") as tar:
+        for member in tar:
+            session = Path(member.name).name[:5]
+            handle = tar.extractfile(member) if member.isfile() else None
+            if handle is not None and session in sessions:
+                found[session] = handle.read()
+                if len(found) == len(sessions):
+                    break
+    return found
+
+
+@pytest.fixture(scope="session")
+def xml_sessions(shared_data: Path) -> dict[str, bytes]:
+    """Two real XML protocols (19/8 and 19/9) from the shared period-19 archive."""
+    return xml_members(shared_data / "bundestag_xml" / "wp19.tar.gz", XML_SESSIONS)
+
+
+@pytest.fixture(scope="session")
+def xml_archive(tmp_path_factory: pytest.TempPathFactory, xml_sessions: dict[str, bytes]) -> Path:
+    """A small ``.tar.gz`` laid out like the official ones (``wp19/NNNNN-data.xml``), built from real sessions."""
+    import io
+    import tarfile
+
+    path = tmp_path_factory.mktemp("xml") / "wp19-small.tar.gz"
+    with tarfile.open(path, mode="w:gz") as tar:
+        for session, data in sorted(xml_sessions.items()):
+            info = tarfile.TarInfo(f"wp19/{session}-data.xml")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

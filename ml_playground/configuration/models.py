@@ -59,9 +59,10 @@ class PrepareConfig(Section):
     tiktoken_file: Path | None = None
     cache_dir: Path = Path("~/.cache/ml_playground")
     encoding: str | None = Field(default=None, description="Force a text encoding instead of detecting it.")
-    format: Literal["text", "bundestag", "jsonl", "speakger", "csv", "speech_txt"] = Field(
+    format: Literal["text", "bundestag", "bundestag_xml", "jsonl", "speakger", "csv", "speech_txt"] = Field(
         default="text",
         description="text: files as they are; bundestag: plenary protocols split into speeches; "
+        "bundestag_xml: the Bundestag's XML protocols (an archive, a folder of archives or *.xml, one file); "
         "jsonl: records with a 'text' field (for example a speeches.jsonl); speakger: SpeakGer speech CSVs "
         "joined with the MP metadata; csv: any speech CSV with prepare.columns; speech_txt: .txt speeches "
         "with a Sprecher:/Thema:/Jahr: header.",
@@ -69,13 +70,24 @@ class PrepareConfig(Section):
     conditioning: Literal["none", "header"] = Field(
         default="none", description="header: each speech behind a speaker/party/year/topic header (special tokens)."
     )
+    speaker_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="conditioning = 'header': share of records whose header leaves the speaker out (a fixed "
+        "draw per record), so that a prompt naming only a party is familiar.",
+    )
+    topic_dropout: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="conditioning = 'header': the same for the topic."
+    )
     columns: ColumnsConfig = ColumnsConfig()
     filters: FiltersConfig = FiltersConfig()
     metadata_dir: Path | None = Field(
         default=None, description="speakger: folder with all_mps_meta.csv and all_mps_mapping.csv."
     )
     malformed: Literal["skip", "error"] = Field(
-        default="skip", description="CSV rows that cannot be read: counted and skipped, or an error."
+        default="skip",
+        description="CSV rows or XML files that cannot be read: counted and skipped, or an error.",
     )
     hf_tokenizer: str | None = Field(
         default=None, description="tokenizer = 'hf': Hub id or folder; defaults to train.base_model."
@@ -190,6 +202,12 @@ class TrainConfig(Section):
     max_iters: int = Field(default=2000, ge=1)
     eval_interval: int = Field(default=250, ge=1)
     eval_iters: int = Field(default=20, ge=1, description="Batches for the train-split loss estimate.")
+    eval_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Validation during training on at most about this many targets: the same evenly spaced "
+        "windows at every evaluation. None: the whole split. `eval` always uses the whole split.",
+    )
     log_interval: int = Field(default=10, ge=1)
     seed: int = 1337
     device: DeviceName = "auto"

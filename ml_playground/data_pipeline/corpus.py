@@ -11,12 +11,14 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_example
 from ml_playground.data_pipeline.sources.bundestag import NotAProtocolError, Speech, parse_protocol
+from ml_playground.data_pipeline.sources.bundestag_xml import MalformedXmlError, iter_documents, parse_session
 from ml_playground.data_pipeline.sources.records import (
     PRESIDING_ROLES,
     ReadStats,
@@ -58,7 +60,29 @@ def build_corpus(
         return _record_corpus(config, sources, csv_files or [])
     if config.format == "jsonl":
         return _jsonl_corpus(sources)
+    if config.format == "bundestag_xml":
+        speeches = list(iter_xml_speeches(config, sources, ReadStats()))
+        return Corpus(render_speeches(speeches), [s.as_record() for s in speeches])
     return _bundestag_corpus(config, sources)
+
+
+def iter_xml_speeches(config: PrepareConfig, sources: list[SourceText], stats: ReadStats) -> Iterator[Speech]:
+    """Every speech of the XML protocols, session by session; malformed sessions counted or refused."""
+    unknown: Counter[str] = Counter()
+    for source in sources:
+        for document in iter_documents(source.path):
+            try:
+                session = parse_session(document, config.interjections)
+            except MalformedXmlError as exc:
+                stats.bad_row(exc.message, config.malformed, Path(document.name))
+                continue
+            unknown.update(session.unknown_groups)
+            yield from session.speeches
+    if unknown:
+        stats.notes.append(
+            "speeches with a parliamentary group that is no known spelling (kept without a party): "
+            + ", ".join(f"{group!r} {count}" for group, count in unknown.most_common(5))
+        )
 
 
 def _jsonl_record(record: dict[str, Any]) -> SpeechRecord:
@@ -94,6 +118,8 @@ def iter_speech_records(
         yield from (read_speech_txt(source.path, source.text) for source in sources)
     elif config.format == "jsonl":
         yield from (_jsonl_record(record) for record in _jsonl_corpus(sources).records or [])
+    elif config.format == "bundestag_xml":
+        yield from (from_protocol_speech(speech) for speech in iter_xml_speeches(config, sources, stats))
     else:
         corpus = _bundestag_corpus(config, sources)
         stats.notes.extend(corpus.warnings)

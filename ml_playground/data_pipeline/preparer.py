@@ -6,6 +6,7 @@ settings does nothing and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -21,10 +22,17 @@ from ml_playground.core.atomic import atomic_open, atomic_write_text
 from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.data_pipeline.corpus import Corpus, build_corpus
+from ml_playground.data_pipeline.corpus import Corpus, build_corpus, iter_speech_records, iter_xml_speeches
 from ml_playground.data_pipeline.header import SPECIAL_TOKENS
 from ml_playground.data_pipeline.packing import check_template, pack_records
-from ml_playground.data_pipeline.sources.records import SniffedFile, sniff_file
+from ml_playground.data_pipeline.record_corpus import (
+    CORPUS_FILE,
+    encode_header_records,
+    write_record_files,
+    write_speech_table_and_corpus,
+)
+from ml_playground.data_pipeline.sources.bundestag_xml import file_sha256, list_xml_inputs
+from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, from_protocol_speech, sniff_file
 from ml_playground.data_pipeline.sources.text import (
     TEXT_SUFFIXES,
     SourceText,
@@ -44,7 +52,6 @@ from ml_playground.data_pipeline.streaming import (
 
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
-CORPUS_FILE = "corpus.txt"
 CSV_SUFFIXES = {".csv", ".tsv"}
 META_FORMAT_VERSION = 1
 MAX_FILES_LISTED = 40
@@ -92,11 +99,7 @@ def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
 
 
 def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
-    if config.conditioning == "header" and config.tokenizer != "bpe":
-        raise ConfigError(
-            "conditioning = 'header' needs tokenizer = 'bpe' (its markers become special tokens)",
-            key="prepare.tokenizer",
-        )
+    build_tokenizer_check(config)
     if config.tokenizer == "char":
         return CharTokenizer.train(train_text, config.min_char_count)
     if config.tokenizer == "bpe":
@@ -169,6 +172,8 @@ def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
         "mask_template",
         "conditioning",
         "malformed",
+        "speaker_dropout",
+        "topic_dropout",
     )
     settings = {key: getattr(config, key) for key in keys}
     settings["columns"] = config.columns.model_dump()
@@ -206,6 +211,10 @@ def _up_to_date(config: PrepareConfig, sources: list[SourceText]) -> bool:
         path = config.dataset_dir / f"{split}.bin"
         if not path.is_file() or path.stat().st_size != meta[f"{split}_tokens"] * itemsize:
             return False
+    if meta.get("record_index") and not all(
+        (config.dataset_dir / f"{split}_index.bin").is_file() for split in ("train", "val")
+    ):
+        return False
     return not (config.format == "bundestag" and not (config.dataset_dir / JSONL_FILE).is_file())
 
 
@@ -220,7 +229,10 @@ def _streams(config: PrepareConfig) -> bool:
 
 
 def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFile]]:
-    """Record sources are read whole; plain text and CSV are only hashed and sniffed here, streamed later."""
+    """Record sources are read whole; plain text, CSV and XML are only hashed (and sniffed) here, streamed later."""
+    if config.format == "bundestag_xml":
+        paths = list_xml_inputs(resolve_input(config.input_path, config.cache_dir))
+        return [SourceText(path, "", file_sha256(path), "xml") for path in paths], []
     if config.format not in ("speakger", "csv") and not _streams(config):
         return read_sources(config.input_path, config.cache_dir, config.encoding), []
     suffixes = CSV_SUFFIXES if config.format in ("speakger", "csv") else TEXT_SUFFIXES
@@ -280,6 +292,7 @@ def _write_meta(
     val_tokens: int,
     *,
     loss_mask: bool,
+    record_index: bool = False,
 ) -> None:
     meta = {
         "format_version": META_FORMAT_VERSION,
@@ -290,6 +303,7 @@ def _write_meta(
         "val_tokens": val_tokens,
         "characters": characters,
         "loss_mask": loss_mask,
+        "record_index": record_index,
         "conditioning": config.conditioning,
         "eos_id": getattr(tokenizer, "eos_token_id", None),
         "sources": _source_entries(sources),
@@ -309,6 +323,70 @@ def check_settings(config: PrepareConfig) -> None:
         )
 
 
+def _prepare_header_records(
+    config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile]
+) -> PrepareReport:
+    """Records streamed to ``records.jsonl``, then encoded one by one with their header (record index + mask)."""
+    build_tokenizer_check(config)
+    out = config.dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stats = ReadStats()
+    summary = write_record_files(iter_speech_records(config, sources, csv_files, stats), out, config, stats)
+    encoded = encode_header_records(config, out, summary.kept)
+    encoded.tokenizer.save(out / TOKENIZER_DIR)
+    dtype = token_dtype(encoded.tokenizer.vocab_size)
+    _write_meta(
+        config,
+        sources,
+        encoded.tokenizer,
+        dtype,
+        summary.characters,
+        encoded.train_tokens,
+        encoded.val_tokens,
+        loss_mask=True,
+        record_index=True,
+    )
+    details = [*summary.details, f"records: {encoded.train_records:,} train, {encoded.val_records:,} validation"]
+    encodings = {str(s.path): s.encoding for s in sources}
+    return PrepareReport(
+        out,
+        False,
+        len(sources),
+        summary.characters,
+        encoded.train_tokens,
+        encoded.val_tokens,
+        encoded.tokenizer.vocab_size,
+        encodings,
+        summary.warnings,
+        details,
+    )
+
+
+def _prepare_xml_protocols(config: PrepareConfig, sources: list[SourceText]) -> PrepareReport:
+    """The speeches table and ``corpus.txt`` streamed from the XML, then the corpus tokenized in chunks."""
+    out = config.dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stats = ReadStats()
+    summary = write_speech_table_and_corpus(
+        iter_xml_speeches(config, sources, stats), out, config, stats, from_protocol_speech
+    )
+    report = _prepare_streaming(config, sources, [sniff_file(out / CORPUS_FILE, "utf-8")])
+    return dataclasses.replace(
+        report,
+        file_encodings={str(s.path): s.encoding for s in sources},
+        warnings=summary.warnings,
+        details=summary.details,
+    )
+
+
+def build_tokenizer_check(config: PrepareConfig) -> None:
+    if config.conditioning == "header" and config.tokenizer != "bpe":
+        raise ConfigError(
+            "conditioning = 'header' needs tokenizer = 'bpe' (its markers become special tokens)",
+            key="prepare.tokenizer",
+        )
+
+
 def prepare(config: PrepareConfig) -> PrepareReport:
     check_settings(config)
     sources, csv_files = _read_inputs(config)
@@ -325,6 +403,10 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         )
     if _streams(config):
         return _prepare_streaming(config, sources, csv_files)
+    if config.conditioning == "header" and config.tokenizer != "hf":
+        return _prepare_header_records(config, sources, csv_files)
+    if config.format == "bundestag_xml" and config.tokenizer != "hf":
+        return _prepare_xml_protocols(config, sources)
     corpus = build_corpus(config, sources, csv_files)
     text = corpus.text
     tokenizer, (train_ids, train_mask), (val_ids, val_mask) = _tokenize(config, corpus)

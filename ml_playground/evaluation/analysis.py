@@ -23,7 +23,7 @@ from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
 from ml_playground.sampling.conditioning import dataset_conditions
-from ml_playground.sampling.runner import header_stop_ids, load_generator, stream_decode
+from ml_playground.sampling.runner import Generator, header_stop_ids, load_generator, stream_decode
 
 MIN_SPEECHES_PER_PARTY = 20  # fewer real speeches make a class the classifier cannot learn
 MAX_PARTIES = 8
@@ -50,11 +50,16 @@ class AnalysisReport:
     chance: float
     majority_share: float
     per_party: dict[str, float] = field(default_factory=dict)
+    checkpoint: str = ""
+    step: int = -1
     report_path: Path | None = None
     chart_path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything, plus the short names scripts read: header_kept, distinct_2."""
         data = asdict(self)
+        data["header_kept"] = self.header_format_share
+        data["distinct_2"] = self.distinct[2]
         data["report_path"] = str(self.report_path) if self.report_path else None
         data["chart_path"] = str(self.chart_path) if self.chart_path else None
         return data
@@ -106,9 +111,8 @@ def _split_records(config: ExperimentConfig, parties: list[str]) -> tuple[list[A
 
 
 def generate_samples(
-    config: ExperimentConfig, parties: list[str], per_party: int, emit: Callable[[str], None]
+    config: ExperimentConfig, parties: list[str], per_party: int, emit: Callable[[str], None], generator: Generator
 ) -> list[GeneratedSample]:
-    generator = load_generator(config)
     stop_ids = header_stop_ids(generator.tokenizer)
     samples = []
     for party in parties:
@@ -140,7 +144,8 @@ def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str],
     predicted_real = classifier.predict([r.text for r in held_out])
     classifier_accuracy = sum(p == r.party for p, r in zip(predicted_real, held_out, strict=True)) / len(held_out)
     majority_share = Counter(r.party for r in held_out).most_common(1)[0][1] / len(held_out)
-    samples = generate_samples(config, parties, per_party, emit)
+    generator = load_generator(config)
+    samples = generate_samples(config, parties, per_party, emit, generator)
     predictions = classifier.predict([s.text or "-" for s in samples])
     samples = [GeneratedSample(s.party, s.text, s.keeps_format, p) for s, p in zip(samples, predictions, strict=True)]
     texts = [s.text for s in samples]
@@ -159,6 +164,8 @@ def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str],
         chance=1 / len(parties),
         majority_share=majority_share,
         per_party=per_party_accuracy,
+        checkpoint=generator.checkpoint,
+        step=generator.step,
     )
     out = config.train.out_dir / "analysis"
     report.chart_path = out / "conditioning.png"

@@ -39,7 +39,14 @@ def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
         )
     precision = resolve_precision(config.train.device, config.train.dtype)
     model = model_from_checkpoint(loaded, precision.device, config.sample.weights, config.train.linear_kernel)
-    result = evaluate_split(model, dataset.val, block_size=model.config.block_size, precision=precision)
+    result = evaluate_split(
+        model,
+        dataset.val,
+        block_size=model.config.block_size,
+        precision=precision,
+        mask=dataset.val_mask,
+        index=dataset.val_index,
+    )
     return EvalReport(result.loss, result.tokens, str(loaded.path), loaded.step)
 
 
@@ -57,6 +64,7 @@ def _evaluate_finetuned(config: ExperimentConfig) -> EvalReport:
         block_size=config.train.sequence_length,
         precision=precision,
         mask=dataset.val_mask,
+        index=dataset.val_index,
     )
     pointer = CheckpointService(config.train.out_dir).pointer_info(config.sample.checkpoint)
     step = int(pointer["step"]) if pointer is not None else -1

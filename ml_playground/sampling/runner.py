@@ -80,11 +80,12 @@ def header_stop_ids(tokenizer: Tokenizer) -> set[int]:
 
 @dataclass(frozen=True)
 class Generator:
-    """A from-scratch checkpoint ready to generate: model, tokenizer, and the step it was saved at."""
+    """A from-scratch checkpoint ready to generate: model, tokenizer, the step it was saved at and its folder."""
 
     model: GPT
     tokenizer: Tokenizer
     step: int
+    checkpoint: str = ""
 
     def params(self, sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None) -> SamplingParams:
         return SamplingParams(
@@ -104,7 +105,7 @@ def load_generator(config: ExperimentConfig) -> Generator:
     model = model_from_checkpoint(
         loaded, resolve_device(config.train.device), config.sample.weights, config.train.linear_kernel
     )
-    return Generator(model, tokenizer, loaded.step)
+    return Generator(model, tokenizer, loaded.step, str(loaded.path))
 
 
 def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sample]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ml_playground.core.devices import Precision
-from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, Mask, sequential_windows
+from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, Index, Mask, sequential_windows
 from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
@@ -34,12 +34,27 @@ def evaluate_split(
     batch_size: int = EVAL_BATCH_SIZE,
     dist: DistributedContext = SINGLE_PROCESS,
     mask: Mask | None = None,
+    index: Index | None = None,
+    max_targets: int | None = None,
 ) -> SplitLoss:
-    """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share."""
+    """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
+
+    ``max_targets`` bounds it to a fixed, evenly spaced subset of windows (evaluation during training of
+    large models); the whole split is the default.
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)  # (loss * tokens, tokens)
-    windows = sequential_windows(tokens, block_size, batch_size, rank=dist.rank, world_size=dist.world_size, mask=mask)
+    windows = sequential_windows(
+        tokens,
+        block_size,
+        batch_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        mask=mask,
+        index=index,
+        max_targets=max_targets,
+    )
     for x, y in windows:
         counted = int((y != IGNORE_INDEX).sum())
         if counted == 0:

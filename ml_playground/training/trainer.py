@@ -339,9 +339,15 @@ def _train_locked(
         rank=dist.rank,
         world_size=dist.world_size,
         mask=dataset.train_mask,
+        index=dataset.train_index,
     )
     estimate_batches = BatchSampler(
-        dataset.train, block_size=block_size, batch_size=tc.data.batch_size, seed=tc.seed + 1, mask=dataset.train_mask
+        dataset.train,
+        block_size=block_size,
+        batch_size=tc.data.batch_size,
+        seed=tc.seed + 1,
+        mask=dataset.train_mask,
+        index=dataset.train_index,
     )
     metrics_path = tc.out_dir / "metrics.jsonl"
     sinks: list[MetricsLogger] = []
@@ -354,7 +360,7 @@ def _train_locked(
     logger = CompositeLogger(sinks)
     evaluation = EvaluationHook(
         interval=tc.eval_interval,
-        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist),
+        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist, tc.eval_max_tokens),
         estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
     )
     hooks: list[Hook] = [
@@ -448,9 +454,21 @@ def _train_locked(
 
 
 def _val_loss(
-    model: nn.Module, dataset: TokenDataset, block_size: int, precision: Precision, dist: DistributedContext
+    model: nn.Module,
+    dataset: TokenDataset,
+    block_size: int,
+    precision: Precision,
+    dist: DistributedContext,
+    max_targets: int | None,
 ) -> tuple[float, int]:
     result = evaluate_split(
-        model, dataset.val, block_size=block_size, precision=precision, dist=dist, mask=dataset.val_mask
+        model,
+        dataset.val,
+        block_size=block_size,
+        precision=precision,
+        dist=dist,
+        mask=dataset.val_mask,
+        index=dataset.val_index,
+        max_targets=max_targets,
     )
     return result.loss, result.tokens

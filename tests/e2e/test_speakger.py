@@ -25,6 +25,7 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
             f"train.out_dir='{tmp_path / 'run'}'",
             "prepare.bpe_vocab_size=600",
             *TINY_MODEL,
+            "train.model.block_size=64",  # headers are up to 34 tokens; each window holds a header and text
             "sample.max_new_tokens=20",
         ]
     )

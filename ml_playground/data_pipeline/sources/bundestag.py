@@ -30,7 +30,7 @@ from ml_playground.core.errors import DataError
 
 InterjectionMode = Literal["keep", "strip", "separate"]
 
-PARTIES = ("CDU/CSU", "SPD", "AfD", "FDP", "DIE LINKE", "BÜNDNIS 90/DIE GRÜNEN")
+PARTIES = ("CDU/CSU", "SPD", "AfD", "FDP", "DIE LINKE", "BÜNDNIS 90/DIE GRÜNEN", "BSW")
 NON_ATTACHED = "fraktionslos"
 _PARTY_KEYS = {re.sub(r"[\s/]+", "", party).upper(): party for party in PARTIES} | {
     "LINKE": "DIE LINKE",
@@ -101,6 +101,8 @@ class Speech:
     period: int | None = None
     constituency: str = ""
     kind: Literal["speech", "interjection"] = "speech"
+    topic: str = ""  # the agenda item (XML protocols mark it up; the text parser leaves it empty)
+    speaker_id: str = ""  # the Bundestag's member id (XML protocols)
 
     def header(self) -> str:
         """The speaker line as the protocol prints it (without constituency)."""

@@ -112,6 +112,7 @@ def from_protocol_speech(speech: Speech) -> SpeechRecord:
         speaker=speech.speaker,
         party=speech.party,
         year=year_of(speech.date),
+        topic=speech.topic,
         parliament="Bundestag",
         period=speech.period,
         chair=bool(PRESIDING_ROLES.match(speech.role)),

@@ -1,0 +1,250 @@
+"""Speech records -> files in ``dataset_dir``, streamed: memory grows with one batch of records, not the corpus.
+
+Two shapes, both written in passes over the records on disk rather than a list in memory:
+
+- ``conditioning = "header"``: ``records.jsonl`` + ``conditions.json`` first, then the BPE tokenizer is
+  trained on the training records and every record is encoded as ``header + text + <|end|>\\n`` into
+  ``{split}.bin``, with ``{split}_mask.bin`` (0 on header tokens: conditions are given, never learnt as
+  targets) and ``{split}_index.bin`` (start, header tokens, all tokens of each record), which the
+  record-aware batch sampler reads. The last ``val_fraction`` of the records are validation.
+- protocols without a header (``bundestag_xml``): the speeches table (``speeches.jsonl``/``.csv``) and
+  ``corpus.txt`` (speaker line, text, blank line), which the streaming text path then tokenizes.
+
+``speaker_dropout`` / ``topic_dropout`` leave a field out of that share of the headers (a fixed draw per
+record), so a prompt that names only a party is as familiar to the model as one that names a speaker.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ml_playground.configuration.models import PrepareConfig
+from ml_playground.core.atomic import atomic_open, atomic_open_text, atomic_write_text
+from ml_playground.core.errors import DataError
+from ml_playground.core.tokenizer import BpeTokenizer
+from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_example, format_header
+from ml_playground.data_pipeline.sources.bundestag import Speech
+from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, keep
+from ml_playground.data_pipeline.speeches import (
+    CONDITIONS_FILE,
+    CSV_FILE,
+    JSONL_FILE,
+    RECORDS_FILE,
+    REQUIRED_KEYS,
+    iter_records,
+)
+from ml_playground.data_pipeline.streaming import TokenFileWriter
+
+CORPUS_FILE = "corpus.txt"
+ENCODE_BATCH = 512  # records encoded together (in parallel by ``tokenizers``)
+DROPOUT_SEED = 20240229
+SPEECH_COLUMNS = (*REQUIRED_KEYS, "period", "constituency", "kind", "topic", "speaker_id", "speaker_line")
+
+
+@dataclass
+class RecordSummary:
+    """What was read and kept, for the prepare summary."""
+
+    kept: int = 0
+    characters: int = 0
+    details: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EncodedSplits:
+    tokenizer: Tokenizer
+    train_tokens: int
+    val_tokens: int
+    train_records: int
+    val_records: int
+
+
+def _summary(kept: Counter[str], decades: Counter[str], stats: ReadStats, kept_count: int) -> RecordSummary:
+    read = kept_count + sum(stats.dropped.values())
+    details = [
+        f"speeches: {kept_count:,} kept of {read:,} read"
+        + (f" ({stats.rows:,} rows, {stats.malformed:,} malformed and skipped)" if stats.rows else ""),
+        "per party: " + ", ".join(f"{party} {count:,}" for party, count in kept.most_common()),
+        "per decade: " + ", ".join(f"{decade} {count:,}" for decade, count in sorted(decades.items())),
+    ]
+    if stats.dropped:
+        details.append("dropped: " + ", ".join(f"{why} {count:,}" for why, count in sorted(stats.dropped.items())))
+    warnings = list(stats.notes)
+    if stats.malformed:
+        warnings.append(
+            f"{stats.malformed:,} malformed file(s) or row(s) skipped, for example: "
+            + "; ".join(stats.malformed_examples)
+        )
+    return RecordSummary(kept_count, 0, details, warnings)
+
+
+def write_record_files(
+    records: Iterator[SpeechRecord], out: Path, config: PrepareConfig, stats: ReadStats
+) -> RecordSummary:
+    """Filter and write ``records.jsonl`` and ``conditions.json``; nothing is held but counters."""
+    parties: Counter[str] = Counter()
+    decades: Counter[str] = Counter()
+    speakers: dict[str, Counter[str]] = {}
+    years: set[int] = set()
+    count = characters = 0
+    with atomic_open_text(out / RECORDS_FILE) as handle:
+        for read in records:
+            record = keep(read, config.filters, stats)
+            if record is None:
+                continue
+            handle.write(json.dumps(record.as_dict(), ensure_ascii=False) + "\n")
+            count += 1
+            characters += len(record.text)
+            parties[record.party or "(none)"] += 1
+            decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
+            if record.year is not None:
+                years.add(record.year)
+            if record.speaker:
+                speakers.setdefault(record.speaker, Counter())[record.party] += 1
+        if count == 0:
+            raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
+    conditions = {
+        "conditioning": config.conditioning,
+        "parties": {party: n for party, n in parties.most_common() if party != "(none)"},
+        "speakers": {
+            name: {"speeches": sum(counts.values()), "party": counts.most_common(1)[0][0]}
+            for name, counts in sorted(speakers.items())
+        },
+        "years": sorted(years),
+    }
+    atomic_write_text(out / CONDITIONS_FILE, json.dumps(conditions, ensure_ascii=False, indent=1))
+    summary = _summary(parties, decades, stats, count)
+    summary.characters = characters
+    return summary
+
+
+def validation_records(config: PrepareConfig, total: int) -> int:
+    n_val = max(1, round(total * config.val_fraction))
+    if total <= n_val:
+        raise DataError(f"{total} record(s) are too few to split into train and validation", key="prepare.input_path")
+    return n_val
+
+
+def encode_many(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    if isinstance(tokenizer, BpeTokenizer):
+        return [list(encoding.ids) for encoding in tokenizer.backend.encode_batch_fast(list(texts))]
+    return [tokenizer.encode(text) for text in texts]
+
+
+def header_fields(record: SpeechRecord, draws: npt.NDArray[np.float64], config: PrepareConfig) -> dict[str, object]:
+    fields = record.conditioning_fields
+    if draws[0] < config.speaker_dropout:
+        fields = {**fields, "speaker": None}
+    if draws[1] < config.topic_dropout:
+        fields = {**fields, "topic": None}
+    return fields
+
+
+def encode_header_records(config: PrepareConfig, out: Path, total: int) -> EncodedSplits:
+    """Train the BPE on the training records, then write tokens, masks and record indexes of both splits."""
+    n_train = total - validation_records(config, total)
+    train_records = itertools.islice(iter_records(out), n_train)
+    examples = (format_example(r.conditioning_fields, r.text) for r in train_records)
+    tokenizer = BpeTokenizer.train(examples, config.bpe_vocab_size, SPECIAL_TOKENS)
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    rng = np.random.default_rng(DROPOUT_SEED)
+    counts: dict[str, int] = {}
+    with (
+        atomic_open(out / "train.bin") as train_ids,
+        atomic_open(out / "val.bin") as val_ids,
+        atomic_open(out / "train_mask.bin") as train_mask,
+        atomic_open(out / "val_mask.bin") as val_mask,
+        atomic_open(out / "train_index.bin") as train_index,
+        atomic_open(out / "val_index.bin") as val_index,
+        atomic_open_text(out / CORPUS_FILE) as corpus,
+    ):
+        writers = {
+            "train": (TokenFileWriter(train_ids, dtype), train_mask, train_index),
+            "val": (TokenFileWriter(val_ids, dtype), val_mask, val_index),
+        }
+        number = 0
+        for batch in _batches(iter_records(out), ENCODE_BATCH):
+            draws = rng.random((len(batch), 2))
+            headers = [format_header(header_fields(r, d, config)) for r, d in zip(batch, draws, strict=True)]
+            bodies = [f"{r.text.strip()}{END_TOKEN}\n" for r in batch]
+            encoded = encode_many(tokenizer, headers + bodies)
+            for position, (header, body) in enumerate(zip(encoded[: len(batch)], encoded[len(batch) :], strict=True)):
+                split = "train" if number < n_train else "val"
+                ids, mask, index = writers[split]
+                row = np.asarray([[ids.count, len(header), len(header) + len(body)]], dtype=np.int64)
+                ids.write(np.asarray(header + body, dtype=np.int64))
+                mask.write(bytes(len(header)) + b"\x01" * len(body))
+                index.write(row.tobytes())
+                corpus.write(headers[position] + bodies[position])
+                counts[split] = counts.get(split, 0) + 1
+                number += 1
+        train_count, val_count = writers["train"][0].count, writers["val"][0].count
+    return EncodedSplits(tokenizer, train_count, val_count, counts.get("train", 0), counts.get("val", 0))
+
+
+def _batches(records: Iterator[SpeechRecord], size: int) -> Iterator[list[SpeechRecord]]:
+    batch: list[SpeechRecord] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_speech_table_and_corpus(
+    speeches: Iterator[Speech],
+    out: Path,
+    config: PrepareConfig,
+    stats: ReadStats,
+    to_record: Callable[[Speech], SpeechRecord],
+) -> RecordSummary:
+    """``speeches.jsonl``/``.csv`` (every record kept by the filters, interjections too) and ``corpus.txt``
+    (speaker line, text, blank line per speech), streamed."""
+    parties: Counter[str] = Counter()
+    decades: Counter[str] = Counter()
+    count = characters = 0
+    with (
+        atomic_open_text(out / JSONL_FILE) as jsonl,
+        atomic_open_text(out / CSV_FILE, newline="") as table,
+        atomic_open_text(out / CORPUS_FILE) as corpus,
+    ):
+        writer = csv.DictWriter(table, fieldnames=list(SPEECH_COLUMNS))
+        writer.writeheader()
+        for speech in speeches:
+            record = keep(to_record(speech), config.filters, stats)
+            if record is None:
+                continue
+            if record.text != speech.text:  # drop_interjections took (...) lines out
+                speech = dataclasses.replace(speech, text=record.text)
+            row = speech.as_record()
+            jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+            writer.writerow(row)
+            if speech.kind == "speech":
+                corpus.write(f"{speech.header()}\n{speech.text}\n\n")
+                count += 1
+                characters += len(speech.text)
+                parties[speech.party or "(none)"] += 1
+                decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
+        if count == 0:
+            raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
+    summary = _summary(parties, decades, stats, count)
+    summary.characters = characters
+    return summary
+
+
+def corpus_path(out: Path) -> Path:
+    return out / CORPUS_FILE
