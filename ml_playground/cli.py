@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ml_playground.configuration import experiment_config_path, list_experiments, load_config
 from ml_playground.configuration.models import ExperimentConfig
-from ml_playground.core.errors import UserError
+from ml_playground.core.errors import ConfigError, UserError
 
 # Commands import their machinery lazily: `prepare` never loads PyTorch (about 650 MB of RSS for the CUDA build).
 
@@ -53,12 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shakespeare", type=Path, default=Path("../shared/data/shakespeare/input.txt"))
     bench.add_argument("--bundestag", type=Path, default=Path("../shared/data/bundestag"))
     bench.add_argument("--results", type=Path, default=Path(".cache/bench/results.json"))
+    compare = commands.add_parser(
+        "compare", help="the same text under several experiments' models: bits per byte, a table and a chart"
+    )
+    compare.add_argument(
+        "experiments", nargs="+", help="experiment names or config.toml paths (each scored with its sample.checkpoint)"
+    )
+    compare.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="for every experiment"
+    )
+    compare.add_argument("--data", type=Path, required=True, help="text file or folder to score")
+    compare.add_argument("--max-tokens", type=int, help="score about this many targets per model")
+    compare.add_argument("--out", type=Path, default=Path("out/compare"), help="folder for compare.json and the chart")
+    compare.add_argument("--json", action="store_true", help="print the table as one JSON object on the last line")
+    compare.add_argument("--quiet", action="store_true", help="no progress output")
     specs: list[tuple[str, str]] = [
         ("prepare", "raw text -> token files, tokenizer and meta.json in prepare.dataset_dir"),
         ("train", "train (resuming from the last checkpoint if there is one) -> out_dir"),
         ("sample", "generate text from a checkpoint (sample.checkpoint: best, last or a path)"),
         ("loop", "prepare, train and sample in one go"),
-        ("eval", "loss of a checkpoint over the whole validation split"),
+        ("eval", "loss and bits per byte of a checkpoint over the validation split or any text (--data)"),
         ("debate", "a generated debate between parties on a topic (header-conditioned experiments: speakger)"),
         ("analyze", "report on generated samples: diversity, header format, party conditioning accuracy"),
         ("export", "a checkpoint as a Hugging Face folder, a GGUF file, or GGUF + Ollama Modelfile"),
@@ -83,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--force", action="store_true", help="replace an output folder that is not empty")
         if name == "analyze":
             sub.add_argument("--per-party", type=int, default=10, help="generated samples per party (default 10)")
+        if name == "eval":
+            sub.add_argument("--data", type=Path, help="score this text file or folder instead of the validation split")
+            sub.add_argument("--max-tokens", type=int, help="score about this many targets (evenly spaced windows)")
         if name in ("eval", "analyze"):
             sub.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     return parser
@@ -182,17 +199,63 @@ def cmd_loop(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from ml_playground.evaluation.runner import evaluate_checkpoint
+    from ml_playground.evaluation.runner import VALIDATION_SPLIT, evaluate_checkpoint
 
-    report = evaluate_checkpoint(_load(args))
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError("must be a positive number of tokens", key="--max-tokens")
+    report = evaluate_checkpoint(_load(args), args.data, args.max_tokens)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     if args.json:
         write_stdout(json.dumps(report.to_dict()) + "\n")
     else:
+        bits = f", {report.bits_per_byte:.4f} bits/byte over {report.bytes:,} bytes" if report.bits_per_byte else ""
         console.print(
-            f"val loss {report.val_loss:.4f} over {report.tokens:,} tokens "
+            f"{'val loss' if report.data == VALIDATION_SPLIT else 'loss'} {report.val_loss:.4f} over "
+            f"{report.tokens:,} tokens{bits} of the {report.data} "
             f"(checkpoint {report.checkpoint}, step {report.step})",
             highlight=False,
         )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from ml_playground.evaluation.compare import CHART_FILE, compare_models
+
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError("must be a positive number of tokens", key="--max-tokens")
+    configs = []
+    for name in args.experiments:
+        path = Path(name) if name.endswith(".toml") else experiment_config_path(name)
+        if not path.is_file():
+            known = ", ".join(known_name for known_name, _ in list_experiments())
+            raise UserError(f"unknown experiment {name!r} (known: {known}, or a config.toml path)")
+        configs.append((name, load_config(path, args.overrides)))
+    rows = compare_models(
+        configs, args.data, args.out, max_tokens=args.max_tokens, emit=(lambda _: None) if args.quiet else write_stdout
+    )
+    if args.json:
+        write_stdout(json.dumps({"data": str(args.data), "rows": [asdict(r) for r in rows]}, ensure_ascii=False) + "\n")
+        return 0
+    table = Table(title=f"{args.data} under each model", title_justify="left")
+    for column in ("experiment", "bits/byte", "loss/token", "tokens", "chars/token", "seconds"):
+        table.add_column(column, justify="left" if column == "experiment" else "right")
+    for row in rows:
+        bits = f"{row.bits_per_byte:.4f}" if row.bits_per_byte is not None else "-"
+        table.add_row(
+            row.experiment,
+            bits,
+            f"{row.loss_per_token:.4f}",
+            f"{row.tokens:,}",
+            f"{row.characters_per_token:.2f}",
+            f"{row.seconds:.1f}",
+        )
+    console.print(table)
+    console.print(f"chart: {args.out / CHART_FILE}", highlight=False, markup=False)
     return 0
 
 
@@ -269,6 +332,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "sample": cmd_sample,
     "loop": cmd_loop,
     "eval": cmd_eval,
+    "compare": cmd_compare,
     "debate": cmd_debate,
     "analyze": cmd_analyze,
     "export": cmd_export,

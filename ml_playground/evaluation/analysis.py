@@ -119,7 +119,7 @@ def generate_samples(
         header = format_header({"party": party, "year": config.sample.year, "topic": config.sample.topic})
         prompt = generator.tokenizer.encode(header)
         for index in range(per_party):
-            params = generator.params(config.sample, index)
+            params = generator.params(config.sample, index, keep_prefix=len(prompt))
             text = stream_decode(generator.tokenizer, generator.model, prompt, params, lambda _: None, stop_ids)
             parsed = parse_example(header + text)
             keeps = parsed is not None and parsed.finished

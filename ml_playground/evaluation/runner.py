@@ -1,17 +1,34 @@
-"""``eval``: the loss of a checkpoint over the whole validation split."""
+"""``eval``: the loss and bits per byte of a checkpoint, over the whole validation split or any text.
+
+``--data PATH`` scores a text file or folder (or protocols, with the experiment's own
+``prepare.format``: ``bundestag`` or ``bundestag_xml``) with the checkpoint's own tokenizer, every
+target once, writing nothing into the experiment's dataset folder. Bits per byte (see
+``core/token_bytes.py``) compares models whose tokenizers differ; the loss per token does not.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+from torch import nn
+
 from ml_playground.configuration.models import ExperimentConfig
-from ml_playground.core.devices import resolve_precision
-from ml_playground.core.errors import CheckpointError
-from ml_playground.data_pipeline.batches import open_dataset
+from ml_playground.core.devices import Precision, resolve_precision
+from ml_playground.core.errors import CheckpointError, DataError, UserError
+from ml_playground.core.token_bytes import token_byte_lengths
+from ml_playground.core.tokenizer import CharTokenizer, PretrainedTokenizer, load_tokenizer
+from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.data_pipeline.batches import TokenDataset, open_dataset
 from ml_playground.models.core.loading import model_from_checkpoint
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.evaluation import evaluate_split
+from ml_playground.training.evaluation import SplitLoss, evaluate_split
+
+VALIDATION_SPLIT = "validation split"
 
 
 @dataclass(frozen=True)
@@ -20,52 +37,158 @@ class EvalReport:
     tokens: int
     checkpoint: str
     step: int
+    bits_per_byte: float | None = None
+    bytes: int = 0
+    data: str = VALIDATION_SPLIT
+    characters: int = 0  # of the text scored (--data)
+    seconds: float = 0.0
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"val_loss": self.val_loss, "tokens": self.tokens, "checkpoint": self.checkpoint, "step": self.step}
+        return {
+            "val_loss": self.val_loss,
+            "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "characters": self.characters,
+            "data": self.data,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "seconds": self.seconds,
+        }
 
 
-def evaluate_checkpoint(config: ExperimentConfig) -> EvalReport:
-    if config.train.base_model is not None:
-        return _evaluate_finetuned(config)
-    service = CheckpointService(config.train.out_dir)
-    loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
-    dataset = open_dataset(config.prepare.dataset_dir)
-    saved_fingerprint = loaded.manifest.get("dataset_fingerprint")
-    if saved_fingerprint is not None and saved_fingerprint != dataset.meta.get("fingerprint"):
-        raise CheckpointError(
-            f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",
-            path=loaded.path,
-        )
+@dataclass(frozen=True)
+class _Scored:
+    """What eval scores: the model, its tokenizer and context, and what was loaded."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    block_size: int
+    checkpoint: str
+    step: int
+
+
+def evaluate_checkpoint(
+    config: ExperimentConfig, data: Path | None = None, max_tokens: int | None = None
+) -> EvalReport:
+    started = time.perf_counter()
     precision = resolve_precision(config.train.device, config.train.dtype)
-    model = model_from_checkpoint(loaded, precision.device, config.sample.weights, config.train.linear_kernel)
-    result = evaluate_split(
-        model,
+    scored = _load_finetuned(config) if config.train.base_model is not None else _load_from_scratch(config, data)
+    lengths = token_byte_lengths(scored.tokenizer)
+    notes: tuple[str, ...] = ()
+    characters = 0
+    if data is None:
+        dataset = open_dataset(config.prepare.dataset_dir)
+        result = _score_split(scored, dataset, precision, lengths, max_tokens)
+    else:
+        text = read_eval_text(config, data)
+        ids, notes = encode_eval_text(scored.tokenizer, text, data)
+        if len(ids) < 2:
+            raise DataError("too little text to score (fewer than two tokens)", path=data)
+        characters = len(text)
+        result = evaluate_split(
+            scored.model,
+            ids.astype(np.uint32),
+            block_size=scored.block_size,
+            precision=precision,
+            max_targets=max_tokens,
+            token_bytes=lengths,
+        )
+    return EvalReport(
+        result.loss,
+        result.tokens,
+        scored.checkpoint,
+        scored.step,
+        result.bits_per_byte,
+        result.bytes,
+        VALIDATION_SPLIT if data is None else str(data),
+        characters,
+        time.perf_counter() - started,
+        notes,
+    )
+
+
+def _score_split(
+    scored: _Scored,
+    dataset: TokenDataset,
+    precision: Precision,
+    lengths: npt.NDArray[np.int64],
+    max_tokens: int | None,
+) -> SplitLoss:
+    return evaluate_split(
+        scored.model,
         dataset.val,
-        block_size=model.config.block_size,
+        block_size=scored.block_size,
         precision=precision,
         mask=dataset.val_mask,
         index=dataset.val_index,
+        max_targets=max_tokens,
+        token_bytes=lengths,
     )
-    return EvalReport(result.loss, result.tokens, str(loaded.path), loaded.step)
 
 
-def _evaluate_finetuned(config: ExperimentConfig) -> EvalReport:
-    """Base + adapters (or the merged model) named by ``sample.checkpoint``, on the masked validation split."""
+def _load_from_scratch(config: ExperimentConfig, data: Path | None) -> _Scored:
+    service = CheckpointService(config.train.out_dir)
+    loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
+    if data is None:
+        dataset = open_dataset(config.prepare.dataset_dir)
+        saved_fingerprint = loaded.manifest.get("dataset_fingerprint")
+        if saved_fingerprint is not None and saved_fingerprint != dataset.meta.get("fingerprint"):
+            raise CheckpointError(
+                f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",
+                path=loaded.path,
+            )
+    device = resolve_precision(config.train.device, config.train.dtype).device
+    model = model_from_checkpoint(loaded, device, config.sample.weights, config.train.linear_kernel)
+    tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
+    return _Scored(model, tokenizer, model.config.block_size, str(loaded.path), loaded.step)
+
+
+def _load_finetuned(config: ExperimentConfig) -> _Scored:
+    """Base + adapters (or the merged model) named by ``sample.checkpoint``."""
     from ml_playground.finetune.sampling import load_for_sampling
     from ml_playground.finetune.setup import LogitsOnly
 
-    dataset = open_dataset(config.prepare.dataset_dir)
-    precision = resolve_precision(config.train.device, config.train.dtype)
-    model, _, described = load_for_sampling(config)
-    result = evaluate_split(
-        LogitsOnly(model),
-        dataset.val,
-        block_size=config.train.sequence_length,
-        precision=precision,
-        mask=dataset.val_mask,
-        index=dataset.val_index,
-    )
+    model, tokenizer, described = load_for_sampling(config)
     pointer = CheckpointService(config.train.out_dir).pointer_info(config.sample.checkpoint)
     step = int(pointer["step"]) if pointer is not None else -1
-    return EvalReport(result.loss, result.tokens, described, step)
+    wrapped = PretrainedTokenizer(tokenizer, described)
+    return _Scored(LogitsOnly(model), wrapped, config.train.sequence_length, described, step)
+
+
+def read_eval_text(config: ExperimentConfig, data: Path) -> str:
+    """The text of ``--data``: plain text files, or protocols parsed as the experiment prepares them."""
+    from ml_playground.data_pipeline.corpus import build_corpus
+    from ml_playground.data_pipeline.sources.bundestag_xml import file_sha256, list_xml_inputs
+    from ml_playground.data_pipeline.sources.text import SourceText, read_sources
+
+    prepare_format = config.prepare.format
+    settings = config.prepare.model_copy(update={"input_path": str(data), "conditioning": "none"})
+    if prepare_format == "bundestag_xml":
+        sources = [SourceText(p, "", file_sha256(p), "xml") for p in list_xml_inputs(data)]
+        return build_corpus(settings, sources).text
+    sources = read_sources(str(data), config.prepare.cache_dir, config.prepare.encoding)
+    if prepare_format == "bundestag":
+        return build_corpus(settings, sources).text
+    return "\n".join(source.text for source in sources)
+
+
+def encode_eval_text(tokenizer: Tokenizer, text: str, data: Path) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
+    """Ids of ``text``; characters a character vocabulary lacks are counted as its unknown symbol or refused."""
+    notes: tuple[str, ...] = ()
+    if isinstance(tokenizer, CharTokenizer):
+        missing = [char for char in set(text) if char not in tokenizer.chars]
+        count = sum(text.count(char) for char in missing)
+        if missing and tokenizer.unknown is None:
+            raise DataError(
+                f"{count:,} character(s) ({len(missing)} distinct: {''.join(sorted(missing)[:20])!r}) are not in the "
+                "checkpoint's character vocabulary, which has no unknown symbol; they cannot be scored",
+                path=data,
+            )
+        if missing:
+            notes = (f"{count:,} character(s) outside the vocabulary were scored as the unknown symbol",)
+    try:
+        return tokenizer.encode_array(text), notes
+    except UserError as exc:
+        raise DataError(exc.message, path=data) from None

@@ -87,8 +87,11 @@ class Generator:
     step: int
     checkpoint: str = ""
 
-    def params(self, sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None) -> SamplingParams:
+    def params(
+        self, sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None, keep_prefix: int = 0
+    ) -> SamplingParams:
         return SamplingParams(
+            keep_prefix=keep_prefix,
             max_new_tokens=max_new_tokens or sc.max_new_tokens,
             temperature=sc.temperature,
             top_k=sc.top_k,
@@ -118,10 +121,12 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sam
     model, tokenizer = generator.model, generator.tokenizer
     prompt_text = read_prompt(config)
     stop_ids: set[int] = set()
+    keep_prefix = 0
     conditions = dataset_conditions(config.prepare.dataset_dir)
     if conditions is not None:
         fields = {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
         prompt_text = conditioned_prompt(fields, conditions, prompt_text.strip())
+        keep_prefix = len(tokenizer.encode(conditioned_prompt(fields, conditions)))  # the header stays in view
         stop_ids = header_stop_ids(tokenizer)
     try:
         prompt_ids = tokenizer.encode(prompt_text)
@@ -134,7 +139,9 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sam
     samples = []
     for index in range(sc.num_samples):
         emit(prompt_text)
-        text = prompt_text + stream_decode(tokenizer, model, prompt_ids, generator.params(sc, index), emit, stop_ids)
+        text = prompt_text + stream_decode(
+            tokenizer, model, prompt_ids, generator.params(sc, index, keep_prefix=keep_prefix), emit, stop_ids
+        )
         emit("\n---------------\n")
         path = samples_dir / f"sample-{stamp}-step{generator.step}-{index}.txt"
         atomic_write_text(path, text)

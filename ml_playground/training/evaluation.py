@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ml_playground.core.devices import Precision
@@ -22,6 +24,8 @@ EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss
 class SplitLoss:
     loss: float
     tokens: int
+    bits_per_byte: float | None = None  # with token_bytes: bits over the UTF-8 bytes of the targets
+    bytes: int = 0
 
 
 @torch.inference_mode()
@@ -36,15 +40,18 @@ def evaluate_split(
     mask: Mask | None = None,
     index: Index | None = None,
     max_targets: int | None = None,
+    token_bytes: npt.NDArray[np.int64] | None = None,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
 
     ``max_targets`` bounds it to a fixed, evenly spaced subset of windows (evaluation during training of
-    large models); the whole split is the default.
+    large models); the whole split is the default. ``token_bytes`` (bytes per id, ``core.token_bytes``)
+    adds bits per byte: the targets' losses in bits over the bytes they decode to, special tokens left out.
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)  # (loss * tokens, tokens)
+    sums = torch.zeros(4, dtype=torch.float64)  # (loss * tokens, tokens, nats of byte-carrying targets, bytes)
+    lengths = torch.from_numpy(token_bytes) if token_bytes is not None else None
     windows = sequential_windows(
         tokens,
         block_size,
@@ -64,9 +71,18 @@ def evaluate_split(
             logits = model(x)
         sums[0] += cross_entropy(logits, y).double().cpu() * counted
         sums[1] += counted
+        if lengths is not None:
+            per_token = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+            ).cpu()  # 0 where ignored
+            targets = y.reshape(-1).cpu()
+            size = lengths[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
+            sums[2] += per_token[size > 0].double().sum()
+            sums[3] += size.sum()
     dist.sum_(sums)
     model.train(was_training)
-    return SplitLoss(float(sums[0] / sums[1]), int(sums[1]))
+    bits_per_byte = float(sums[2] / math.log(2) / sums[3]) if lengths is not None and sums[3] > 0 else None
+    return SplitLoss(float(sums[0] / sums[1]), int(sums[1]), bits_per_byte, int(sums[3]))
 
 
 @torch.inference_mode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -70,12 +71,52 @@ def test_user_path_prepare_train_sample_eval_loop(tmp_path: Path, shakespeare_sl
     assert list((tmp_path / "run" / "samples").glob("sample-*.txt"))
     evaluated = cli("eval", "shakespeare", *args, "--json")
     report = json.loads(evaluated.stdout.strip().splitlines()[-1])
-    assert set(report) == {"val_loss", "tokens", "checkpoint", "step"}
-    assert report["tokens"] == 2999
+    assert set(report) >= {"val_loss", "bits_per_byte", "tokens", "bytes", "checkpoint", "step"}
+    assert report["tokens"] == report["bytes"] == 2999  # ASCII: one byte per character
+    assert report["bits_per_byte"] == pytest.approx(report["val_loss"] / math.log(2), rel=1e-6)
     assert "val loss" in cli("eval", "shakespeare", *args).stdout
+    check_eval_on_other_text(tmp_path, args, shakespeare_slice)
     looped = cli("loop", "shakespeare", *args, "--fresh", "--quiet")
     assert "ROMEO:" in looped.stdout
     assert "step 10/30" not in looped.stdout  # --quiet: no progress lines
+
+
+def check_eval_on_other_text(tmp_path: Path, args: list[str], corpus: Path) -> None:
+    """``eval --data`` and ``compare`` on a trained tiny model; bad ``--data`` is one line, exit 2."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    text = corpus.read_text("utf-8")
+    (folder / "a.txt").write_text(text[:3000], encoding="utf-8")
+    (folder / "b.txt").write_text(text[5000:7000], encoding="utf-8")
+    dataset_files = sorted(p.name for p in (tmp_path / "dataset").iterdir())
+    one = json.loads(
+        cli("eval", "shakespeare", *args, "--data", str(folder / "a.txt"), "--json").stdout.splitlines()[-1]
+    )
+    assert (one["tokens"], one["data"]) == (2999, str(folder / "a.txt"))
+    both = json.loads(cli("eval", "shakespeare", *args, "--data", str(folder), "--json").stdout.splitlines()[-1])
+    assert both["tokens"] == 3000 + 1 + 2000 - 1  # the files joined by a newline, every target once
+    capped = json.loads(
+        cli("eval", "shakespeare", *args, "--data", str(folder), "--max-tokens", "640", "--json").stdout.splitlines()[
+            -1
+        ]
+    )
+    assert capped["tokens"] < both["tokens"]
+    assert sorted(p.name for p in (tmp_path / "dataset").iterdir()) == dataset_files  # nothing written there
+    compared = cli("compare", "shakespeare", "shakespeare", *args, "--data", str(folder), "--out", str(tmp_path / "c"))
+    assert "bits/byte" in compared.stdout
+    table = json.loads((tmp_path / "c" / "compare.json").read_text("utf-8"))
+    assert [row["bits_per_byte"] for row in table["rows"]] == [both["bits_per_byte"]] * 2
+    assert (tmp_path / "c" / "bits_per_byte.png").read_bytes().startswith(b"\x89PNG")
+    (folder / "empty.txt").write_text("", encoding="utf-8")
+    (folder / "blob.bin").write_bytes(b"\x00\x01" * 10)
+    (folder / "german.txt").write_text("Grüße aus Köln", encoding="utf-8")
+    for data, fragments in [
+        (folder / "missing.txt", ["missing.txt", "input not found"]),
+        (folder / "empty.txt", ["empty.txt", "file is empty"]),
+        (folder / "blob.bin", ["blob.bin", "looks binary"]),
+        (folder / "german.txt", ["german.txt", "not in the checkpoint's character vocabulary", "ß"]),
+    ]:
+        assert_one_line_user_error(cli("eval", "shakespeare", *args, "--data", str(data), check_code=None), *fragments)
 
 
 def test_config_file_option(tmp_path: Path, shakespeare_slice: Path) -> None:

@@ -1,9 +1,11 @@
 """Autoregressive generation with temperature, top-k, top-p and a seed; a KV cache behind one flag.
 
 Context policy, shared by both paths so that they give the same tokens: the model sees the
-tokens from ``context_start`` on; when they would overflow ``block_size``, the window jumps
-forward by half a block (the learned position embeddings forbid sliding one token at a time
-without recomputing everything). The uncached path recomputes the window each step; the cached
+first ``keep_prefix`` tokens (a conditioned prompt's header; none by default) followed by the tokens
+from ``start`` on; when they would overflow ``block_size``, ``start`` jumps forward by half of the
+room left (the learned position embeddings forbid sliding one token at a time without recomputing
+everything). Keeping the header in view is what training does too: a long speech is learnt in
+chunks that each repeat its header. The uncached path recomputes the window each step; the cached
 path only re-fills the cache on a jump.
 """
 
@@ -25,6 +27,7 @@ class SamplingParams:
     top_p: float | None = None
     seed: int = 0
     use_kv_cache: bool = True
+    keep_prefix: int = 0  # prompt tokens that stay in view when the window moves (at most half a block)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -56,24 +59,30 @@ def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) ->
     """Yield each new token (B, 1) as it is drawn, for a prompt of ids (B, T0)."""
     model.eval()
     block = model.config.block_size
-    jump = max(1, block // 2)
+    keep = min(params.keep_prefix, prompt.size(1), block // 2)
+    jump = max(1, (block - keep) // 2)
     generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
     tokens = prompt
-    start = max(0, tokens.size(1) - block)
+    start = max(keep, tokens.size(1) - (block - keep))
     cache: KVCache | None = None
     for _ in range(params.max_new_tokens):
-        while tokens.size(1) - start > block:
+        while keep + tokens.size(1) - start > block:
             start += jump
+        length = keep + tokens.size(1) - start
         if not params.use_kv_cache:
-            logits = model(tokens[:, start:])
-        elif cache is None or cache.length + 1 > block or cache.length != tokens.size(1) - start - 1:
+            logits = model(_window(tokens, keep, start))
+        elif cache is None or cache.length + 1 > block or cache.length != length - 1:
             cache = KVCache(model.config.n_layer, capacity=block)
-            logits = model(tokens[:, start:], cache)
+            logits = model(_window(tokens, keep, start), cache)
         else:
             logits = model(tokens[:, -1:], cache)
         token = next_token(logits[:, -1, :], params, generator)
         tokens = torch.cat([tokens, token], dim=1)
         yield token
+
+
+def _window(tokens: torch.Tensor, keep: int, start: int) -> torch.Tensor:
+    return tokens[:, start:] if keep == 0 else torch.cat([tokens[:, :keep], tokens[:, start:]], dim=1)
 
 
 def generate(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -95,7 +95,8 @@ def test_every_window_starts_with_a_header_and_its_text_belongs_to_that_header(d
 
 
 def test_header_tokens_are_never_targets_and_every_body_token_is_one_once(dataset: TokenDataset) -> None:
-    assert dataset.val_index is not None and dataset.val_mask is not None
+    assert dataset.val_index is not None
+    assert dataset.val_mask is not None
     bodies = int((dataset.val_index[:, 2] - dataset.val_index[:, 1]).sum())
     assert int(dataset.val_mask.sum()) == bodies
     counted = sum(
@@ -127,7 +128,9 @@ def test_a_long_record_is_cut_into_chunks_that_each_repeat_its_header(dataset: T
 
 def test_batches_are_a_pure_function_of_seed_and_step_and_ranks_are_disjoint(dataset: TokenDataset) -> None:
     def sampler(**kwargs: int) -> BatchSampler:
-        return BatchSampler(dataset.train, block_size=BLOCK, mask=dataset.train_mask, index=dataset.train_index, **kwargs)
+        return BatchSampler(
+            dataset.train, block_size=BLOCK, mask=dataset.train_mask, index=dataset.train_index, **kwargs
+        )
 
     one = sampler(batch_size=4, seed=3)
     x, y = one.batch(7, 1)

@@ -70,3 +70,32 @@ def test_top_k_restricts_samples(model: GPT) -> None:
     prompt = torch.tensor([[1]])
     out = generate(model, prompt, SamplingParams(max_new_tokens=1, temperature=5.0, top_k=1, seed=9))
     assert out[0, -1].item() == model(prompt)[0, -1].argmax().item()
+
+
+class Recording(torch.nn.Module):
+    """The model, recording the first ids of every full forward pass (one that starts a window)."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model, self.config, self.windows = model, model.config, list[list[int]]()
+
+    def forward(self, ids: torch.Tensor, cache: object = None) -> torch.Tensor:
+        if ids.size(1) > 1:
+            self.windows.append(ids[0].tolist())
+        return self.model(ids, cache)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_a_kept_prefix_stays_in_view_when_the_window_moves(model: GPT, use_kv_cache: bool) -> None:
+    header = [7, 8, 9, 10]
+    prompt = torch.tensor([[*header, 1, 2]])
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, keep_prefix=len(header), use_kv_cache=use_kv_cache)
+    recording = Recording(model)
+    out = generate(recording, prompt, params)  # type: ignore[arg-type]
+    assert out.shape == (1, 46)
+    assert len(recording.windows) > 2, "40 new tokens in a 16-token block move the window"
+    assert all(window[:4] == header and len(window) <= 16 for window in recording.windows)
+    unkept = generate(model, prompt, SamplingParams(max_new_tokens=40, temperature=0.0))
+    assert torch.equal(out[:, :16], unkept[:, :16]), "until the window first moves, nothing differs"
+    cached = generate(model, prompt, SamplingParams(**{**params.__dict__, "use_kv_cache": True}))
+    assert torch.equal(out, cached)
