@@ -16,7 +16,8 @@ from ml_playground.bench.harness import BenchResult
 from ml_playground.configuration import experiment_config_path
 from ml_playground.configuration.models import PrepareConfig, TokenizerName
 from ml_playground.core.tokenizer import load_tokenizer
-from ml_playground.data_pipeline.preparer import TOKENIZER_DIR, prepare
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.data_pipeline.preparer import prepare
 
 SPEEDRUN_CONFIG = experiment_config_path("shakespeare").with_name("speedrun.toml")
 DONE = re.compile(r"done at step (\d+) in ([0-9.]+) s")

@@ -120,6 +120,11 @@ class ModelConfig(Section):
     qk_norm: bool = Field(default=False, description="RMS-normalise queries and keys per head.")
     activation: Literal["gelu", "relu2"] = "gelu"
     tie_weights: bool = Field(default=True, description="Share the token embedding with the output head.")
+    condition_embedding: bool = Field(
+        default=False,
+        description="Header-conditioned datasets: add a learned vector for the party (the token after <|party|>) "
+        "to every position of its record, so each position sees it directly.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -202,6 +207,9 @@ class TrainConfig(Section):
     max_iters: int = Field(default=2000, ge=1)
     eval_interval: int = Field(default=250, ge=1)
     eval_iters: int = Field(default=20, ge=1, description="Batches for the train-split loss estimate.")
+    eval_at_start: bool = Field(
+        default=True, description="Evaluate before the first step (logged at step 0): the reference loss."
+    )
     eval_max_tokens: int | None = Field(
         default=None,
         ge=1,

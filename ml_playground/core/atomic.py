@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 
+def current_umask() -> int:
+    """The process's umask (only readable by setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -28,6 +35,7 @@ def _replaced_on_success(path: Path) -> Iterator[Path]:
     """A temp path beside ``path``: after the block it is fsynced and renamed onto ``path``; on error removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the file is for others to read too
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -77,6 +85,7 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: an Ollama server or a teammate could not read it
     try:
         write(tmp)
         old = target.with_name(f".{target.name}.old")

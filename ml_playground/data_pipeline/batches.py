@@ -23,7 +23,7 @@ import numpy.typing as npt
 import torch
 
 from ml_playground.core.errors import DataError
-from ml_playground.data_pipeline.preparer import read_meta
+from ml_playground.data_pipeline.meta import read_meta
 
 IGNORE_INDEX = -100  # targets with this id are not in the loss (PyTorch's cross_entropy default)
 

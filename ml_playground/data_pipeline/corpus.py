@@ -139,19 +139,7 @@ def _record_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: 
         text = "".join(f"{r.text}\n\n" for r in kept)
     parties = Counter(r.party or "(none)" for r in kept)
     decades = Counter(f"{r.year // 10 * 10}s" if r.year else "(unknown)" for r in kept)
-    details = [
-        f"speeches: {len(kept):,} kept of {len(kept) + sum(stats.dropped.values()):,} read"
-        + (f" ({stats.rows:,} CSV rows, {stats.malformed:,} malformed and skipped)" if stats.rows else ""),
-        "per party: " + ", ".join(f"{party} {count:,}" for party, count in parties.most_common()),
-        "per decade: " + ", ".join(f"{decade} {count:,}" for decade, count in sorted(decades.items())),
-    ]
-    if stats.dropped:
-        details.append("dropped: " + ", ".join(f"{why} {count:,}" for why, count in sorted(stats.dropped.items())))
-    warnings = list(stats.notes)
-    if stats.malformed:
-        warnings.append(
-            f"{stats.malformed:,} malformed row(s) skipped, for example: " + "; ".join(stats.malformed_examples)
-        )
+    details, warnings = stats.summary(len(kept), parties, decades)
     return Corpus(text, None, warnings, details, kept)
 
 

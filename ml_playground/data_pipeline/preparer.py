@@ -24,6 +24,7 @@ from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, Pretrained
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import Corpus, build_corpus, iter_speech_records, iter_xml_speeches
 from ml_playground.data_pipeline.header import SPECIAL_TOKENS
+from ml_playground.data_pipeline.meta import META_FILE, TOKENIZER_DIR, read_meta
 from ml_playground.data_pipeline.packing import check_template, pack_records
 from ml_playground.data_pipeline.record_corpus import (
     CORPUS_FILE,
@@ -50,8 +51,6 @@ from ml_playground.data_pipeline.streaming import (
     iter_chunks,
 )
 
-META_FILE = "meta.json"
-TOKENIZER_DIR = "tokenizer"
 CSV_SUFFIXES = {".csv", ".tsv"}
 META_FORMAT_VERSION = 1
 MAX_FILES_LISTED = 40
@@ -181,17 +180,6 @@ def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
     settings["metadata_dir"] = str(config.metadata_dir) if config.metadata_dir else None
     settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
     return settings
-
-
-def read_meta(dataset_dir: Path) -> dict[str, Any]:
-    path = dataset_dir / META_FILE
-    try:
-        meta: dict[str, Any] = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise DataError("no prepared dataset here (run prepare first)", path=dataset_dir) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"unreadable dataset metadata ({exc})", path=path) from None
-    return meta
 
 
 def _source_entries(sources: list[SourceText]) -> list[dict[str, str]]:

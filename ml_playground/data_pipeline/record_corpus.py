@@ -71,23 +71,9 @@ class EncodedSplits:
     val_records: int
 
 
-def _summary(kept: Counter[str], decades: Counter[str], stats: ReadStats, kept_count: int) -> RecordSummary:
-    read = kept_count + sum(stats.dropped.values())
-    details = [
-        f"speeches: {kept_count:,} kept of {read:,} read"
-        + (f" ({stats.rows:,} rows, {stats.malformed:,} malformed and skipped)" if stats.rows else ""),
-        "per party: " + ", ".join(f"{party} {count:,}" for party, count in kept.most_common()),
-        "per decade: " + ", ".join(f"{decade} {count:,}" for decade, count in sorted(decades.items())),
-    ]
-    if stats.dropped:
-        details.append("dropped: " + ", ".join(f"{why} {count:,}" for why, count in sorted(stats.dropped.items())))
-    warnings = list(stats.notes)
-    if stats.malformed:
-        warnings.append(
-            f"{stats.malformed:,} malformed file(s) or row(s) skipped, for example: "
-            + "; ".join(stats.malformed_examples)
-        )
-    return RecordSummary(kept_count, 0, details, warnings)
+def _summary(parties: Counter[str], decades: Counter[str], stats: ReadStats, kept: int) -> RecordSummary:
+    details, warnings = stats.summary(kept, parties, decades)
+    return RecordSummary(kept, 0, details, warnings)
 
 
 def write_record_files(

@@ -130,6 +130,7 @@ def check_gguf_exportable(config: GPTConfig) -> None:
         ("train.model.rotary", config.rotary, "llama.cpp's gpt2 architecture has learned positions"),
         ("train.model.qk_norm", config.qk_norm, "llama.cpp's gpt2 architecture has no QK-norm"),
         ("train.model.activation", config.activation != "gelu", "llama.cpp's gpt2 architecture uses GELU"),
+        ("train.model.condition_embedding", config.condition_marker is not None, "llama.cpp has no such input"),
     ):
         if value:
             raise ExportError(f"{option} cannot be expressed in GGUF ({why}); export --format hf instead")

@@ -31,6 +31,11 @@ def head_weight(config: GPTConfig, state: Mapping[str, torch.Tensor]) -> torch.T
 
 
 def check_exportable(config: GPTConfig) -> None:
+    if config.condition_marker is not None:
+        raise ExportError(
+            "train.model.condition_embedding (a learned vector per header condition) has no counterpart in "
+            "GPT-2, GPT-NeoX or Llama; export a model trained without it"
+        )
     if config.qk_norm:
         raise ExportError(
             "train.model.qk_norm (RMS-normalised queries and keys) has no counterpart in GPT-2, GPT-NeoX or "

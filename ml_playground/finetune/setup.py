@@ -25,7 +25,7 @@ from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset
-from ml_playground.data_pipeline.preparer import TOKENIZER_DIR
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.finetune.adapters import AdapterExportHook
 from ml_playground.finetune.hub import load_pretrained_model
 from ml_playground.finetune.lora import apply_lora, load_adapters, parameter_counts

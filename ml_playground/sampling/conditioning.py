@@ -36,7 +36,7 @@ def conditioned_prompt(fields: Mapping[str, Any], conditions: Mapping[str, Any],
 
 def dataset_conditions(dataset_dir: Path) -> dict[str, Any] | None:
     """The dataset's known conditions when it is header-conditioned, else None."""
-    from ml_playground.data_pipeline.preparer import read_meta
+    from ml_playground.data_pipeline.meta import read_meta
 
     if read_meta(dataset_dir).get("conditioning") != "header":
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,10 @@ from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
 EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss
+
+
+class EvaluationInterrupted(Exception):  # noqa: N818 (a control-flow signal, not an error)
+    """A stop was asked for during an evaluation; the result is dropped, the run stops at the step it has."""
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,15 @@ def evaluate_split(
     index: Index | None = None,
     max_targets: int | None = None,
     token_bytes: npt.NDArray[np.int64] | None = None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
 
     ``max_targets`` bounds it to a fixed, evenly spaced subset of windows (evaluation during training of
     large models); the whole split is the default. ``token_bytes`` (bytes per id, ``core.token_bytes``)
     adds bits per byte: the targets' losses in bits over the bytes they decode to, special tokens left out.
+    ``interrupted`` is asked before every batch; when it says yes, ``EvaluationInterrupted`` is raised, so a
+    stop signal is honoured within one batch instead of after a whole split.
     """
     was_training = model.training
     model.eval()
@@ -63,6 +71,9 @@ def evaluate_split(
         max_targets=max_targets,
     )
     for x, y in windows:
+        if interrupted is not None and interrupted():
+            model.train(was_training)
+            raise EvaluationInterrupted
         counted = int((y != IGNORE_INDEX).sum())
         if counted == 0:
             continue

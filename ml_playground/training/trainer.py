@@ -21,11 +21,12 @@ from torch import nn
 
 from ml_playground.configuration.models import ExperimentConfig, ModelConfig
 from ml_playground.core.devices import Precision, resolve_precision
-from ml_playground.core.errors import CheckpointError, DataError
+from ml_playground.core.errors import CheckpointError, ConfigError, DataError
 from ml_playground.core.logging_protocol import MetricsLogger
-from ml_playground.core.tokenizer import load_tokenizer
+from ml_playground.core.tokenizer import BpeTokenizer, load_tokenizer
 from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
-from ml_playground.data_pipeline.preparer import TOKENIZER_DIR
+from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.models.core.inference import SamplingParams
 from ml_playground.models.core.kernels import resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
@@ -78,8 +79,11 @@ class TrainResult:
     is_main: bool = True
 
 
-def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
+def gpt_config(model: ModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:
+    """``conditions``: the ids of the marker and reset tokens when ``model.condition_embedding`` is on."""
     return GPTConfig(
+        condition_marker=conditions[0] if conditions else None,
+        condition_reset=conditions[1] if conditions else None,
         vocab_size=vocab_size,
         block_size=model.block_size,
         n_layer=model.n_layer,
@@ -92,6 +96,23 @@ def gpt_config(model: ModelConfig, vocab_size: int) -> GPTConfig:
         activation=model.activation,
         tie_weights=model.tie_weights,
     )
+
+
+def condition_tokens(dataset: TokenDataset) -> tuple[int, int]:
+    """The ids of ``<|party|>`` and ``<|end|>`` in a header-conditioned dataset's tokenizer."""
+    if dataset.meta.get("conditioning") != "header":
+        raise ConfigError(
+            "needs a header-conditioned dataset (prepare.conditioning = 'header')",
+            key="train.model.condition_embedding",
+        )
+    tokenizer = load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR)
+    ids = [
+        tokenizer.token_id(token) if isinstance(tokenizer, BpeTokenizer) else None
+        for token in (FIELD_TOKENS["party"], END_TOKEN)
+    ]
+    if ids[0] is None or ids[1] is None:
+        raise DataError("the tokenizer lacks the header markers (run prepare again)", path=dataset.dataset_dir)
+    return ids[0], ids[1]
 
 
 def check_dataset_fits(dataset: TokenDataset, block_size: int) -> None:
@@ -190,7 +211,8 @@ def _gpt_setup(
     dist: DistributedContext,
 ) -> ModelSetup:
     tc = config.train
-    model_config = gpt_config(tc.model, dataset.vocab_size)
+    conditions = condition_tokens(dataset) if tc.model.condition_embedding else None
+    model_config = gpt_config(tc.model, dataset.vocab_size, conditions)
     model = GPT(model_config).to(precision.device)
     model.use_linear_kernel(resolve_linear_kernel(tc.linear_kernel, precision.device))
     ema = EMA(model, tc.ema.decay, tc.ema.start_step) if tc.ema.enabled else None
@@ -358,9 +380,13 @@ def _train_locked(
             TensorBoardLogger(tc.out_dir / "tb", purge_step=(resumed_from + 1) if resumed_from is not None else None),
         ]
     logger = CompositeLogger(sinks)
+    stop_signal = StopSignal()
+    # a single process stops inside an evaluation; ranks would disagree on where (and wait on each other)
+    interrupted = None if dist.enabled else (lambda: stop_signal.received is not None)
     evaluation = EvaluationHook(
         interval=tc.eval_interval,
-        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist, tc.eval_max_tokens),
+        at_start=tc.eval_at_start,
+        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted),
         estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
     )
     hooks: list[Hook] = [
@@ -403,7 +429,6 @@ def _train_locked(
     main_only.append(checkpoint_hook)
     if dist.is_main:  # only rank 0 logs and writes checkpoints
         hooks.extend(main_only)
-    stop_signal = StopSignal()
     loop = TrainingLoop(
         model=model,
         optimizer=optimizer,
@@ -460,6 +485,7 @@ def _val_loss(
     precision: Precision,
     dist: DistributedContext,
     max_targets: int | None,
+    interrupted: Callable[[], bool] | None = None,
 ) -> tuple[float, int]:
     result = evaluate_split(
         model,
@@ -470,5 +496,6 @@ def _val_loss(
         mask=dataset.val_mask,
         index=dataset.val_index,
         max_targets=max_targets,
+        interrupted=interrupted,
     )
     return result.loss, result.tokens

@@ -21,6 +21,7 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
     args = sets(
         [
             f"prepare.input_path='{protocols}'",
+            "prepare.format='bundestag'",  # the text protocols (the default is the XML archives)
             f"prepare.dataset_dir='{tmp_path / 'dataset'}'",
             f"train.out_dir='{tmp_path / 'run'}'",
             "prepare.bpe_vocab_size=600",

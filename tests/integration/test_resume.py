@@ -115,3 +115,42 @@ def test_muon_run_resumes_bit_identically_and_refuses_another_optimizer(
     for name in model:
         assert torch.equal(model[name], base_model[name]), name
     assert losses == base_losses
+
+
+def test_a_run_on_record_aware_windows_resumes_bit_identically(tmp_path: Path, xml_archive: Path) -> None:
+    """Header-conditioned speeches from two real XML sessions: the record-aware sampler resumes exactly."""
+    from ml_playground.configuration.models import FiltersConfig
+
+    dataset = tmp_path / "speeches"
+    prepare(
+        PrepareConfig(
+            input_path=str(xml_archive),
+            dataset_dir=dataset,
+            format="bundestag_xml",
+            conditioning="header",
+            tokenizer="bpe",
+            bpe_vocab_size=400,
+            speaker_dropout=0.5,
+            filters=FiltersConfig(drop_chair=True, min_length=200),
+        )
+    )
+    common = [
+        *tiny_overrides(tmp_path, xml_archive),
+        *RESUME_SETTINGS,
+        f"prepare.dataset_dir='{dataset}'",
+        "train.model.block_size=96",
+    ]
+    straight = run_helper([*common, f"train.out_dir='{tmp_path / 'straight'}'"], "none")
+    assert straight.returncode == 0, straight.stderr
+    killed = run_helper([*common, f"train.out_dir='{tmp_path / 'killed'}'"], "after-step", 17)
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_helper([*common, f"train.out_dir='{tmp_path / 'killed'}'"], "none")
+    assert resumed.returncode == 0, resumed.stderr
+    model, ema, losses = final_state(tmp_path / "killed")
+    base_model, base_ema, base_losses = final_state(tmp_path / "straight")
+    for name in model:
+        assert torch.equal(model[name], base_model[name]), name
+    for name in ema:
+        assert torch.equal(ema[name], base_ema[name]), name
+    assert losses == base_losses
+    assert losses[0]["step"] == 0  # the reference evaluation before the first step

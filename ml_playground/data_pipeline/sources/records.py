@@ -61,6 +61,24 @@ class ReadStats:
     dropped: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
 
+    def summary(self, kept: int, parties: Counter[str], decades: Counter[str]) -> tuple[list[str], list[str]]:
+        """(details, warnings) for the prepare summary: what was kept, per party and decade, what was dropped."""
+        details = [
+            f"speeches: {kept:,} kept of {kept + sum(self.dropped.values()):,} read"
+            + (f" ({self.rows:,} rows, {self.malformed:,} malformed and skipped)" if self.rows else ""),
+            "per party: " + ", ".join(f"{party} {count:,}" for party, count in parties.most_common()),
+            "per decade: " + ", ".join(f"{decade} {count:,}" for decade, count in sorted(decades.items())),
+        ]
+        if self.dropped:
+            details.append("dropped: " + ", ".join(f"{why} {count:,}" for why, count in sorted(self.dropped.items())))
+        warnings = list(self.notes)
+        if self.malformed:
+            warnings.append(
+                f"{self.malformed:,} malformed file(s) or row(s) skipped, for example: "
+                + "; ".join(self.malformed_examples)
+            )
+        return details, warnings
+
     def bad_row(self, where: str, policy: str, path: Path) -> None:
         if policy == "error":
             raise DataError(f'{where}; set prepare.malformed = "skip" to count and skip such rows', path=path)

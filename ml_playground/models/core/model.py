@@ -3,6 +3,14 @@
 Read top to bottom: config, attention, MLP, block, model. Shapes: B batch, T time, C channels,
 H heads, D = C / H head width. The optional ``kv_cache`` lets generation feed one token at a
 time; without it the model is exactly the plain training path.
+
+Header-conditioned text (``<|party|>SPD<|year|>…<|text|>…<|end|>``) may add a *condition
+embedding*: every position after a ``condition_marker`` token (``<|party|>``) gets a learned vector
+for the token that follows the marker, until the ``condition_reset`` token (``<|end|>``). The
+conditions are read from the token ids themselves, so data, batches and prompts stay plain text;
+what changes is that each position sees the party directly instead of having to find it by
+attention (the party is worth about 0.01 nats per token, too little gradient for a small model
+to learn that attention within minutes).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class GPTConfig:
     activation: str = "gelu"  # or "relu2": ReLU squared (So et al., 2021)
     tie_weights: bool = True  # share the token embedding with the output head
     rope_base: float = 10000.0
+    condition_marker: int | None = None  # id of the token (<|party|>) whose next token is a condition
+    condition_reset: int | None = None  # id of the token (<|end|>) after which no condition holds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +81,8 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
         self.lengths = [0] * n_layer
+        self.last_token: torch.Tensor | None = None  # (B,) for condition embeddings
+        self.condition: torch.Tensor | None = None  # (B,) the condition holding after the cached tokens
 
     @property
     def length(self) -> int:
@@ -196,7 +208,14 @@ class GPT(nn.Module):
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
+        # one row per token that can follow the marker, plus a zero row for "no condition"
+        conditioned = config.condition_marker is not None
+        self.wce = (
+            nn.Embedding(config.vocab_size + 1, config.n_embd, padding_idx=config.vocab_size) if conditioned else None
+        )
         self.apply(self._init_weights)
+        if self.wce is not None:
+            nn.init.zeros_(self.wce.weight)  # starts as the unconditioned model
         # GPT-2's scaled init of the residual projections: the residual stream grows with depth.
         for name, param in self.named_parameters():
             if name.endswith("proj.weight"):
@@ -229,6 +248,8 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
+        if self.wce is not None:
+            x = x + self.wce(self.condition_ids(idx, cache))
         rotary = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
@@ -240,6 +261,31 @@ class GPT(nn.Module):
             x = block(x, cache, layer, rotary)
         logits: torch.Tensor = self.lm_head(self.ln_f(x))
         return logits
+
+    def condition_ids(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) the condition of each position: the token after the last marker, or ``vocab_size`` (none).
+
+        A position right after the marker starts the condition (the condition token itself already
+        has it); the position after the reset token ends it. With a cache, the state of the cached
+        tokens carries over.
+        """
+        marker, reset, none = self.config.condition_marker, self.config.condition_reset, self.config.vocab_size
+        if marker is None:
+            return torch.full_like(idx, none)
+        B, T = idx.shape
+        before = cache.last_token if cache is not None and cache.last_token is not None else idx.new_full((B,), -1)
+        carry = cache.condition if cache is not None and cache.condition is not None else idx.new_full((B,), none)
+        previous = torch.cat([before[:, None], idx[:, :-1]], dim=1)
+        events = torch.full_like(idx, -1)
+        if reset is not None:
+            events = torch.where(previous == reset, none, events)
+        events = torch.where(previous == marker, idx, events)
+        positions = torch.arange(T, device=idx.device).expand(B, T)
+        last = torch.where(events >= 0, positions, -1).cummax(dim=1).values
+        conditions = torch.where(last >= 0, events.gather(1, last.clamp(min=0)), carry[:, None])
+        if cache is not None:
+            cache.last_token, cache.condition = idx[:, -1], conditions[:, -1]
+        return conditions
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch
 
 from ml_playground.core.atomic import atomic_write_text, fsync_dir
 from ml_playground.core.errors import CheckpointError
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,7 +45,6 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 TRAINING_STATE_FILE = "training_state.pt"
 STATE_FILE = "state.json"
-TOKENIZER_DIR = "tokenizer"
 STEP_PREFIX = "step_"
 
 FileWriter = Callable[[Path, bytes], None]

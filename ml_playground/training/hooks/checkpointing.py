@@ -32,6 +32,8 @@ class CheckpointHook(Hook):
         self._last_saved_step = ctx.state.step if ctx.state.step > 0 else None
 
     def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+        if result.step == 0:  # the untrained model's loss is a reference, not a checkpoint to keep
+            return
         if result.val_loss < self.best_val_loss:
             self.best_val_loss = result.val_loss
             self._best_pending = True

@@ -19,6 +19,8 @@ class EarlyStoppingHook(Hook):
         self.evals_without_improvement = 0
 
     def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+        if result.step == 0:  # before training: nothing to stop
+            return
         if self.target_val_loss is not None and result.val_loss <= self.target_val_loss:
             ctx.request_stop(
                 f"validation loss {result.val_loss:.4f} reached the target {self.target_val_loss} at step {result.step}"

@@ -1,9 +1,11 @@
-"""Evaluate every ``interval`` steps and at the end: whole validation split, train estimate, EMA."""
+"""Evaluate at the start (step 0: the reference a run is judged by), every ``interval`` steps and at the end:
+validation split, train estimate, EMA. An evaluation cut short by a stop signal is dropped."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from ml_playground.training.evaluation import EvaluationInterrupted
 from ml_playground.training.hooks.base import EvalResult, Hook
 from ml_playground.training.loop.runner import TrainingContext
 
@@ -17,15 +19,28 @@ class EvaluationHook(Hook):
         interval: int,
         evaluate_val: SplitEvaluator,
         estimate_train: Callable[[], float] | None = None,
+        at_start: bool = False,
     ) -> None:
         self.interval = interval
         self.evaluate_val = evaluate_val
         self.estimate_train = estimate_train
+        self.at_start = at_start
+
+    def on_train_start(self, ctx: TrainingContext) -> None:
+        if self.at_start and ctx.state.step == 0:
+            self._emit(ctx)
 
     def on_step_end(self, ctx: TrainingContext) -> None:
         step = ctx.state.step
         if step % self.interval == 0 or step == ctx.max_iters:
-            ctx.emit_eval(self.evaluate(ctx))
+            self._emit(ctx)
+
+    def _emit(self, ctx: TrainingContext) -> None:
+        try:
+            result = self.evaluate(ctx)
+        except EvaluationInterrupted:
+            return
+        ctx.emit_eval(result)
 
     def evaluate(self, ctx: TrainingContext) -> EvalResult:
         val_loss, val_tokens = self.evaluate_val()

@@ -36,6 +36,8 @@ class SampleHook(Hook):
         self.evals_seen = 0
 
     def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+        if result.step == 0:
+            return
         self.evals_seen += 1
         if self.evals_seen % self.every_evals:
             return

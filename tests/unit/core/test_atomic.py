@@ -45,3 +45,23 @@ def test_atomic_write_with_path_writer(tmp_path: Path) -> None:
         atomic_write_with(target, broken)
     assert target.read_bytes() == b"xyz"
     assert [p.name for p in tmp_path.iterdir()] == ["g.bin"]
+
+
+def test_files_and_folders_get_the_umask_permissions_not_the_temp_ones(tmp_path: Path) -> None:
+    """mkstemp/mkdtemp make 0600/0700; what users and other programs (Ollama) read must not stay so."""
+    import os
+    import stat
+
+    from ml_playground.core.atomic import replace_dir
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        replace_dir(tmp_path / "export", lambda folder: (folder / "model.gguf").write_bytes(b"GGUF"))
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "export").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600

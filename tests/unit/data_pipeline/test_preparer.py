@@ -12,7 +12,8 @@ import pytest
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
 from ml_playground.core.tokenizer import load_tokenizer
-from ml_playground.data_pipeline.preparer import prepare, read_meta, token_dtype
+from ml_playground.data_pipeline.meta import read_meta
+from ml_playground.data_pipeline.preparer import prepare, token_dtype
 from ml_playground.data_pipeline.sources.text import fetch_cached
 
 pytestmark = pytest.mark.unit

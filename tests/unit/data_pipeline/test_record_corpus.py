@@ -22,7 +22,8 @@ from ml_playground.data_pipeline.batches import (
     sequential_windows,
 )
 from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS
-from ml_playground.data_pipeline.preparer import prepare, read_meta
+from ml_playground.data_pipeline.meta import read_meta
+from ml_playground.data_pipeline.preparer import prepare
 
 pytestmark = pytest.mark.unit
 

@@ -97,3 +97,56 @@ def test_rotary_encodes_relative_position() -> None:
         cos_k, sin_k = rotary_tables(8, 1 + shift, 1, 10000.0, torch.device("cpu"))
         scores.append((apply_rotary(q, cos_q, sin_q) * apply_rotary(k, cos_k, sin_k)).sum())
     assert torch.allclose(scores[0], scores[1], atol=1e-5)
+
+
+MARKER, RESET = 30, 31  # stand-ins for <|party|> and <|end|> in a 40-token vocabulary
+
+
+def conditioned_model() -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16, condition_marker=MARKER, condition_reset=RESET
+    )
+    return GPT(config).eval()
+
+
+def test_condition_ids_follow_the_marker_until_the_reset() -> None:
+    model = conditioned_model()
+    none = 40
+    #            hdr  <p>  SPD   t    t   end   \n  <p>  AfD   t
+    ids = torch.tensor([[5, MARKER, 7, 1, 2, RESET, 3, MARKER, 9, 4]])
+    assert model.condition_ids(ids).tolist() == [[none, none, 7, 7, 7, 7, none, none, 9, 9]]
+    cache = KVCache(2)
+    pieces = [model.condition_ids(ids[:, :2], cache), model.condition_ids(ids[:, 2:3], cache)]
+    pieces += [model.condition_ids(ids[:, i : i + 1], cache) for i in range(3, 10)]
+    assert torch.cat(pieces, dim=1).tolist() == model.condition_ids(ids).tolist()
+
+
+def test_a_zero_initialised_condition_embedding_changes_nothing_until_trained() -> None:
+    model = conditioned_model()
+    ids = torch.tensor([[5, MARKER, 7, 1, 2, RESET, 3]])
+    plain = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("wce.")})
+    assert torch.equal(model(ids), plain(ids))
+    with torch.no_grad():
+        assert model.wce is not None
+        model.wce.weight[7].normal_()
+        model.wce.weight[9].normal_()
+    other = ids.clone()
+    other[0, 2] = 9
+    assert not torch.allclose(model(ids)[0, 3:], model(other)[0, 3:])  # the party now reaches every position
+    assert torch.equal(model(ids)[0, :2], model(other)[0, :2])  # but not the positions before it
+
+
+def test_generation_with_conditions_is_the_same_cached_and_uncached() -> None:
+    from ml_playground.models.core.inference import SamplingParams, generate
+
+    model = conditioned_model()
+    with torch.no_grad():
+        assert model.wce is not None
+        model.wce.weight[:40].normal_()
+    prompt = torch.tensor([[5, MARKER, 7, 1]])
+    params = SamplingParams(max_new_tokens=60, temperature=1.0, seed=2, keep_prefix=3)
+    cached = generate(model, prompt, params)
+    uncached = generate(model, prompt, SamplingParams(**{**params.__dict__, "use_kv_cache": False}))
+    assert torch.equal(cached, uncached)

@@ -223,3 +223,89 @@ def test_unused_batch_sampler_import_is_real() -> None:
     tokens = (np.arange(100) % 7).astype(np.uint16)
     assert BatchSampler(tokens, block_size=4, batch_size=2, seed=0).batch(1)[0].shape == (2, 4)
     assert Precision(torch.device("cpu"), torch.float32).needs_grad_scaler is False
+
+
+def test_step_zero_is_evaluated_as_a_reference_only() -> None:
+    """At the start of a fresh run (not a resumed one): logged, but no best checkpoint, no stop, no sample."""
+    results: list[EvalResult] = []
+
+    class Collect(EarlyStoppingHook):
+        def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+            results.append(result)
+
+    hook = EvaluationHook(interval=10, evaluate_val=lambda: (4.0, 7), at_start=True)
+    ctx = context()
+    stopper = EarlyStoppingHook(patience=1, target_val_loss=5.0)
+    ctx.hooks = [Collect(patience=None, target_val_loss=None), stopper]
+    hook.on_train_start(ctx)
+    assert results == [EvalResult(0, 4.0, 7, None, None)]
+    assert ctx.stop_reason is None  # 4.0 is under the target, but nothing was trained yet
+    assert stopper.best == float("inf")
+    resumed = context(step=30)
+    resumed.hooks = ctx.hooks
+    hook.on_train_start(resumed)
+    assert len(results) == 1
+    off = EvaluationHook(interval=10, evaluate_val=lambda: (4.0, 7))
+    off.on_train_start(ctx)
+    assert len(results) == 1
+
+
+def test_a_step_zero_result_is_not_a_best_checkpoint_or_a_sample(tmp_path: Path) -> None:
+    model = tiny_model()
+    service = CheckpointService(tmp_path)
+    checkpoints = CheckpointHook(service=service, interval=5, build_payload=payload_builder(model))  # type: ignore[arg-type]
+    ctx = context(model)
+    checkpoints.on_eval_end(ctx, EvalResult(0, 1.0, 1))
+    assert checkpoints.best_val_loss == float("inf")
+    ctx.state.step = 1
+    checkpoints.on_step_end(ctx)
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+    sampler = SampleHook(
+        every_evals=1,
+        model=model,
+        tokenizer=CharTokenizer.train(TEXT),
+        prompt="to ",
+        params=SamplingParams(max_new_tokens=2),
+        logger=JsonlLogger(tmp_path / "m.jsonl"),
+        device=torch.device("cpu"),
+    )
+    sampler.on_eval_end(ctx, EvalResult(0, 1.0, 1))
+    assert sampler.evals_seen == 0
+
+
+def test_an_evaluation_cut_short_by_a_stop_is_dropped() -> None:
+    from ml_playground.training.evaluation import evaluate_split
+
+    model = tiny_model()
+    tokens = CharTokenizer.train(TEXT).encode_array(TEXT * 40).astype(np.uint16)
+    asked: list[int] = []
+
+    def interrupted() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # a signal arrives during the third batch's wait
+
+    def evaluate_val() -> tuple[float, int]:
+        result = evaluate_split(
+            model,
+            tokens,
+            block_size=16,
+            batch_size=4,
+            precision=Precision(torch.device("cpu"), torch.float32),
+            interrupted=interrupted,
+        )
+        return result.loss, result.tokens
+
+    results: list[EvalResult] = []
+
+    class Collect(EarlyStoppingHook):
+        def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+            results.append(result)
+
+    hook = EvaluationHook(interval=1, evaluate_val=evaluate_val)
+    ctx = context(model, step=1)
+    ctx.hooks = [Collect(patience=None, target_val_loss=None)]
+    model.train()
+    hook.on_step_end(ctx)
+    assert results == []
+    assert len(asked) == 3  # it stopped at the first batch after the signal, not at the end of the split
+    assert model.training
