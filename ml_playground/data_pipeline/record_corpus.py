@@ -208,7 +208,7 @@ def write_speech_table_and_corpus(
         atomic_open_text(out / CSV_FILE, newline="") as table,
         atomic_open_text(out / CORPUS_FILE) as corpus,
     ):
-        writer = csv.DictWriter(table, fieldnames=list(SPEECH_COLUMNS))
+        writer: csv.DictWriter[str] = csv.DictWriter(table, fieldnames=list[str](SPEECH_COLUMNS))
         writer.writeheader()
         for speech in speeches:
             record = keep(to_record(speech), config.filters, stats)

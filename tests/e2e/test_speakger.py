@@ -50,6 +50,9 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
     assert markdown.count("\n## ") == 3
     assert "(SPD)" in markdown
     assert "(CDU/CSU)" in markdown
+    table = cli("analyze", "speakger", *args, "--per-party", "1", "--quiet").stdout
+    assert "classified as the requested party" in table
+    assert "classifier on held-out real speeches" in table
     analyzed = cli("analyze", "speakger", *args, "--per-party", "2", "--json")
     report = json.loads(analyzed.stdout.strip().splitlines()[-1])
     assert 0.0 <= report["conditioning_accuracy"] <= 1.0

@@ -36,11 +36,12 @@ def test_tiny_run_learns_and_writes_every_output(tiny_config: ConfigFactory) -> 
     result = train(config, console=console)
     out = config.train.out_dir
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    val = [r["val_loss"] for r in records if "val_loss" in r]
-    assert len(val) == 6
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30, 40, 50, 60]  # step 0: the untrained reference
+    val = [r["val_loss"] for r in evals]
     assert val[-1] < val[0] - 0.3
     assert result.step == 60
-    assert result.best_val_loss == min(val)
+    assert result.best_val_loss == min(val[1:])
     assert result.resumed_from_step is None
     assert (out / "loss.png").stat().st_size > 1000
     events = EventAccumulator(str(out / "tb"))
@@ -62,7 +63,11 @@ def test_tiny_run_learns_and_writes_every_output(tiny_config: ConfigFactory) -> 
     assert report.step == best["step"]
     assert report.val_loss == pytest.approx(best["val_loss"], abs=1e-6)
     assert report.tokens == 3000 - 1
-    assert set(report.to_dict()) == {"val_loss", "tokens", "checkpoint", "step"}
+    assert set(report.to_dict()) == {
+        *("val_loss", "tokens", "checkpoint", "step"),
+        *("bits_per_byte", "bytes", "characters", "data", "seconds"),
+    }
+    assert report.bytes == report.tokens  # Tiny Shakespeare is ASCII
 
 
 def test_resume_continues_and_finished_runs_do_nothing(tiny_config: ConfigFactory) -> None:

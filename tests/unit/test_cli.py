@@ -45,6 +45,17 @@ def test_commands_in_process(tmp_path: Path, shakespeare_slice: Path, capsys: py
     assert "already trained to step 10" in looped
     assert main(["sample", "shakespeare", *args]) == 0
     assert "wrote 1 sample(s) to" in capsys.readouterr().out
+    compared = ["compare", "shakespeare", *args, "--data", str(shakespeare_slice), "--out", str(tmp_path / "c")]
+    assert main([*compared, "--json", "--quiet", "--max-tokens", "320"]) == 0
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert table["rows"][0]["tokens"] == 320
+    assert table["rows"][0]["bits_per_byte"] > 0
+    assert main(["compare", "no-such-experiment", "--data", str(shakespeare_slice)]) == 2
+    assert main([*compared, "--max-tokens", "0"]) == 2
+    assert main(["eval", "shakespeare", *args, "--max-tokens", "0"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert "unknown experiment 'no-such-experiment'" in errors[0]
+    assert errors[1:] == ["error: --max-tokens: must be a positive number of tokens"] * 2
 
 
 @pytest.mark.slow

@@ -89,3 +89,39 @@ def test_a_malformed_session_is_counted_or_refused(tmp_path: Path, xml_sessions:
             )
         )
     assert not (tmp_path / "other" / "meta.json").exists()
+
+
+def test_the_corpus_builder_renders_xml_protocols_as_speaker_lines(tmp_path: Path, xml_archive: Path) -> None:
+    """What ``eval --data`` and the Hugging Face path read: speaker line, text, blank line."""
+    from ml_playground.data_pipeline.corpus import build_corpus
+    from ml_playground.data_pipeline.sources.text import SourceText
+
+    corpus = build_corpus(xml_config(tmp_path, xml_archive), [SourceText(xml_archive, "", "x", "xml")])
+    assert corpus.records is not None
+    first = corpus.records[0]
+    assert corpus.text.startswith(f"{first['speaker_line']}\n{first['text']}\n\n")
+
+
+def test_records_without_a_header_are_prepared_as_plain_speeches(tmp_path: Path) -> None:
+    import csv
+
+    path = tmp_path / "speeches.csv"
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Rede", "Partei", "Name"])
+        for number in range(30):
+            writer.writerow([f"Rede Nummer {number}: Wir wollen mehr Bahn und weniger Stau.", "SPD", f"Name {number}"])
+    config = PrepareConfig(
+        input_path=str(path),
+        dataset_dir=tmp_path / "ds",
+        format="csv",
+        columns={"text": "Rede", "party": "Partei", "speaker": "Name"},  # type: ignore[arg-type]
+    )
+    report = prepare(config)
+    assert "per party: SPD 30" in report.summary()
+    corpus = (tmp_path / "ds" / "corpus.txt").read_text("utf-8")
+    assert corpus.startswith("Rede Nummer 0: Wir wollen mehr Bahn und weniger Stau.\n\nRede Nummer 1")
+    conditions = json.loads((tmp_path / "ds" / "conditions.json").read_text("utf-8"))
+    assert conditions["parties"] == {"SPD": 30}
+    assert conditions["conditioning"] == "none"
+    assert len((tmp_path / "ds" / "records.jsonl").read_text("utf-8").splitlines()) == 30

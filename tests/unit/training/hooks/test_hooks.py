@@ -260,17 +260,20 @@ def test_a_step_zero_result_is_not_a_best_checkpoint_or_a_sample(tmp_path: Path)
     ctx.state.step = 1
     checkpoints.on_step_end(ctx)
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+    logger = JsonlLogger(tmp_path / "m.jsonl")
     sampler = SampleHook(
         every_evals=1,
         model=model,
         tokenizer=CharTokenizer.train(TEXT),
         prompt="to ",
         params=SamplingParams(max_new_tokens=2),
-        logger=JsonlLogger(tmp_path / "m.jsonl"),
+        logger=logger,
         device=torch.device("cpu"),
     )
     sampler.on_eval_end(ctx, EvalResult(0, 1.0, 1))
+    logger.close()
     assert sampler.evals_seen == 0
+    assert (tmp_path / "m.jsonl").read_text() == ""
 
 
 def test_an_evaluation_cut_short_by_a_stop_is_dropped() -> None:
