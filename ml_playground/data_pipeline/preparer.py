@@ -23,7 +23,6 @@ from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import Corpus, build_corpus, iter_speech_records, iter_xml_speeches
-from ml_playground.data_pipeline.header import SPECIAL_TOKENS
 from ml_playground.data_pipeline.meta import META_FILE, TOKENIZER_DIR, read_meta
 from ml_playground.data_pipeline.packing import check_template, pack_records
 from ml_playground.data_pipeline.record_corpus import (
@@ -101,9 +100,8 @@ def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
     build_tokenizer_check(config)
     if config.tokenizer == "char":
         return CharTokenizer.train(train_text, config.min_char_count)
-    if config.tokenizer == "bpe":
-        special = SPECIAL_TOKENS if config.conditioning == "header" else ()
-        return BpeTokenizer.train([train_text], config.bpe_vocab_size, special)
+    if config.tokenizer == "bpe":  # (header-conditioned BPE datasets are encoded record by record: record_corpus)
+        return BpeTokenizer.train([train_text], config.bpe_vocab_size)
     name = "gpt2" if config.tokenizer == "gpt2" else config.tiktoken_encoding
     if config.tiktoken_file is not None:
         return TiktokenTokenizer.from_file(name, config.tiktoken_file, config.cache_dir)

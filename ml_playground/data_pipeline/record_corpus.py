@@ -230,7 +230,3 @@ def write_speech_table_and_corpus(
     summary = _summary(parties, decades, stats, count)
     summary.characters = characters
     return summary
-
-
-def corpus_path(out: Path) -> Path:
-    return out / CORPUS_FILE
