@@ -28,11 +28,12 @@ from ml_playground.data_pipeline.packing import check_template, pack_records
 from ml_playground.data_pipeline.record_corpus import (
     CORPUS_FILE,
     encode_header_records,
+    validation_records,
     write_record_files,
     write_speech_table_and_corpus,
 )
 from ml_playground.data_pipeline.sources.bundestag_xml import file_sha256, list_xml_inputs
-from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, from_protocol_speech, sniff_file
+from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, sniff_file
 from ml_playground.data_pipeline.sources.text import (
     TEXT_SUFFIXES,
     SourceText,
@@ -48,6 +49,7 @@ from ml_playground.data_pipeline.streaming import (
     count_characters,
     encode_into,
     iter_chunks,
+    token_dtype,
 )
 
 CSV_SUFFIXES = {".csv", ".tsv"}
@@ -90,10 +92,6 @@ class PrepareReport:
             f"{chars_per_token:.2f} characters/token"
         )
         return "\n".join(lines)
-
-
-def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
-    return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
 def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
@@ -141,11 +139,7 @@ def _pack_split(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no end-of-sequence token to separate records", key="prepare.hf_tokenizer")
-    n_val = max(1, round(len(records) * config.val_fraction))
-    if len(records) <= n_val:
-        raise DataError(
-            f"{len(records)} record(s) are too few to split into train and validation", key="prepare.input_path"
-        )
+    n_val = validation_records(config, len(records))
     packed = [
         pack_records(part, tokenizer, eos, template=config.template, mask_template=config.mask_template)
         for part in (records[:-n_val], records[-n_val:])
@@ -353,9 +347,7 @@ def _prepare_xml_protocols(config: PrepareConfig, sources: list[SourceText]) -> 
     out = config.dataset_dir
     out.mkdir(parents=True, exist_ok=True)
     stats = ReadStats()
-    summary = write_speech_table_and_corpus(
-        iter_xml_speeches(config, sources, stats), out, config, stats, from_protocol_speech
-    )
+    summary = write_speech_table_and_corpus(iter_xml_speeches(config, sources, stats), out, config, stats)
     report = _prepare_streaming(config, sources, [sniff_file(out / CORPUS_FILE, "utf-8")])
     return dataclasses.replace(
         report,

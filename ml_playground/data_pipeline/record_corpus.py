@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from ml_playground.core.tokenizer import BpeTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_example, format_header
 from ml_playground.data_pipeline.sources.bundestag import Speech
-from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, keep
+from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, from_protocol_speech, keep
 from ml_playground.data_pipeline.speeches import (
     CONDITIONS_FILE,
     CSV_FILE,
@@ -44,7 +44,7 @@ from ml_playground.data_pipeline.speeches import (
     REQUIRED_KEYS,
     iter_records,
 )
-from ml_playground.data_pipeline.streaming import TokenFileWriter
+from ml_playground.data_pipeline.streaming import TokenFileWriter, token_dtype
 
 CORPUS_FILE = "corpus.txt"
 ENCODE_BATCH = 512  # records encoded together (in parallel by ``tokenizers``)
@@ -144,7 +144,7 @@ def encode_header_records(config: PrepareConfig, out: Path, total: int) -> Encod
     train_records = itertools.islice(iter_records(out), n_train)
     examples = (format_example(r.conditioning_fields, r.text) for r in train_records)
     tokenizer = BpeTokenizer.train(examples, config.bpe_vocab_size, SPECIAL_TOKENS)
-    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    dtype = token_dtype(tokenizer.vocab_size)
     rng = np.random.default_rng(DROPOUT_SEED)
     counts: dict[str, int] = {}
     with (
@@ -196,7 +196,6 @@ def write_speech_table_and_corpus(
     out: Path,
     config: PrepareConfig,
     stats: ReadStats,
-    to_record: Callable[[Speech], SpeechRecord],
 ) -> RecordSummary:
     """``speeches.jsonl``/``.csv`` (every record kept by the filters, interjections too) and ``corpus.txt``
     (speaker line, text, blank line per speech), streamed."""
@@ -211,7 +210,7 @@ def write_speech_table_and_corpus(
         writer: csv.DictWriter[str] = csv.DictWriter(table, fieldnames=list[str](SPEECH_COLUMNS))
         writer.writeheader()
         for speech in speeches:
-            record = keep(to_record(speech), config.filters, stats)
+            record = keep(from_protocol_speech(speech), config.filters, stats)
             if record is None:
                 continue
             if record.text != speech.text:  # drop_interjections took (...) lines out

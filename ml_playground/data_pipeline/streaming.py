@@ -98,6 +98,11 @@ def char_counts(chunks: Iterator[str]) -> npt.NDArray[np.int64]:
     return counts
 
 
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
+    """The smallest unsigned type that holds every id: uint16, or uint32 for large vocabularies."""
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
 class TokenFileWriter:
     """Appends ids to an open temporary file; the caller renames it into place when all is written."""
 

@@ -13,8 +13,9 @@ from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
 from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.meta import read_meta
-from ml_playground.data_pipeline.preparer import prepare, token_dtype
+from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.data_pipeline.sources.text import fetch_cached
+from ml_playground.data_pipeline.streaming import token_dtype
 
 pytestmark = pytest.mark.unit
 
