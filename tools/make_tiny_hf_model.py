@@ -1,7 +1,7 @@
 """Build a tiny real Qwen2 causal LM (random weights) with a BPE tokenizer trained on text files.
 
     uv run python tools/make_tiny_hf_model.py out/tiny-qwen2 ../shared/data/bundestag
-    uv run ml_playground loop bundestag_qwen15b_lora_mps --set train.base_model='"out/tiny-qwen2"'
+    uv run ml_playground loop bundestag_qwen15b_lora_mps --set train.model.base_model='"out/tiny-qwen2"'
 
 It trains in seconds on a CPU and exercises the whole fine-tuning path; its text is noise.
 """

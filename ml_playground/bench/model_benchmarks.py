@@ -135,7 +135,7 @@ def linear_kernels(sizes: BenchSizes) -> BenchResult:
     return BenchResult(
         f"train tokens/s, linear kernel {kernel} vs aten", tokens / ours_s, "tokens/s",
         "our model with F.linear (MKL on x86)", tokens / aten_s,
-        note="train.linear_kernel = auto picks oneDNN on a CPU; see models/core/kernels.py",
+        note="train.model.linear_kernel = auto picks oneDNN on a CPU; see models/core/kernels.py",
     )  # fmt: skip
 
 

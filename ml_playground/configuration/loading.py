@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ml_playground.configuration.migration import old_shape
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import ConfigError
 
@@ -90,6 +91,11 @@ def load_config(config_path: Path, overrides: Iterable[str] = ()) -> ExperimentC
         path, value = parse_override(text)
         _apply(tree, path, value, text)
         overridden[".".join(path)] = text
+    moved = old_shape(tree)
+    if moved is not None:
+        key, how = moved
+        source = next((f", from --set {text}" for k, text in overridden.items() if k.startswith(key)), "")
+        raise ConfigError(how + source, path=config_path, key=key)
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
+
+from ml_playground.configuration.families import DEFAULT_KIND, FamilyConfig, family_entry, register_family
+from ml_playground.configuration.section import Section
 
 TokenizerName = Literal["char", "bpe", "gpt2", "tiktoken", "hf"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ColumnsConfig(Section):
@@ -90,7 +89,7 @@ class PrepareConfig(Section):
         description="CSV rows or XML files that cannot be read: counted and skipped, or an error.",
     )
     hf_tokenizer: str | None = Field(
-        default=None, description="tokenizer = 'hf': Hub id or folder; defaults to train.base_model."
+        default=None, description="tokenizer = 'hf': Hub id or folder; defaults to train.model.base_model."
     )
     template: str | None = Field(
         default=None,
@@ -109,38 +108,9 @@ class PrepareConfig(Section):
     )
 
 
-class ModelConfig(Section):
-    n_layer: int = Field(default=4, ge=1)
-    n_head: int = Field(default=4, ge=1)
-    n_embd: int = Field(default=128, ge=1)
-    block_size: int = Field(default=64, ge=2)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    bias: bool = False
-    rotary: bool = Field(default=False, description="Rotary position embeddings instead of learned ones.")
-    qk_norm: bool = Field(default=False, description="RMS-normalise queries and keys per head.")
-    activation: Literal["gelu", "relu2"] = "gelu"
-    tie_weights: bool = Field(default=True, description="Share the token embedding with the output head.")
-    condition_embedding: bool = Field(
-        default=False,
-        description="Header-conditioned datasets: add a learned vector for the party (the token after <|party|>) "
-        "to every position of its record, so each position sees it directly.",
-    )
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.rotary and (self.n_embd // self.n_head) % 2:
-            raise ValueError("rotary needs an even head width (n_embd / n_head)")
-        return self
-
-
 class DataConfig(Section):
     batch_size: int = Field(default=12, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)
-    block_size: int | None = Field(
-        default=None, ge=2, description="Fine-tuning only: tokens per sequence (from scratch: train.model.block_size)."
-    )
 
 
 class LoraConfig(Section):
@@ -202,6 +172,62 @@ class DistributedConfig(Section):
     timeout_s: int = Field(default=600, ge=10, description="How long a collective may wait for a stuck rank.")
 
 
+class GptModelConfig(FamilyConfig):
+    """``kind = "gpt"``: our GPT, trained from scratch."""
+
+    kind: Literal["gpt"] = "gpt"  # pyright: ignore[reportIncompatibleVariableOverride] (frozen: narrowing is safe)
+    n_layer: int = Field(default=4, ge=1)
+    n_head: int = Field(default=4, ge=1)
+    n_embd: int = Field(default=128, ge=1)
+    block_size: int = Field(default=64, ge=2)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    bias: bool = False
+    rotary: bool = Field(default=False, description="Rotary position embeddings instead of learned ones.")
+    qk_norm: bool = Field(default=False, description="RMS-normalise queries and keys per head.")
+    activation: Literal["gelu", "relu2"] = "gelu"
+    tie_weights: bool = Field(default=True, description="Share the token embedding with the output head.")
+    condition_embedding: bool = Field(
+        default=False,
+        description="Header-conditioned datasets: add a learned vector for the party (the token after <|party|>) "
+        "to every position of its record, so each position sees it directly.",
+    )
+
+    linear_kernel: Literal["auto", "aten", "onednn"] = Field(
+        default="auto",
+        description="CPU float32 linear layers: onednn (auto on a CPU) or PyTorch's default aten (MKL on x86).",
+    )
+    compile: bool = Field(default=False, description="torch.compile the model for training (eager if unavailable).")
+    ema: EmaConfig = EmaConfig()
+
+    @property
+    def sequence_length(self) -> int:
+        return self.block_size
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GptModelConfig:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.rotary and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rotary needs an even head width (n_embd / n_head)")
+        return self
+
+
+class HfLoraModelConfig(FamilyConfig):
+    """``kind = "hf_lora"``: a pretrained Hugging Face causal LM, fine-tuned with LoRA adapters."""
+
+    kind: Literal["hf_lora"] = "hf_lora"  # pyright: ignore[reportIncompatibleVariableOverride] (frozen)
+    base_model: str = Field(description="Hub id or local folder of the causal LM to fine-tune.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of base_model.")
+    block_size: int = Field(default=512, ge=2, description="Tokens per training sequence.")
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = False
+    save_merged_on_best: bool = Field(default=False, description="Also write the merged model to out_dir/merged.")
+
+    @property
+    def sequence_length(self) -> int:
+        return self.block_size
+
+
 class TrainConfig(Section):
     out_dir: Path
     max_iters: int = Field(default=2000, ge=1)
@@ -220,47 +246,40 @@ class TrainConfig(Section):
     seed: int = 1337
     device: DeviceName = "auto"
     dtype: DtypeName = "float32"
-    compile: bool = False
-    linear_kernel: Literal["auto", "aten", "onednn"] = Field(
-        default="auto",
-        description="CPU float32 linear layers: onednn (auto on a CPU) or PyTorch's default aten (MKL on x86).",
-    )
     deterministic: bool = True
     num_threads: int | None = Field(default=None, ge=1)
-    model: ModelConfig = ModelConfig()
+    model: SerializeAsAny[FamilyConfig] = Field(
+        default_factory=GptModelConfig, description="The model family (kind) and its own settings."
+    )
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    ema: EmaConfig = EmaConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     sample_during_training: SampleDuringTrainingConfig = SampleDuringTrainingConfig()
     distributed: DistributedConfig = DistributedConfig()
-    base_model: str | None = Field(
-        default=None, description="Fine-tune this Hugging Face causal LM (Hub id or local folder) with LoRA."
-    )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of base_model.")
-    lora: LoraConfig = LoraConfig()
-    gradient_checkpointing: bool = False
-    save_merged_on_best: bool = Field(default=False, description="Also write the merged model to out_dir/merged.")
+
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _family_by_kind(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """``[train.model]`` is validated as the section of the family its ``kind`` names (default: gpt)."""
+        if isinstance(value, FamilyConfig):
+            return value
+        if not isinstance(value, dict):
+            return handler(value)
+        return family_entry(str(value.get("kind", DEFAULT_KIND))).config.model_validate(value)
 
     @property
     def sequence_length(self) -> int:
-        """Tokens per training sequence: train.data.block_size when fine-tuning, else train.model.block_size."""
-        if self.base_model is not None and self.data.block_size is not None:
-            return self.data.block_size
-        return self.model.block_size
-
-    @model_validator(mode="after")
-    def _block_size_in_one_place(self) -> TrainConfig:
-        if self.base_model is None and self.data.block_size is not None:
-            raise ValueError("train.data.block_size is for fine-tuning (train.base_model); use train.model.block_size")
-        return self
+        """Tokens per training sequence: the family's ``block_size``."""
+        return self.model.sequence_length
 
     @model_validator(mode="after")
     def _muon_where_it_applies(self) -> TrainConfig:
-        if self.optim.name == "muon" and self.base_model is not None:
-            raise ValueError("train.optim.name = 'muon' is for training from scratch; LoRA fine-tuning uses adamw")
+        if self.optim.name == "muon" and not isinstance(self.model, GptModelConfig):
+            raise ValueError(
+                f"train.optim.name = 'muon' is for train.model.kind = 'gpt' (this is {self.model.kind!r}); use adamw"
+            )
         if self.optim.name == "muon" and self.distributed.strategy == "fsdp":
             raise ValueError("train.optim.name = 'muon' needs whole weight matrices, which FSDP shards; use ddp")
         return self
@@ -281,7 +300,7 @@ class SampleConfig(Section):
     require_adapters: bool = Field(
         default=True, description="Fine-tuning: refuse to sample the bare base model when no adapters exist."
     )
-    chat: bool = Field(default=False, description="Fine-tuning: wrap the prompt in the tokenizer's chat template.")
+    chat: bool = Field(default=False, description="Wrap the prompt in the model's chat template (hf_lora models).")
     speaker: str | None = Field(default=None, description="Header-conditioned datasets: who speaks.")
     party: str | None = None
     year: int | None = None
@@ -304,12 +323,24 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _hf_tokenizer_defaults_to_the_base_model(self) -> ExperimentConfig:
+        base_model = self.train.model.base_model if isinstance(self.train.model, HfLoraModelConfig) else None
         if self.prepare.tokenizer == "hf" and self.prepare.hf_tokenizer is None:
-            if self.train.base_model is None:
-                raise ValueError("prepare.tokenizer = 'hf' needs prepare.hf_tokenizer or train.base_model")
-            object.__setattr__(self, "prepare", self.prepare.model_copy(update={"hf_tokenizer": self.train.base_model}))
-        if self.train.base_model is not None and self.prepare.tokenizer != "hf":
+            if base_model is None:
+                raise ValueError("prepare.tokenizer = 'hf' needs prepare.hf_tokenizer or train.model.base_model")
+            object.__setattr__(self, "prepare", self.prepare.model_copy(update={"hf_tokenizer": base_model}))
+        if base_model is not None and self.prepare.tokenizer != "hf":
+            raise ValueError("train.model.kind = 'hf_lora' needs the base model's tokenizer: prepare.tokenizer = 'hf'")
+        return self
+
+    @model_validator(mode="after")
+    def _ema_weights_need_ema(self) -> ExperimentConfig:
+        if self.sample.weights == "ema" and not isinstance(self.train.model, GptModelConfig):
             raise ValueError(
-                "fine-tuning (train.base_model) needs the base model's tokenizer: prepare.tokenizer = 'hf'"
+                f"sample.weights = 'ema' needs train.model.ema, a key of kind 'gpt' (this is {self.train.model.kind!r})"
             )
         return self
+
+
+# The families: one config class above and one line here each (implementations are imported on first use).
+register_family("gpt", GptModelConfig, "ml_playground.families.gpt:FAMILY")
+register_family("hf_lora", HfLoraModelConfig, "ml_playground.families.hf_lora:FAMILY")

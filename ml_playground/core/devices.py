@@ -26,7 +26,7 @@ class Precision:
 
     @property
     def needs_grad_scaler(self) -> bool:
-        return self.dtype == torch.float16 and self.device.type == "cuda"
+        return self.dtype == torch.float16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +55,4 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 def resolve_precision(device_name: str, dtype_name: str) -> Precision:
     device = resolve_device(device_name)
     dtype = auto_dtype(device) if dtype_name == "auto" else _DTYPES[dtype_name]
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError("float16 autocast is not supported on the CPU; use bfloat16 or float32", key="train.dtype")
     return Precision(device, dtype)

@@ -317,9 +317,9 @@ class PretrainedTokenizer:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str, revision: str | None = None, key: str = "train.base_model"
+        cls, name_or_path: str, revision: str | None = None, key: str = "train.model.base_model"
     ) -> PretrainedTokenizer:
-        from ml_playground.finetune.hub import load_pretrained_tokenizer
+        from ml_playground.core.hub import load_pretrained_tokenizer
 
         return cls(load_pretrained_tokenizer(name_or_path, revision, key), name_or_path)
 
@@ -387,7 +387,7 @@ def load_tokenizer(directory: Path, cache_dir: Path = Path("~/.cache/ml_playgrou
             return TiktokenTokenizer.from_file(spec["encoding"], directory / spec["file"], cache_dir)
         return TiktokenTokenizer.by_name(spec["encoding"], cache_dir)
     if kind == "hf":
-        from ml_playground.finetune.hub import load_pretrained_tokenizer
+        from ml_playground.core.hub import load_pretrained_tokenizer
 
         folder = directory / spec.get("dir", HF_TOKENIZER_DIR)
         return PretrainedTokenizer(load_pretrained_tokenizer(str(folder)), spec.get("source", str(folder)))

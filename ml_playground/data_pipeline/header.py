@@ -53,3 +53,14 @@ def parse_example(example: str) -> Conditioned | None:
         return None
     fields = {f: match[f] for f in FIELDS if match[f] is not None}
     return Conditioned(fields, match["text"], match["end"] is not None)
+
+
+def header_stop_ids(tokenizer: object) -> set[int]:
+    """Ids of the header markers in ``tokenizer``: a speech ends at ``<|end|>``, or where a new header starts.
+
+    Empty for a tokenizer without them (any dataset prepared without ``conditioning = "header"``)."""
+    from ml_playground.core.tokenizer import BpeTokenizer
+
+    if not isinstance(tokenizer, BpeTokenizer):
+        return set()
+    return {i for token in SPECIAL_TOKENS if (i := tokenizer.token_id(token)) is not None}

@@ -116,7 +116,7 @@ def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitId
     train_text, val_text = text[:split_at], text[split_at:]
     tokenizer: Tokenizer
     if config.tokenizer == "hf":
-        assert config.hf_tokenizer is not None  # ExperimentConfig fills it from train.base_model
+        assert config.hf_tokenizer is not None  # ExperimentConfig fills it from train.model.base_model
         pretrained = PretrainedTokenizer.from_pretrained(config.hf_tokenizer, key="prepare.hf_tokenizer")
         if corpus.records is not None:
             return (pretrained, *_pack_split(config, corpus.records, pretrained))

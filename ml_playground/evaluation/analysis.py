@@ -23,7 +23,7 @@ from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
 from ml_playground.sampling.conditioning import dataset_conditions
-from ml_playground.sampling.runner import Generator, header_stop_ids, load_generator, stream_decode
+from ml_playground.sampling.runner import Generator, load_generator, stream_decode
 
 MIN_SPEECHES_PER_PARTY = 20  # fewer real speeches make a class the classifier cannot learn
 MAX_PARTIES = 8
@@ -113,14 +113,13 @@ def _split_records(config: ExperimentConfig, parties: list[str]) -> tuple[list[A
 def generate_samples(
     config: ExperimentConfig, parties: list[str], per_party: int, emit: Callable[[str], None], generator: Generator
 ) -> list[GeneratedSample]:
-    stop_ids = header_stop_ids(generator.tokenizer)
     samples = []
     for party in parties:
         header = format_header({"party": party, "year": config.sample.year, "topic": config.sample.topic})
         prompt = generator.tokenizer.encode(header)
         for index in range(per_party):
             params = generator.params(config.sample, index, keep_prefix=len(prompt))
-            text = stream_decode(generator.tokenizer, generator.model, prompt, params, lambda _: None, stop_ids)
+            text = stream_decode(generator.inference, prompt, params, lambda _: None)
             parsed = parse_example(header + text)
             keeps = parsed is not None and parsed.finished
             samples.append(GeneratedSample(party, parsed.text if parsed else text, keeps))

@@ -15,17 +15,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from torch import nn
 
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.devices import Precision, resolve_precision
 from ml_playground.core.errors import CheckpointError, DataError, UserError
 from ml_playground.core.token_bytes import token_byte_lengths
-from ml_playground.core.tokenizer import CharTokenizer, PretrainedTokenizer, load_tokenizer
+from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset, open_dataset
-from ml_playground.models.core.loading import model_from_checkpoint
-from ml_playground.training.checkpointing.service import CheckpointService
+from ml_playground.families.base import InferenceModel
+from ml_playground.sampling.runner import load_model
 from ml_playground.training.evaluation import SplitLoss, evaluate_split
 
 VALIDATION_SPLIT = "validation split"
@@ -58,23 +57,14 @@ class EvalReport:
         }
 
 
-@dataclass(frozen=True)
-class _Scored:
-    """What eval scores: the model, its tokenizer and context, and what was loaded."""
-
-    model: nn.Module
-    tokenizer: Tokenizer
-    block_size: int
-    checkpoint: str
-    step: int
-
-
 def evaluate_checkpoint(
     config: ExperimentConfig, data: Path | None = None, max_tokens: int | None = None
 ) -> EvalReport:
     started = time.perf_counter()
     precision = resolve_precision(config.train.device, config.train.dtype)
-    scored = _load_finetuned(config) if config.train.base_model is not None else _load_from_scratch(config, data)
+    scored = load_model(config)
+    if data is None:
+        _check_same_dataset(config, scored)
     lengths = token_byte_lengths(scored.tokenizer)
     notes: tuple[str, ...] = ()
     characters = 0
@@ -88,9 +78,9 @@ def evaluate_checkpoint(
             raise DataError("too little text to score (fewer than two tokens)", path=data)
         characters = len(text)
         result = evaluate_split(
-            scored.model,
+            scored.module,
             ids.astype(np.uint32),
-            block_size=scored.block_size,
+            block_size=scored.context_length,
             precision=precision,
             max_targets=max_tokens,
             token_bytes=lengths,
@@ -110,16 +100,16 @@ def evaluate_checkpoint(
 
 
 def _score_split(
-    scored: _Scored,
+    scored: InferenceModel,
     dataset: TokenDataset,
     precision: Precision,
     lengths: npt.NDArray[np.int64],
     max_tokens: int | None,
 ) -> SplitLoss:
     return evaluate_split(
-        scored.model,
+        scored.module,
         dataset.val,
-        block_size=scored.block_size,
+        block_size=scored.context_length,
         precision=precision,
         mask=dataset.val_mask,
         index=dataset.val_index,
@@ -128,33 +118,13 @@ def _score_split(
     )
 
 
-def _load_from_scratch(config: ExperimentConfig, data: Path | None) -> _Scored:
-    service = CheckpointService(config.train.out_dir)
-    loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
-    if data is None:
-        dataset = open_dataset(config.prepare.dataset_dir)
-        saved_fingerprint = loaded.manifest.get("dataset_fingerprint")
-        if saved_fingerprint is not None and saved_fingerprint != dataset.meta.get("fingerprint"):
-            raise CheckpointError(
-                f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",
-                path=loaded.path,
-            )
-    device = resolve_precision(config.train.device, config.train.dtype).device
-    model = model_from_checkpoint(loaded, device, config.sample.weights, config.train.linear_kernel)
-    tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
-    return _Scored(model, tokenizer, model.config.block_size, str(loaded.path), loaded.step)
-
-
-def _load_finetuned(config: ExperimentConfig) -> _Scored:
-    """Base + adapters (or the merged model) named by ``sample.checkpoint``."""
-    from ml_playground.finetune.sampling import load_for_sampling
-    from ml_playground.finetune.setup import LogitsOnly
-
-    model, tokenizer, described = load_for_sampling(config)
-    pointer = CheckpointService(config.train.out_dir).pointer_info(config.sample.checkpoint)
-    step = int(pointer["step"]) if pointer is not None else -1
-    wrapped = PretrainedTokenizer(tokenizer, described)
-    return _Scored(LogitsOnly(model), wrapped, config.train.sequence_length, described, step)
+def _check_same_dataset(config: ExperimentConfig, scored: InferenceModel) -> None:
+    dataset = open_dataset(config.prepare.dataset_dir)
+    if scored.dataset_fingerprint is not None and scored.dataset_fingerprint != dataset.meta.get("fingerprint"):
+        raise CheckpointError(
+            f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",
+            path=Path(scored.checkpoint),
+        )
 
 
 def read_eval_text(config: ExperimentConfig, data: Path) -> str:

@@ -13,7 +13,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -21,9 +20,9 @@ import torch
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.export.hf import ExportError, head_weight
+from ml_playground.export.request import GgufType
 from ml_playground.models.core.model import GPTConfig
 
-GgufType = Literal["f32", "f16", "q8_0"]
 # Tensors that stay float32 in every file type (llama.cpp's own converter keeps norms and biases in f32).
 _ALWAYS_F32 = ("_norm.", ".bias")
 

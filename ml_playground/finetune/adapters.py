@@ -14,8 +14,8 @@ from typing import Any
 from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import CheckpointError
 from ml_playground.training.checkpointing.service import CheckpointService
+from ml_playground.training.context import TrainingContext
 from ml_playground.training.hooks.base import Hook
-from ml_playground.training.loop.runner import TrainingContext
 
 ADAPTERS_DIR = "adapters"
 MERGED_DIR = "merged"
@@ -42,8 +42,8 @@ def check_adapters_match(adapter_dir: Path, base_model: str) -> None:
     trained_on = adapter_base_model(adapter_dir)
     if trained_on is not None and not _same_model(trained_on, base_model):
         raise CheckpointError(
-            f"these adapters were trained on base model {trained_on!r}, not on {base_model!r} (train.base_model); "
-            "set train.base_model to the model they belong to",
+            f"these adapters were trained on base model {trained_on!r}, not on {base_model!r}; "
+            "set train.model.base_model to the model they belong to",
             path=adapter_dir,
         )
 

@@ -34,7 +34,7 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> Any:
         raise ConfigError(
             f"{', '.join(unmatched)} match no Linear module of the base model; "
             f"it has: {', '.join(linear_module_names(model))}",
-            key="train.lora.target_modules",
+            key="train.model.lora.target_modules",
         )
     peft_config = PeftLoraConfig(
         r=lora.r,

@@ -91,6 +91,6 @@ def check_fits(estimate: MemoryEstimate, available: int, where: str) -> None:
     if estimate.total > available:
         raise ConfigError(
             f"{estimate.describe()}, but only {available / GIB:.2f} GiB ({where}); lower train.data.batch_size "
-            "or train.data.block_size, set train.gradient_checkpointing = true, or use bfloat16 on a GPU",
-            key="train.base_model",
+            "or train.model.block_size, set train.model.gradient_checkpointing = true, or use bfloat16 on a GPU",
+            key="train.model.base_model",
         )

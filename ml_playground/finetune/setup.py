@@ -1,7 +1,7 @@
 """A pretrained Hugging Face causal LM with LoRA adapters, set up for our training loop.
 
 The loop, hooks, logging, checkpointing and resume are the from-scratch ones; what differs is
-here: the base model and tokenizer come from ``transformers`` (``train.base_model``), only the
+here: the base model and tokenizer come from ``transformers`` (``train.model.base_model``), only the
 LoRA weights train and go into checkpoints, a memory estimate is printed (and checked against
 the device) before training, and after each checkpoint the adapters are written in PEFT's
 format under ``out_dir/adapters/``.
@@ -16,36 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from torch import nn
 
-from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
+from ml_playground.core.console import say
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
-from ml_playground.data_pipeline.batches import TokenDataset
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.families.base import BuildContext, TrainingSetup
 from ml_playground.finetune.adapters import AdapterExportHook
+from ml_playground.finetune.generation import generate_ids
 from ml_playground.finetune.hub import load_pretrained_model
 from ml_playground.finetune.lora import apply_lora, load_adapters, parameter_counts
 from ml_playground.finetune.memory import ModelShape, available_memory, check_fits, estimate_memory
+from ml_playground.finetune.modules import LogitsOnly
+from ml_playground.models.core.inference import SamplingParams
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.distributed import DistributedContext
 from ml_playground.training.hooks.base import Hook
-from ml_playground.training.trainer import ModelSetup, say
-
-
-class LogitsOnly(nn.Module):
-    """``forward(input_ids) -> logits``: the interface our loop and evaluation use."""
-
-    def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.lm(input_ids=idx, use_cache=False).logits
-        return logits
 
 
 def weight_dtype(precision: Precision) -> torch.dtype:
@@ -107,19 +96,19 @@ def make_merger(base_model: str, revision: str | None, dtype: torch.dtype) -> An
     return merge
 
 
-def finetune_setup(
-    config: ExperimentConfig,
-    dataset: TokenDataset,
-    precision: Precision,
-    console: Console,
-    dist: DistributedContext,
-) -> ModelSetup:
+def lora_settings(config: ExperimentConfig) -> HfLoraModelConfig:
+    model = config.train.model
+    if not isinstance(model, HfLoraModelConfig):  # the registry sends only kind "hf_lora" here
+        raise UserError(f"expected train.model.kind 'hf_lora', got {model.kind!r}")
+    return model
+
+
+def finetune_setup(ctx: BuildContext) -> TrainingSetup:
+    config, dataset, precision, console, dist = ctx.config, ctx.dataset, ctx.precision, ctx.console, ctx.dist
     tc = config.train
-    assert tc.base_model is not None
+    settings = lora_settings(config)
     if dist.enabled:
         raise UserError("LoRA fine-tuning runs in one process; launch it without torchrun")
-    if tc.compile:
-        say(console, "warning: train.compile is not used for fine-tuning; training eager")
     tokenizer = load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir)
     if not isinstance(tokenizer, PretrainedTokenizer):
         raise DataError(
@@ -128,7 +117,7 @@ def finetune_setup(
             path=dataset.dataset_dir,
         )
     dtype = weight_dtype(precision)
-    base = load_pretrained_model(tc.base_model, revision=tc.revision, dtype=dtype)
+    base = load_pretrained_model(settings.base_model, revision=settings.revision, dtype=dtype)
     embeddings = base.get_input_embeddings()
     rows = int(embeddings.weight.shape[0]) if isinstance(embeddings, nn.Embedding) else dataset.vocab_size
     if dataset.vocab_size > rows:
@@ -137,9 +126,9 @@ def finetune_setup(
             "prepare the data with the base model's tokenizer",
             path=dataset.dataset_dir,
         )
-    if tc.gradient_checkpointing:
+    if settings.gradient_checkpointing:
         enable_activation_checkpointing(base)
-    peft_model = apply_lora(base, tc.lora)
+    peft_model = apply_lora(base, settings.lora)
     peft_model.to(precision.device)
     total, trainable = parameter_counts(peft_model)
     estimate = estimate_memory(
@@ -147,7 +136,7 @@ def finetune_setup(
         weight_dtype=dtype,
         batch_size=tc.data.batch_size,
         sequence_length=tc.sequence_length,
-        gradient_checkpointing=tc.gradient_checkpointing,
+        gradient_checkpointing=settings.gradient_checkpointing,
     )
     available, where = available_memory(precision.device)
     say(console, f"{estimate.describe()} ({available / 2**30:.2f} GiB {where})")
@@ -169,20 +158,27 @@ def finetune_setup(
             raise DataError(f"checkpoint holds weights this LoRA setup does not have: {unexpected[:3]}")
 
     def make_hooks(logger: MetricsLogger, service: CheckpointService) -> list[Hook]:
-        merge = make_merger(tc.base_model or "", tc.revision, dtype) if tc.save_merged_on_best else None
+        merge = make_merger(settings.base_model, settings.revision, dtype) if settings.save_merged_on_best else None
         return [
             AdapterExportHook(
                 peft_model=peft_model, tokenizer=tokenizer.tokenizer, out_dir=tc.out_dir, service=service, merge=merge
             )
         ]
 
-    lora = tc.lora
-    return ModelSetup(
+    def generate_text(prompt: str, params: SamplingParams) -> str:
+        was_training = peft_model.training
+        ids = tokenizer.encode(prompt) or [tokenizer.eos_token_id or 0]
+        new = generate_ids(peft_model, ids, params, tokenizer.eos_token_id)
+        peft_model.train(was_training)
+        return prompt + tokenizer.decode(new)
+
+    lora = settings.lora
+    return TrainingSetup(
         model=model,
         model_config={
             "kind": "lora",
-            "base_model": tc.base_model,
-            "revision": tc.revision,
+            "base_model": settings.base_model,
+            "revision": settings.revision,
             "base_config": _config_fingerprint(base),
             "r": lora.r,
             "alpha": lora.alpha,
@@ -190,10 +186,11 @@ def finetune_setup(
             "target_modules": sorted(lora.target_modules),
         },
         summary=(
-            f"base model {tc.base_model}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable "
+            f"base model {settings.base_model}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.3f}M trainable "
             f"({100 * trainable / total:.2f}% LoRA, r={lora.r})"
         ),
         trainable_state=trainable_state,
         load_trainable=load_trainable,
+        generate_text=generate_text,
         make_hooks=make_hooks,
     )

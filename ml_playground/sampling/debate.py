@@ -13,7 +13,7 @@ from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.errors import ConfigError
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_header
 from ml_playground.sampling.conditioning import check_known, dataset_conditions
-from ml_playground.sampling.runner import header_stop_ids, load_generator, stream_decode
+from ml_playground.sampling.runner import load_generator, stream_decode
 
 SPEAKERS_PER_PARTY = 3
 
@@ -72,7 +72,6 @@ def run_debate(
     pool = speakers_by_party(conditions["speakers"], parties)
     generator = load_generator(config)
     tokenizer = generator.tokenizer
-    stop_ids = header_stop_ids(tokenizer)
     transcript: list[int] = []
     held: list[Turn] = []
     for index in range(turns):
@@ -82,7 +81,7 @@ def run_debate(
         header_ids = tokenizer.encode(format_header({"speaker": speaker, "party": party, "topic": topic}))
         emit(f"\n## {index + 1}. {speaker} ({party})\n")
         params = generator.params(config.sample, index)
-        text = stream_decode(tokenizer, generator.model, transcript + header_ids, params, emit, stop_ids)
+        text = stream_decode(generator.inference, transcript + header_ids, params, emit)
         text = strip_markers(text)  # the speech ends at <|end|> or where the model began another header
         held.append(Turn(speaker, party, text))
         transcript += header_ids + tokenizer.encode(text + END_TOKEN) + tokenizer.encode("\n")

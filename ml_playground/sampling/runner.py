@@ -11,15 +11,13 @@ import torch
 
 from ml_playground.configuration.models import ExperimentConfig, SampleConfig
 from ml_playground.core.atomic import atomic_write_text
-from ml_playground.core.devices import resolve_device
 from ml_playground.core.errors import ConfigError, UserError
-from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.models.core.inference import SamplingParams, generate_stream
-from ml_playground.models.core.loading import model_from_checkpoint
+from ml_playground.families.base import InferenceModel
+from ml_playground.families.registry import family_of
+from ml_playground.models.core.inference import SamplingParams
 from ml_playground.models.core.model import GPT
 from ml_playground.sampling.conditioning import conditioned_prompt, dataset_conditions
-from ml_playground.training.checkpointing.service import CheckpointService
 
 
 @dataclass(frozen=True)
@@ -40,27 +38,32 @@ def read_prompt(config: ExperimentConfig) -> str:
 
 
 def stream_decode(
-    tokenizer: Tokenizer,
-    model: GPT,
+    model: InferenceModel,
     prompt_ids: list[int],
     params: SamplingParams,
     emit: Callable[[str], None],
-    stop_ids: Collection[int] = (),
+    stop_ids: Collection[int] | None = None,
 ) -> str:
     """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence.
 
-    Generation ends early at any of ``stop_ids`` (included in the text)."""
-    device = next(model.parameters()).device
-    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    Generation ends early at any of ``stop_ids`` (default: the model's own); the stop token's text is
+    part of the result where the family says so (a header-conditioned GPT's ``<|end|>``), not otherwise
+    (a pretrained model's end-of-text)."""
+    tokenizer = model.tokenizer
+    stops = model.stop_ids if stop_ids is None else stop_ids
+    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
     new_ids: list[int] = []
     shown = ""
-    for token in generate_stream(model, prompt, params):
+    for token in model.stream(prompt, params):
         new_ids.append(int(token[0, 0]))
+        if new_ids[-1] in stops and not model.stop_in_text:
+            new_ids.pop()
+            break
         text = tokenizer.decode(new_ids)
         if not text.endswith("\ufffd") and text.startswith(shown):
             emit(text[len(shown) :])
             shown = text
-        if new_ids[-1] in stop_ids:
+        if new_ids[-1] in stops:
             break
     final = tokenizer.decode(new_ids)
     if final.startswith(shown):
@@ -68,70 +71,87 @@ def stream_decode(
     return final
 
 
-def header_stop_ids(tokenizer: Tokenizer) -> set[int]:
-    """Ids of the header markers: a speech ends at ``<|end|>``, or where the model starts a new header."""
-    from ml_playground.core.tokenizer import BpeTokenizer
-    from ml_playground.data_pipeline.header import SPECIAL_TOKENS
+def sampling_params(
+    sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None, keep_prefix: int = 0
+) -> SamplingParams:
+    """The sample section's settings for sample number ``index`` (seed + index)."""
+    return SamplingParams(
+        keep_prefix=keep_prefix,
+        max_new_tokens=max_new_tokens or sc.max_new_tokens,
+        temperature=sc.temperature,
+        top_k=sc.top_k,
+        top_p=sc.top_p,
+        seed=sc.seed + index,
+        use_kv_cache=sc.use_kv_cache,
+    )
 
-    if not isinstance(tokenizer, BpeTokenizer):
-        return set()
-    return {i for token in SPECIAL_TOKENS if (i := tokenizer.token_id(token)) is not None}
+
+def load_model(config: ExperimentConfig, checkpoint: str | None = None) -> InferenceModel:
+    """The experiment's trained model from its family (``checkpoint`` defaults to ``sample.checkpoint``)."""
+    return family_of(config).load_for_inference(config, checkpoint or config.sample.checkpoint)
 
 
 @dataclass(frozen=True)
 class Generator:
-    """A from-scratch checkpoint ready to generate: model, tokenizer, the step it was saved at and its folder."""
+    """A from-scratch GPT ready to generate (debate and analyze work on header-conditioned GPTs)."""
 
-    model: GPT
-    tokenizer: Tokenizer
-    step: int
-    checkpoint: str = ""
+    inference: InferenceModel
+
+    @property
+    def model(self) -> GPT:
+        module = self.inference.module
+        if not isinstance(module, GPT):
+            raise UserError(f"this command needs a train.model.kind = 'gpt' experiment ({self.inference.checkpoint})")
+        return module
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.inference.tokenizer
+
+    @property
+    def step(self) -> int:
+        return self.inference.step
+
+    @property
+    def checkpoint(self) -> str:
+        return self.inference.checkpoint
 
     def params(
         self, sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None, keep_prefix: int = 0
     ) -> SamplingParams:
-        return SamplingParams(
-            keep_prefix=keep_prefix,
-            max_new_tokens=max_new_tokens or sc.max_new_tokens,
-            temperature=sc.temperature,
-            top_k=sc.top_k,
-            top_p=sc.top_p,
-            seed=sc.seed + index,
-            use_kv_cache=sc.use_kv_cache,
-        )
+        return sampling_params(sc, index, max_new_tokens, keep_prefix)
 
 
 def load_generator(config: ExperimentConfig) -> Generator:
-    service = CheckpointService(config.train.out_dir)
-    loaded = service.load(service.resolve(config.sample.checkpoint), with_training_state=False)
-    tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
-    model = model_from_checkpoint(
-        loaded, resolve_device(config.train.device), config.sample.weights, config.train.linear_kernel
-    )
-    return Generator(model, tokenizer, loaded.step, str(loaded.path))
+    generator = Generator(load_model(config))
+    generator.model  # noqa: B018 (refuses another family here, not mid-command)
+    return generator
 
 
-def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sample]:
+def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text: str) -> tuple[str, list[int], int]:
+    """(the prompt as shown, its ids, how many of them stay in view): chat template, header, or plain text."""
     sc = config.sample
-    if config.train.base_model is not None:
-        from ml_playground.finetune.sampling import sample_finetuned
-
-        return [Sample(text, path) for text, path in sample_finetuned(config, read_prompt(config), emit)]
-    generator = load_generator(config)
-    model, tokenizer = generator.model, generator.tokenizer
-    prompt_text = read_prompt(config)
-    stop_ids: set[int] = set()
     keep_prefix = 0
+    if sc.chat:
+        if model.chat_ids is None:
+            raise ConfigError("the model has no chat template; set sample.chat = false", key="sample.chat")
+        return prompt_text, model.chat_ids([{"role": "user", "content": prompt_text}]), 0
     conditions = dataset_conditions(config.prepare.dataset_dir)
     if conditions is not None:
         fields = {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
         prompt_text = conditioned_prompt(fields, conditions, prompt_text.strip())
-        keep_prefix = len(tokenizer.encode(conditioned_prompt(fields, conditions)))  # the header stays in view
-        stop_ids = header_stop_ids(tokenizer)
+        keep_prefix = len(model.tokenizer.encode(conditioned_prompt(fields, conditions)))  # the header stays in view
     try:
-        prompt_ids = tokenizer.encode(prompt_text)
+        ids = model.tokenizer.encode(prompt_text)
     except UserError as exc:
         raise ConfigError(f"prompt cannot be encoded: {exc.message}", key="sample.prompt") from None
+    return prompt_text, ids, keep_prefix
+
+
+def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sample]:
+    sc = config.sample
+    model = load_model(config)
+    prompt_text, prompt_ids, keep_prefix = prompt_ids_for(config, model, read_prompt(config))
     if not prompt_ids:
         raise ConfigError("prompt is empty after tokenization; give at least one token", key="sample.prompt")
     samples_dir = config.train.out_dir / "samples"
@@ -139,11 +159,10 @@ def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sam
     samples = []
     for index in range(sc.num_samples):
         emit(prompt_text)
-        text = prompt_text + stream_decode(
-            tokenizer, model, prompt_ids, generator.params(sc, index, keep_prefix=keep_prefix), emit, stop_ids
-        )
+        params = sampling_params(sc, index, keep_prefix=keep_prefix)
+        text = prompt_text + stream_decode(model, prompt_ids, params, emit)
         emit("\n---------------\n")
-        path = samples_dir / f"sample-{stamp}-step{generator.step}-{index}.txt"
+        path = samples_dir / f"sample-{stamp}-step{model.step}-{index}.txt"
         atomic_write_text(path, text)
         samples.append(Sample(text, path))
     return samples

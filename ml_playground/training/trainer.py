@@ -19,18 +19,16 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from ml_playground.configuration.models import ExperimentConfig, ModelConfig
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.console import say
 from ml_playground.core.devices import Precision, resolve_precision
-from ml_playground.core.errors import CheckpointError, ConfigError, DataError
+from ml_playground.core.errors import CheckpointError, DataError
 from ml_playground.core.logging_protocol import MetricsLogger
-from ml_playground.core.tokenizer import BpeTokenizer, load_tokenizer
 from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
-from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.families.base import BuildContext, TrainingSetup
+from ml_playground.families.registry import family_of
 from ml_playground.models.core.inference import SamplingParams
-from ml_playground.models.core.kernels import resolve_linear_kernel
-from ml_playground.models.core.model import GPT, GPTConfig
-from ml_playground.models.core.optim import build_optimizer
 from ml_playground.training.checkpointing.rng import capture_rng, restore_rng
 from ml_playground.training.checkpointing.service import (
     CheckpointPayload,
@@ -39,14 +37,14 @@ from ml_playground.training.checkpointing.service import (
     LoadedCheckpoint,
     write_file_durably,
 )
+from ml_playground.training.checkpointing.state import StateMap, StatePart
+from ml_playground.training.context import LoopState, TrainingContext
 from ml_playground.training.distributed import (
     DistributedContext,
     context_from_env,
     init_process_group,
     shutdown,
-    wrap_model,
 )
-from ml_playground.training.ema import EMA
 from ml_playground.training.evaluation import estimate_loss, evaluate_split
 from ml_playground.training.hooks.base import Hook
 from ml_playground.training.hooks.checkpointing import CheckpointHook
@@ -55,15 +53,11 @@ from ml_playground.training.hooks.evaluation import EvaluationHook
 from ml_playground.training.hooks.logging import LoggingHook
 from ml_playground.training.hooks.sampling import SampleHook
 from ml_playground.training.loggers import CompositeLogger, ConsoleLogger, JsonlLogger, TensorBoardLogger
-from ml_playground.training.loop.runner import LoopState, TrainingContext, TrainingLoop
+from ml_playground.training.loop.runner import TrainingLoop
 from ml_playground.training.loop.scheduler import LrSchedule
+from ml_playground.training.optim import build_optimizer
 from ml_playground.training.run_lock import RunLock
 from ml_playground.training.signals import StopSignal
-
-
-def say(console: Console, text: str) -> None:
-    """One plain line: no wrapping, no markup (paths may hold brackets)."""
-    console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
 @dataclass(frozen=True)
@@ -77,42 +71,6 @@ class TrainResult:
     elapsed_s: float
     resumed_from_step: int | None
     is_main: bool = True
-
-
-def gpt_config(model: ModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:
-    """``conditions``: the ids of the marker and reset tokens when ``model.condition_embedding`` is on."""
-    return GPTConfig(
-        condition_marker=conditions[0] if conditions else None,
-        condition_reset=conditions[1] if conditions else None,
-        vocab_size=vocab_size,
-        block_size=model.block_size,
-        n_layer=model.n_layer,
-        n_head=model.n_head,
-        n_embd=model.n_embd,
-        dropout=model.dropout,
-        bias=model.bias,
-        rotary=model.rotary,
-        qk_norm=model.qk_norm,
-        activation=model.activation,
-        tie_weights=model.tie_weights,
-    )
-
-
-def condition_tokens(dataset: TokenDataset) -> tuple[int, int]:
-    """The ids of ``<|party|>`` and ``<|end|>`` in a header-conditioned dataset's tokenizer."""
-    if dataset.meta.get("conditioning") != "header":
-        raise ConfigError(
-            "needs a header-conditioned dataset (prepare.conditioning = 'header')",
-            key="train.model.condition_embedding",
-        )
-    tokenizer = load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR)
-    ids = [
-        tokenizer.token_id(token) if isinstance(tokenizer, BpeTokenizer) else None
-        for token in (FIELD_TOKENS["party"], END_TOKEN)
-    ]
-    if ids[0] is None or ids[1] is None:
-        raise DataError("the tokenizer lacks the header markers (run prepare again)", path=dataset.dataset_dir)
-    return ids[0], ids[1]
 
 
 def check_dataset_fits(dataset: TokenDataset, block_size: int) -> None:
@@ -160,98 +118,6 @@ def configure_torch(config: ExperimentConfig) -> None:
     random.seed(train.seed)
     np.random.seed(train.seed % 2**32)
     torch.manual_seed(train.seed)
-
-
-def maybe_compile(
-    model: GPT, enabled: bool, console: Console, compiler: Callable[[nn.Module], Any] = torch.compile
-) -> nn.Module | None:
-    """``torch.compile`` when asked and the platform can; otherwise one warning and eager mode."""
-    if not enabled:
-        return None
-    try:
-        compiled = compiler(model)
-        probe = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            compiled(probe)
-        model.train(was_training)
-        result: nn.Module = compiled
-        return result
-    except Exception as exc:  # compile failures come from many backends; all mean "run eager"
-        say(console, f"warning: torch.compile is not available here ({type(exc).__name__}); training without it")
-        return None
-
-
-@dataclass
-class ModelSetup:
-    """What the training wiring needs from a model family (our GPT, or a Hugging Face model with LoRA).
-
-    ``model(x)`` returns logits (evaluation and the loop call it); ``trainable_state`` is what a
-    checkpoint stores as ``model.safetensors`` and ``load_trainable`` puts it back on resume;
-    ``model_config`` goes into the manifest and must match on resume.
-    """
-
-    model: nn.Module
-    model_config: dict[str, Any]
-    summary: str
-    trainable_state: Callable[[], dict[str, torch.Tensor]]
-    load_trainable: Callable[[Mapping[str, torch.Tensor]], None]
-    ema: EMA | None = None
-    forward: nn.Module | None = None
-    no_sync: Callable[[], contextlib.AbstractContextManager[object]] | None = None
-    make_hooks: Callable[[MetricsLogger, CheckpointService], list[Hook]] | None = None
-
-
-def _gpt_setup(
-    config: ExperimentConfig,
-    dataset: TokenDataset,
-    precision: Precision,
-    console: Console,
-    dist: DistributedContext,
-) -> ModelSetup:
-    tc = config.train
-    conditions = condition_tokens(dataset) if tc.model.condition_embedding else None
-    model_config = gpt_config(tc.model, dataset.vocab_size, conditions)
-    model = GPT(model_config).to(precision.device)
-    model.use_linear_kernel(resolve_linear_kernel(tc.linear_kernel, precision.device))
-    ema = EMA(model, tc.ema.decay, tc.ema.start_step) if tc.ema.enabled else None
-    train_module, no_sync = wrap_model(model, dist, tc.distributed.strategy, precision.device)
-    if dist.enabled:
-        forward: nn.Module | None = train_module
-        if tc.compile:
-            say(console, "warning: train.compile is not combined with distributed training yet; training eager")
-    else:
-        forward = maybe_compile(model, tc.compile, console)
-
-    def make_hooks(logger: MetricsLogger, service: CheckpointService) -> list[Hook]:
-        if not (tc.sample_during_training.every_evals and dist.is_main):
-            return []
-        return [
-            SampleHook(
-                every_evals=tc.sample_during_training.every_evals,
-                model=model,
-                tokenizer=load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir),
-                prompt=tc.sample_during_training.prompt,
-                params=SamplingParams(
-                    max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed
-                ),
-                logger=logger,
-                device=precision.device,
-            )
-        ]
-
-    return ModelSetup(
-        model=model,
-        model_config=model_config.to_dict(),
-        summary=f"model: {model.num_parameters() / 1e6:.2f}M parameters",
-        trainable_state=model.state_dict,
-        load_trainable=lambda state: model.load_state_dict(state) and None,
-        ema=ema,
-        forward=forward,
-        no_sync=no_sync,
-        make_hooks=make_hooks,
-    )
 
 
 def train(
@@ -312,36 +178,13 @@ def _train_locked(
 ) -> TrainResult:
     tc = config.train
     configure_torch(config)
-    if tc.base_model is not None:
-        from ml_playground.finetune.setup import finetune_setup
-
-        setup = finetune_setup(config, dataset, precision, console, dist)
-    else:
-        setup = _gpt_setup(config, dataset, precision, console, dist)
+    setup = family_of(config).build_for_training(BuildContext(config, dataset, precision, console, dist))
     model, ema = setup.model, setup.ema
     optimizer = build_optimizer(model, tc.optim, precision.device)
     loaded = service.load_latest_intact()
-    state = LoopState()
     if loaded is not None:
         check_same_shape(loaded, setup.model_config)
-        setup.load_trainable(loaded.model)
-        assert loaded.training_state is not None
-        try:
-            optimizer.load_state_dict(loaded.training_state["optimizer"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(
-                f"its optimizer state does not fit train.optim.name = {tc.optim.name!r} ({exc}); "
-                "resume with the optimizer it was trained with, or start over with --fresh",
-                path=loaded.path,
-            ) from None
-        if ema is not None and loaded.ema is not None:
-            ema.load_state_dict(loaded.ema)
-        restore_rng(loaded.training_state["rng"])
-        state = LoopState.from_dict(loaded.state["loop"])
-        say(console, f"resuming from {loaded.path} (step {state.step})")
-    resumed_from = state.step if loaded is not None else None
-    if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
-        torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + state.step)
+    resumed_from = loaded.step if loaded is not None else None
     block_size = tc.sequence_length
     if not quiet:
         say(
@@ -375,7 +218,7 @@ def _train_locked(
     sinks: list[MetricsLogger] = []
     if dist.is_main:
         sinks = [
-            ConsoleLogger(total_steps=tc.max_iters, start_step=state.step, console=console, quiet=quiet),
+            ConsoleLogger(total_steps=tc.max_iters, start_step=resumed_from or 0, console=console, quiet=quiet),
             JsonlLogger(metrics_path, resume_step=resumed_from if resumed_from is not None else None),
             TensorBoardLogger(tc.out_dir / "tb", purge_step=(resumed_from + 1) if resumed_from is not None else None),
         ]
@@ -393,6 +236,18 @@ def _train_locked(
         evaluation,
         EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
     ]
+    if tc.sample_during_training.every_evals and dist.is_main:
+        hooks.append(
+            SampleHook(
+                every_evals=tc.sample_during_training.every_evals,
+                generate_text=setup.generate_text,
+                prompt=tc.sample_during_training.prompt,
+                params=SamplingParams(
+                    max_new_tokens=tc.sample_during_training.max_new_tokens, temperature=0.8, top_k=200, seed=tc.seed
+                ),
+                logger=logger,
+            )
+        )
     if setup.make_hooks is not None:
         hooks.extend(setup.make_hooks(logger, service))
     hooks.extend(extra_hooks)
@@ -403,22 +258,14 @@ def _train_locked(
         )
     )
     config_dump = config.model_dump(mode="json")
+    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
 
     def build_payload(ctx: TrainingContext) -> CheckpointPayload:
-        return CheckpointPayload(
-            step=ctx.state.step,
-            model=setup.trainable_state(),
-            optimizer=optimizer.state_dict(),
-            rng=capture_rng(),
-            state={
-                "loop": ctx.state.to_dict(),
-                "hooks": ctx.hook_states(),
-                "sampler": {"seed": tc.seed, "next_step": ctx.state.step + 1},
-            },
+        return state_map.payload(
+            ctx.state.step,
             config=config_dump,
             model_config=setup.model_config,
             tokenizer_dir=dataset.dataset_dir / TOKENIZER_DIR,
-            ema=ema.state_dict() if ema is not None else None,
             extra_meta={
                 "val_loss": ctx.last_eval.val_loss if ctx.last_eval is not None else None,
                 "dataset_fingerprint": dataset.meta.get("fingerprint"),
@@ -446,17 +293,22 @@ def _train_locked(
         grad_clip=tc.optim.grad_clip,
         hooks=hooks,
         ema=ema,
+        scaler=scaler if scaler.is_enabled() else None,
         stop_signal=stop_signal,
         forward=setup.forward,
         no_sync=setup.no_sync,
         dist=dist,
     )
-    ctx = loop.new_context(state)
+    ctx = loop.new_context(LoopState())
+    state_map = training_state_map(config, setup, optimizer, scaler, ctx)
     if loaded is not None:
-        ctx.load_hook_states(loaded.state.get("hooks", {}))
+        state_map.restore(loaded)
+        say(console, f"resuming from {loaded.path} (step {ctx.state.step})")
+    if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
+        torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + ctx.state.step)
     try:
-        if state.step >= tc.max_iters:
-            say(console, f"already trained to step {state.step} (train.max_iters = {tc.max_iters}); nothing to do")
+        if ctx.state.step >= tc.max_iters:
+            say(console, f"already trained to step {ctx.state.step} (train.max_iters = {tc.max_iters}); nothing to do")
         elif install_signal_handlers:
             with stop_signal:
                 loop.run(ctx)
@@ -476,6 +328,56 @@ def _train_locked(
         resumed_from_step=resumed_from,
         is_main=dist.is_main,
     )
+
+
+def training_state_map(
+    config: ExperimentConfig,
+    setup: TrainingSetup,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ctx: TrainingContext,
+) -> StateMap:
+    """Every stateful part of the run, in the order a resume restores them."""
+    tc = config.train
+
+    def load_optimizer(state: Any) -> None:
+        try:
+            optimizer.load_state_dict(state)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"its optimizer state does not fit train.optim.name = {tc.optim.name!r} ({exc}); "
+                "resume with the optimizer it was trained with, or start over with --fresh"
+            ) from None
+
+    def load_scaler(state: Any) -> None:
+        if scaler.is_enabled() and state:  # empty: saved by a run without float16, whose scale starts fresh
+            scaler.load_state_dict(state)
+
+    def load_loop(state: Any) -> None:
+        ctx.state = LoopState.from_dict(state)
+
+    def check_sampler(state: Any) -> None:
+        if int(state.get("seed", tc.seed)) != tc.seed:
+            raise CheckpointError(
+                f"was trained with train.seed = {state['seed']} (now {tc.seed}): its batches after the resume would "
+                "not be the ones it would have seen; resume with that seed, or start over with --fresh"
+            )
+
+    parts = {
+        "model": StatePart("model", setup.trainable_state, setup.load_trainable),
+        "optimizer": StatePart("training", optimizer.state_dict, load_optimizer),
+    }
+    if setup.ema is not None:
+        ema = setup.ema
+        parts["ema"] = StatePart("ema", ema.state_dict, ema.load_state_dict, required=False)
+    parts |= {
+        "scaler": StatePart("training", scaler.state_dict, load_scaler, required=False),
+        "rng": StatePart("training", capture_rng, restore_rng),
+        "loop": StatePart("json", lambda: ctx.state.to_dict(), load_loop),
+        "hooks": StatePart("json", ctx.hook_states, ctx.load_hook_states, required=False),
+        "sampler": StatePart("json", lambda: {"seed": tc.seed, "next_step": ctx.state.step + 1}, check_sampler),
+    }
+    return StateMap(parts)
 
 
 def _val_loss(

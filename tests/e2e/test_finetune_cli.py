@@ -28,11 +28,11 @@ def test_loop_sample_eval_with_a_tiny_local_base_model(tmp_path: Path, shared_da
     assert built.returncode == 0, built.stderr
     args = sets(
         [
-            f"train.base_model='{tmp_path / 'tiny'}'",
+            f"train.model.base_model='{tmp_path / 'tiny'}'",
             f"prepare.input_path='{protocol}'",
             f"prepare.dataset_dir='{tmp_path / 'dataset'}'",
             f"train.out_dir='{tmp_path / 'run'}'",
-            "train.data.block_size=64",
+            "train.model.block_size=64",
             "train.data.grad_accum_steps=1",
             "train.max_iters=20",
             "train.eval_interval=10",
@@ -48,6 +48,11 @@ def test_loop_sample_eval_with_a_tiny_local_base_model(tmp_path: Path, shared_da
     report = json.loads(cli("eval", "bundestag_qwen15b_lora_mps", *args, "--json").stdout.strip().splitlines()[-1])
     assert report["step"] == 20
     missing = cli(
-        "train", "bundestag_qwen15b_lora_mps", *args, "--set", "train.base_model='nobody/nothing'", check_code=None
+        "train",
+        "bundestag_qwen15b_lora_mps",
+        *args,
+        "--set",
+        "train.model.base_model='nobody/nothing'",
+        check_code=None,
     )
-    assert_one_line_user_error(missing, "cannot load base model 'nobody/nothing'", "train.base_model")
+    assert_one_line_user_error(missing, "cannot load base model 'nobody/nothing'", "train.model.base_model")

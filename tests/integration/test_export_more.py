@@ -56,7 +56,7 @@ def test_byte_level_vocabularies_tokenize_identically_in_llama_cpp(
 def test_ema_weights_are_what_gets_exported_when_sampling_uses_them(tiny_config: ConfigFactory, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    config = trained(tiny_config, "train.ema.enabled=true", "train.ema.decay=0.5", "sample.weights='ema'")
+    config = trained(tiny_config, "train.model.ema.enabled=true", "train.model.ema.decay=0.5", "sample.weights='ema'")
     run_export(config, ExportRequest(format="hf", out_dir=tmp_path / "hf", checkpoint="last"))
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     ours = load_generator(config)  # sample.weights = "ema"
@@ -71,7 +71,10 @@ def test_ema_weights_are_what_gets_exported_when_sampling_uses_them(tiny_config:
 
 def test_lora_runs_point_to_their_merged_model(tiny_config: ConfigFactory, tmp_path: Path) -> None:
     config = tiny_config()
-    lora = config.model_copy(update={"train": config.train.model_copy(update={"base_model": "some/model"})})
+    from ml_playground.configuration.models import HfLoraModelConfig
+
+    settings = HfLoraModelConfig(base_model="some/model")
+    lora = config.model_copy(update={"train": config.train.model_copy(update={"model": settings})})
     with pytest.raises(ExportError, match=r"LoRA runs export their merged model.*save_merged_on_best"):
         run_export(lora, ExportRequest(format="hf", out_dir=tmp_path / "x", checkpoint="best"))
 

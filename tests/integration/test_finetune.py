@@ -43,13 +43,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
 
 def overrides(root: Path, base_model: Path, shared_data: Path) -> list[str]:
     return [
-        f"train.base_model='{base_model}'",
+        f"train.model.base_model='{base_model}'",
         f"prepare.input_path='{shared_data / 'bundestag' / '19009.txt'}'",
         f"prepare.dataset_dir='{root / 'dataset'}'",
         f"train.out_dir='{root / 'run'}'",
         "train.device='cpu'",
         "train.num_threads=1",
-        "train.data.block_size=64",
+        "train.model.block_size=64",
         "train.data.batch_size=4",
         "train.data.grad_accum_steps=1",
         "train.max_iters=30",
@@ -60,8 +60,8 @@ def overrides(root: Path, base_model: Path, shared_data: Path) -> list[str]:
         "train.checkpoint.keep_last=5",
         "train.schedule.warmup_iters=3",
         "train.optim.learning_rate=5e-3",
-        "train.lora.r=8",
-        "train.lora.dropout=0.1",
+        "train.model.lora.r=8",
+        "train.model.lora.dropout=0.1",
         "sample.max_new_tokens=12",
     ]
 
@@ -80,7 +80,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, shared_d
     root = tmp_path_factory.mktemp("lora")
     config = load_config(
         experiment_config_path(EXPERIMENT),
-        [*overrides(root, tiny_model, shared_data), "train.save_merged_on_best=true"],
+        [*overrides(root, tiny_model, shared_data), "train.model.save_merged_on_best=true"],
     )
     prepare(config.prepare)
     train(config, quiet=True, console=Console(file=io.StringIO()))
@@ -175,12 +175,14 @@ def test_sampling_refuses_missing_adapters_and_adapters_of_another_base(
     other_base = build_tiny_causal_lm(
         tmp_path / "other", [(shared_data / "bundestag" / "19001.txt").read_text("utf-8-sig")]
     )
-    wrong = trained.train.model_copy(update={"base_model": str(other_base)})
+    wrong = trained.train.model_copy(
+        update={"model": trained.train.model.model_copy(update={"base_model": str(other_base)})}
+    )
     with pytest.raises(CheckpointError) as info:
         sample(trained.model_copy(update={"train": wrong}), emit=lambda _: None)
     message = str(info.value)
     assert str(other_base) in message
-    assert str(trained.train.base_model) in message
+    assert str(trained.train.model.base_model) in message  # type: ignore[attr-defined]
 
 
 def test_killed_lora_run_resumes_to_the_same_adapters(
@@ -205,20 +207,21 @@ def test_bad_base_model_and_target_modules(tmp_path: Path, tiny_model: Path, sha
     settings = overrides(tmp_path, tiny_model, shared_data)
     config = load_config(experiment_config_path(EXPERIMENT), settings)
     prepare(config.prepare)
-    bad_targets = config.train.model_copy(
-        update={"lora": config.train.lora.model_copy(update={"target_modules": ["q_proj", "attn.c_attn"]})}
-    )
+    lora = config.train.model.lora.model_copy(update={"target_modules": ["q_proj", "attn.c_attn"]})  # type: ignore[attr-defined]
+    bad_targets = config.train.model_copy(update={"model": config.train.model.model_copy(update={"lora": lora})})
     with pytest.raises(ConfigError) as info:
         train(config.model_copy(update={"train": bad_targets}), quiet=True, console=Console(file=io.StringIO()))
     message = str(info.value)
-    assert "train.lora.target_modules: attn.c_attn match no Linear module" in message
+    assert "train.model.lora.target_modules: attn.c_attn match no Linear module" in message
     for name in ("q_proj", "k_proj", "gate_proj", "down_proj"):
         assert name in message
-    missing = config.train.model_copy(update={"base_model": "no-such-org/no-such-model"})
+    missing = config.train.model_copy(
+        update={"model": config.train.model.model_copy(update={"base_model": "no-such-org/no-such-model"})}
+    )
     with pytest.raises(ConfigError) as info:
         train(config.model_copy(update={"train": missing}), quiet=True, console=Console(file=io.StringIO()))
     message = str(info.value)
     assert "'no-such-org/no-such-model'" in message
     assert "Hugging Face cache" in message
-    assert "set train.base_model to a local folder" in message
+    assert "set train.model.base_model to a local folder" in message
     assert "\n" not in message

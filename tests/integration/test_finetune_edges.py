@@ -16,6 +16,7 @@ from ml_playground.core.devices import Precision
 from ml_playground.core.errors import CheckpointError, ConfigError, DataError, UserError
 from ml_playground.data_pipeline.batches import open_dataset
 from ml_playground.data_pipeline.preparer import prepare
+from ml_playground.families.base import BuildContext
 from ml_playground.finetune.setup import finetune_setup, model_shape
 from ml_playground.finetune.tiny import build_tiny_causal_lm
 from ml_playground.sampling.runner import sample
@@ -44,12 +45,10 @@ def quiet() -> Console:
 def test_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
     tmp_path: Path, tiny_model: Path, shared_data: Path
 ) -> None:
-    config = config_for(tmp_path, tiny_model, shared_data, "train.gradient_checkpointing=true", "train.compile=true")
+    config = config_for(tmp_path, tiny_model, shared_data, "train.model.gradient_checkpointing=true")
     prepare(config.prepare)
-    console = Console(file=io.StringIO())
-    result = train(config, quiet=True, console=console)
+    result = train(config, quiet=True, console=quiet())
     assert result.step == 4
-    assert "train.compile is not used for fine-tuning" in console.file.getvalue()  # type: ignore[attr-defined]
     by_path = config.sample.model_copy(update={"checkpoint": str(tmp_path / "run" / "adapters" / "last")})
     assert sample(config.model_copy(update={"sample": by_path}), emit=lambda _: None)
     with pytest.raises(CheckpointError, match="no merged model yet"):
@@ -83,7 +82,7 @@ def test_setup_refuses_torchrun_and_models_without_a_shape(tmp_path: Path, tiny_
     dataset = open_dataset(config.prepare.dataset_dir)
     precision = Precision(torch.device("cpu"), torch.float32)
     with pytest.raises(UserError, match="runs in one process"):
-        finetune_setup(config, dataset, precision, quiet(), DistributedContext(rank=0, world_size=2))
+        finetune_setup(BuildContext(config, dataset, precision, quiet(), DistributedContext(rank=0, world_size=2)))
     with pytest.raises(UserError, match="none of"):
         model_shape(torch.nn.Linear(2, 2), 6, 6)
 
@@ -94,8 +93,12 @@ def test_a_checkpoint_from_another_lora_shape_is_refused_on_resume(
     config = config_for(tmp_path, tiny_model, shared_data)
     prepare(config.prepare)
     train(config, quiet=True, console=quiet())
+    lora = config.train.model.lora  # type: ignore[attr-defined]
     bigger_rank = config.train.model_copy(
-        update={"max_iters": 6, "lora": config.train.lora.model_copy(update={"r": 4})}
+        update={
+            "max_iters": 6,
+            "model": config.train.model.model_copy(update={"lora": lora.model_copy(update={"r": 4})}),
+        }
     )
     with pytest.raises(CheckpointError, match="r: 8 in checkpoint, 4 now"):
         train(config.model_copy(update={"train": bigger_rank}), quiet=True, console=quiet())

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HELPER = Path(__file__).with_name("train_with_kill.py")
 RESUME_SETTINGS = [
     "train.model.dropout=0.1",  # dropout draws from the global RNG: resume must restore it
-    "train.ema.enabled=true",
-    "train.ema.decay=0.9",
+    "train.model.ema.enabled=true",
+    "train.model.ema.decay=0.9",
     "train.num_threads=1",
     "train.max_iters=30",
     "train.checkpoint.interval=10",
@@ -154,3 +154,39 @@ def test_a_run_on_record_aware_windows_resumes_bit_identically(tmp_path: Path, x
         assert torch.equal(ema[name], base_ema[name]), name
     assert losses == base_losses
     assert losses[0]["step"] == 0  # the reference evaluation before the first step
+
+
+def test_a_float16_run_resumes_with_its_loss_scale(tmp_path: Path, shakespeare_slice: Path) -> None:
+    """CPU autocast float16 with a GradScaler: stopped at step 10 and resumed, it ends where a straight run ends.
+
+    The scaler's state (scale, steps since it last grew) is one of the checkpoint's parts: without it the
+    resumed run would count its growth interval from zero again."""
+    import io
+
+    from rich.console import Console
+
+    from ml_playground.configuration.loading import experiment_config_path, load_config
+    from ml_playground.training.trainer import train
+
+    def run(name: str, max_iters: int) -> Path:
+        overrides = [*tiny_overrides(tmp_path, shakespeare_slice), f"train.out_dir='{tmp_path / name}'"]
+        settings = ["train.dtype='float16'", "train.schedule.decay_iters=20", f"train.max_iters={max_iters}"]
+        config = load_config(experiment_config_path("shakespeare"), [*overrides, *settings, "train.model.dropout=0.1"])
+        if not config.prepare.dataset_dir.exists():
+            prepare(config.prepare)
+        train(config, console=Console(file=io.StringIO()))
+        return tmp_path / name
+
+    straight = CheckpointService(run("straight", 20)).load(CheckpointService(tmp_path / "straight").resolve("last"))
+    run("resumed", 10)
+    halfway = CheckpointService(tmp_path / "resumed").load(CheckpointService(tmp_path / "resumed").resolve("last"))
+    assert halfway.training_state is not None
+    assert halfway.training_state["scaler"]["_growth_tracker"] == 10  # ten steps without an overflow
+    run("resumed", 20)
+    resumed = CheckpointService(tmp_path / "resumed").load(CheckpointService(tmp_path / "resumed").resolve("last"))
+    assert resumed.training_state is not None
+    assert straight.training_state is not None
+    assert resumed.training_state["scaler"] == straight.training_state["scaler"]
+    assert resumed.training_state["scaler"]["_growth_tracker"] == 20
+    for name, tensor in straight.model.items():
+        assert torch.equal(resumed.model[name], tensor), name

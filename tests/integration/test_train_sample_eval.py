@@ -154,7 +154,7 @@ def test_block_size_larger_than_the_validation_split(tiny_config: ConfigFactory)
 
 
 def test_sample_options_ema_weights_prompt_file_and_errors(tiny_config: ConfigFactory, tmp_path: Path) -> None:
-    config = tiny_config("train.max_iters=10", "train.ema.enabled=true")
+    config = tiny_config("train.max_iters=10", "train.model.ema.enabled=true")
     prepare(config.prepare)
     train(config, console=quiet_console())
     prompt = tmp_path / "prompt.txt"
@@ -205,7 +205,7 @@ def test_eval_refuses_a_checkpoint_from_another_dataset(tiny_config: ConfigFacto
 
 
 def test_compile_falls_back_or_works(tiny_config: ConfigFactory) -> None:
-    config = tiny_config("train.max_iters=4", "train.compile=true", "train.eval_interval=4")
+    config = tiny_config("train.max_iters=4", "train.model.compile=true", "train.eval_interval=4")
     prepare(config.prepare)
     result = train(config, console=quiet_console())
     assert result.step == 4
@@ -215,9 +215,9 @@ def test_compile_falls_back_or_works(tiny_config: ConfigFactory) -> None:
 def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: ConfigFactory) -> None:
     from ml_playground.models.core.kernels import onednn_available
     from ml_playground.models.core.model import Linear
-    from ml_playground.models.core.optim import MuonWithAdamW
+    from ml_playground.training.context import TrainingContext
     from ml_playground.training.hooks.base import Hook
-    from ml_playground.training.loop.runner import TrainingContext
+    from ml_playground.training.optim import MuonWithAdamW
 
     seen: dict[str, object] = {}
 
@@ -232,6 +232,6 @@ def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: Co
     assert seen == {"kernels": {"onednn" if onednn_available() else "aten"}, "optimizer": MuonWithAdamW}
     assert result.best_val_loss is not None
     assert result.best_val_loss < 3.8  # uniform over the ~60 characters would be 4.1
-    train(tiny_config("train.max_iters=2", "train.linear_kernel='aten'"), fresh=True, console=quiet_console(),
+    train(tiny_config("train.max_iters=2", "train.model.linear_kernel='aten'"), fresh=True, console=quiet_console(),
           extra_hooks=[Inspect()])  # fmt: skip
     assert seen == {"kernels": {"aten"}, "optimizer": torch.optim.AdamW}

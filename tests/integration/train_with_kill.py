@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.training.checkpointing.service import write_file_durably
+from ml_playground.training.context import TrainingContext
 from ml_playground.training.hooks.base import Hook
-from ml_playground.training.loop.runner import TrainingContext
 from ml_playground.training.trainer import train
 
 

@@ -59,21 +59,6 @@ def test_commands_in_process(tmp_path: Path, shakespeare_slice: Path, capsys: py
 
 
 @pytest.mark.slow
-def test_bench_quick_from_the_cli(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    results = tmp_path / "results.json"
-    args = [
-        "--shakespeare",
-        str(shared_data / "shakespeare" / "input.txt"),
-        "--bundestag",
-        str(shared_data / "bundestag"),
-    ]
-    assert main(["bench", "--quick", *args, "--results", str(results)]) == 0
-    assert results.is_file()
-    assert "vs HF GPT2LMHeadModel" in capsys.readouterr().out
-    assert main(["bench", "--quick", "--bundestag", str(tmp_path / "nowhere")]) == 2
-    assert "benchmark data not found" in capsys.readouterr().err
-
-
 def test_user_errors_become_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "shakespeare", "--set", "train.max_iters=-1"]) == 2
     err = capsys.readouterr().err

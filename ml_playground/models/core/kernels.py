@@ -52,7 +52,7 @@ def resolve_linear_kernel(
         return "aten"
     if setting == "onednn" and not has_onednn:
         raise ConfigError(
-            "this PyTorch build has no oneDNN linear operator; use auto or aten", key="train.linear_kernel"
+            "this PyTorch build has no oneDNN linear operator; use auto or aten", key="train.model.linear_kernel"
         )
     if setting == "onednn":
         return "onednn"

@@ -63,9 +63,8 @@ class CheckpointPayload:
 
     step: int
     model: Mapping[str, torch.Tensor]
-    optimizer: Mapping[str, Any]
-    rng: Mapping[str, Any]
-    state: Mapping[str, Any]
+    training: Mapping[str, Any]  # training_state.pt: optimizer, RNG, grad scaler (tensors and plain data)
+    state: Mapping[str, Any]  # state.json: loop counters, hooks, sampler
     config: Mapping[str, Any]
     model_config: Mapping[str, Any]
     tokenizer_dir: Path | None = None
@@ -192,7 +191,7 @@ class CheckpointService:
         if payload.ema is not None:
             files[EMA_FILE] = tensors_to_bytes(payload.ema)
         buffer = io.BytesIO()
-        torch.save({"optimizer": payload.optimizer, "rng": payload.rng}, buffer)
+        torch.save(dict(payload.training), buffer)
         files[TRAINING_STATE_FILE] = buffer.getvalue()
         if payload.tokenizer_dir is not None:
             for source in sorted(payload.tokenizer_dir.iterdir()):

@@ -6,21 +6,12 @@ keeps state across a resume (best loss, patience counter) names it with ``state_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ml_playground.training.loop.runner import TrainingContext
+from ml_playground.training.context import EvalResult, TrainingContext
 
-
-@dataclass(frozen=True)
-class EvalResult:
-    step: int
-    val_loss: float
-    val_tokens: int
-    train_loss: float | None = None
-    ema_val_loss: float | None = None
+__all__ = ["EvalResult", "Hook"]
 
 
 class Hook:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ml_playground.training.checkpointing.service import CheckpointPayload, CheckpointService
+from ml_playground.training.context import TrainingContext
 from ml_playground.training.hooks.base import EvalResult, Hook
-from ml_playground.training.loop.runner import TrainingContext
 
 
 class CheckpointHook(Hook):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ml_playground.training.context import TrainingContext
 from ml_playground.training.evaluation import EvaluationInterrupted
 from ml_playground.training.hooks.base import EvalResult, Hook
-from ml_playground.training.loop.runner import TrainingContext
 
 SplitEvaluator = Callable[[], tuple[float, int]]
 

@@ -7,9 +7,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -18,82 +15,12 @@ from ml_playground.core.devices import Precision
 from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.data_pipeline.batches import BatchSampler
 from ml_playground.models.core.model import cross_entropy
+from ml_playground.training.context import LoopState, StepMetrics, TrainingContext
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 from ml_playground.training.ema import EMA
-from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.hooks.base import Hook
 from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.signals import StopSignal
-
-
-@dataclass
-class LoopState:
-    """Counters that survive a resume; ``step`` counts completed optimizer steps."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoopState:
-        return cls(step=int(data["step"]), tokens_seen=int(data["tokens_seen"]), elapsed_s=float(data["elapsed_s"]))
-
-
-@dataclass(frozen=True)
-class StepMetrics:
-    loss: float
-    lr: float
-    grad_norm: float
-    tokens_per_second: float
-    step_time_s: float
-
-
-class TrainingContext:
-    """What hooks see: the parts, the counters, the last step's metrics, and the event emitters."""
-
-    def __init__(
-        self,
-        *,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        ema: EMA | None,
-        state: LoopState,
-        max_iters: int,
-        hooks: Sequence[Hook],
-    ) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.ema = ema
-        self.state = state
-        self.max_iters = max_iters
-        self.hooks = hooks
-        self.last_step: StepMetrics | None = None
-        self.last_eval: EvalResult | None = None
-        self.stop_reason: str | None = None
-        self.interrupted_by: str | None = None
-
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-
-    def emit_eval(self, result: EvalResult) -> None:
-        self.last_eval = result
-        for hook in self.hooks:
-            hook.on_eval_end(self, result)
-
-    def emit_checkpoint_saved(self, path: Path) -> None:
-        for hook in self.hooks:
-            hook.on_checkpoint_saved(self, path)
-
-    def hook_states(self) -> dict[str, Any]:
-        return {hook.state_key: hook.state_dict() for hook in self.hooks if hook.state_key}
-
-    def load_hook_states(self, states: dict[str, Any]) -> None:
-        for hook in self.hooks:
-            if hook.state_key and hook.state_key in states:
-                hook.load_state_dict(states[hook.state_key])
 
 
 class TrainingLoop:
@@ -110,6 +37,7 @@ class TrainingLoop:
         grad_clip: float = 0.0,
         hooks: Sequence[Hook] = (),
         ema: EMA | None = None,
+        scaler: torch.amp.GradScaler | None = None,
         stop_signal: StopSignal | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         no_sync: Callable[[], AbstractContextManager[object]] | None = None,
@@ -131,7 +59,7 @@ class TrainingLoop:
         self.no_sync = no_sync
         self.dist = dist
         self.clock = clock
-        self.scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
+        self.scaler = scaler  # float16: built (and checkpointed) by the wiring; None: plain backward and step
 
     def new_context(self, state: LoopState) -> TrainingContext:
         return TrainingContext(
@@ -192,13 +120,17 @@ class TrainingLoop:
                 if not math.isfinite(value):
                     raise TrainingDivergedError(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
                 total_loss += value
-                scaled: torch.Tensor = self.scaler.scale(loss)
+                scaled: torch.Tensor = self.scaler.scale(loss) if self.scaler is not None else loss
                 scaled.backward()  # type: ignore[no-untyped-call]
-        self.scaler.unscale_(self.optimizer)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the step when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(step)

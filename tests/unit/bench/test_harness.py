@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from ml_playground.bench.harness import BenchResult, median_seconds, render_table
-from ml_playground.bench.runner import run_benchmarks
 
-pytestmark = [pytest.mark.unit, pytest.mark.slow]
+pytestmark = pytest.mark.unit
 
 
 def test_ratios_and_targets() -> None:
@@ -31,27 +27,3 @@ def test_ratios_and_targets() -> None:
     assert "1.50" in table
     assert "NO" in table
     assert median_seconds(lambda: None, warmup=0, repeats=3) >= 0
-
-
-def test_quick_run_writes_every_result(tmp_path: Path, shared_data: Path) -> None:
-    lines: list[str] = []
-    results = run_benchmarks(
-        shakespeare=shared_data / "shakespeare" / "input.txt",
-        bundestag=shared_data / "bundestag",
-        results_path=tmp_path / "results.json",
-        quick=True,
-        emit=lines.append,
-    )
-    written = json.loads((tmp_path / "results.json").read_text())
-    assert written["machine"]["torch_threads"] >= 1
-    names = [r["name"] for r in written["results"]]
-    assert names == [r.name for r in results]
-    assert any("vs HF GPT2LMHeadModel" in n for n in names)
-    assert any("KV cache" in n for n in names)
-    assert any(n.startswith("prepare char") for n in names)
-    assert any(n.startswith("speedrun") for n in names)
-    assert any(n.startswith("peak RSS, default Shakespeare training") for n in names)
-    hf = next(r for r in written["results"] if "vs HF GPT2LMHeadModel" in r["name"])
-    assert hf["peer_figure"] > 0
-    assert hf["ratio"] == pytest.approx(hf["figure"] / hf["peer_figure"])
-    assert "wrote" in lines[-1]

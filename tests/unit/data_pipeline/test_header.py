@@ -142,8 +142,8 @@ def test_csv_format_with_a_column_mapping(tmp_path: Path) -> None:
 
 
 def test_generation_stops_at_any_header_marker() -> None:
+    from ml_playground.data_pipeline.header import header_stop_ids
     from ml_playground.sampling.debate import strip_markers
-    from ml_playground.sampling.runner import header_stop_ids
 
     corpus = [format_example({"speaker": "A B", "party": "SPD"}, "Sehr geehrte Damen und Herren " * 20)] * 20
     tokenizer = BpeTokenizer.train(corpus, 300, SPECIAL_TOKENS)

@@ -44,7 +44,7 @@ def test_refuses_when_it_cannot_fit() -> None:
     check_fits(estimate, 8 * GIB, "test device")
     with pytest.raises(ConfigError, match=r"= 4\.00 GiB, but only 2\.00 GiB \(test device\)") as info:
         check_fits(estimate, 2 * GIB, "test device")
-    assert "train.gradient_checkpointing" in str(info.value)
+    assert "train.model.gradient_checkpointing" in str(info.value)
 
 
 def test_cpu_memory_is_the_available_system_memory() -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.families.gpt import maybe_compile
 from ml_playground.models.core.model import GPT, GPTConfig
-from ml_playground.training.trainer import maybe_compile, move_aside
+from ml_playground.training.trainer import move_aside
 
 pytestmark = pytest.mark.unit
 

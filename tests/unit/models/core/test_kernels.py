@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.errors import ConfigError
+from ml_playground.families.gpt import model_from_checkpoint
 from ml_playground.models.core.inference import SamplingParams, generate
 from ml_playground.models.core.kernels import linear, onednn_available, resolve_linear_kernel
-from ml_playground.models.core.loading import model_from_checkpoint
 from ml_playground.models.core.model import GPT, GPTConfig, Linear, cross_entropy
-from tests.unit.models.core.test_loading import saved
+from tests.unit.families.test_gpt_loading import saved
 
 pytestmark = [
     pytest.mark.unit,
@@ -142,7 +142,7 @@ def test_resolution() -> None:
     assert resolve_linear_kernel("onednn", cpu, available=True) == "onednn"
     with pytest.raises(ConfigError, match="no oneDNN") as err:
         resolve_linear_kernel("onednn", cpu, available=False)
-    assert err.value.key == "train.linear_kernel"
+    assert err.value.key == "train.model.linear_kernel"
 
 
 def test_model_trains_and_generates_alike_on_both_kernels() -> None:

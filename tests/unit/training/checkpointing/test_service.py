@@ -40,8 +40,7 @@ def payload(step: int, tokenizer_dir: Path | None = None, *, ema: bool = False) 
     return CheckpointPayload(
         step=step,
         model=m.state_dict(),
-        optimizer=optimizer.state_dict(),
-        rng=capture_rng(),
+        training={"optimizer": optimizer.state_dict(), "rng": capture_rng()},
         state={"loop": {"step": step}},
         config={"train": {"max_iters": 10}},
         model_config=m.config.to_dict(),
@@ -76,7 +75,7 @@ def test_save_then_load_round_trips_everything(tmp_path: Path, tokenizer_dir: Pa
     assert torch.equal(loaded.ema["wte.weight"], original.model["wte.weight"] * 2)
     assert loaded.state == {"step": 5, "loop": {"step": 5}}
     assert loaded.training_state is not None
-    assert loaded.training_state["optimizer"]["state"][0]["step"] == original.optimizer["state"][0]["step"]
+    assert loaded.training_state["optimizer"]["state"][0]["step"] == original.training["optimizer"]["state"][0]["step"]
     assert loaded.manifest["model_config"]["n_embd"] == 8
     assert loaded.manifest["val_loss"] == 1.5
     assert (loaded.tokenizer_dir / "tokenizer.json").is_file()

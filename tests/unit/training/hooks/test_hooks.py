@@ -10,10 +10,12 @@ import torch
 from ml_playground.core.devices import Precision
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.data_pipeline.batches import BatchSampler
+from ml_playground.families.gpt import text_generator
 from ml_playground.models.core.inference import SamplingParams
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.rng import capture_rng
 from ml_playground.training.checkpointing.service import CheckpointPayload, CheckpointService
+from ml_playground.training.context import LoopState, StepMetrics, TrainingContext
 from ml_playground.training.ema import EMA
 from ml_playground.training.hooks.base import EvalResult
 from ml_playground.training.hooks.checkpointing import CheckpointHook
@@ -22,7 +24,6 @@ from ml_playground.training.hooks.evaluation import EvaluationHook
 from ml_playground.training.hooks.logging import LoggingHook
 from ml_playground.training.hooks.sampling import SampleHook
 from ml_playground.training.loggers import JsonlLogger
-from ml_playground.training.loop.runner import LoopState, StepMetrics, TrainingContext
 
 pytestmark = pytest.mark.unit
 
@@ -111,8 +112,7 @@ def payload_builder(model: GPT) -> object:
         return CheckpointPayload(
             step=ctx.state.step,
             model=model.state_dict(),
-            optimizer=ctx.optimizer.state_dict(),
-            rng=capture_rng(),
+            training={"optimizer": ctx.optimizer.state_dict(), "rng": capture_rng()},
             state={"loop": ctx.state.to_dict(), "hooks": ctx.hook_states()},
             config={},
             model_config=model.config.to_dict(),
@@ -197,12 +197,10 @@ def test_sample_hook_logs_text_every_n_evals_without_touching_global_rng() -> No
     model.train()
     hook = SampleHook(
         every_evals=2,
-        model=model,
-        tokenizer=CharTokenizer.train(TEXT),
+        generate_text=text_generator(model, CharTokenizer.train(TEXT)),
         prompt="to ",
         params=SamplingParams(max_new_tokens=5, temperature=1.0, seed=1),
         logger=TextSink(),
-        device=torch.device("cpu"),
     )
     ctx = context(model)
     rng_before = torch.get_rng_state()
@@ -263,12 +261,10 @@ def test_a_step_zero_result_is_not_a_best_checkpoint_or_a_sample(tmp_path: Path)
     logger = JsonlLogger(tmp_path / "m.jsonl")
     sampler = SampleHook(
         every_evals=1,
-        model=model,
-        tokenizer=CharTokenizer.train(TEXT),
+        generate_text=text_generator(model, CharTokenizer.train(TEXT)),
         prompt="to ",
         params=SamplingParams(max_new_tokens=2),
         logger=logger,
-        device=torch.device("cpu"),
     )
     sampler.on_eval_end(ctx, EvalResult(0, 1.0, 1))
     logger.close()

@@ -9,7 +9,7 @@ import torch
 
 from ml_playground.configuration.models import OptimConfig
 from ml_playground.models.core.model import GPT, GPTConfig, cross_entropy
-from ml_playground.models.core.optim import MuonWithAdamW, build_optimizer
+from ml_playground.training.optim import MuonWithAdamW, build_optimizer
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ml_playground.core.errors import CheckpointError
-from ml_playground.models.core.loading import model_from_checkpoint
+from ml_playground.families.gpt import model_from_checkpoint
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.rng import capture_rng
 from ml_playground.training.checkpointing.service import CheckpointPayload, CheckpointService, LoadedCheckpoint
@@ -23,8 +23,7 @@ def saved(tmp_path: Path, *, ema: bool) -> LoadedCheckpoint:
     payload = CheckpointPayload(
         step=1,
         model=model.state_dict(),
-        optimizer={},
-        rng=capture_rng(),
+        training={"optimizer": {}, "rng": capture_rng()},
         state={},
         config={},
         model_config=model.config.to_dict(),
@@ -62,7 +61,7 @@ def test_untied_ema_weights_keep_their_own_head(tmp_path: Path) -> None:
     service = CheckpointService(tmp_path)
     averaged = {n: torch.full_like(p, 0.5) for n, p in model.named_parameters()}
     payload = CheckpointPayload(
-        step=1, model=model.state_dict(), optimizer={}, rng=capture_rng(), state={}, config={},
+        step=1, model=model.state_dict(), training={"optimizer": {}, "rng": capture_rng()}, state={}, config={},
         model_config=model.config.to_dict(), ema=averaged,
     )  # fmt: skip
     loaded = service.load(service.save(payload, {"last"}))

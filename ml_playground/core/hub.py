@@ -1,0 +1,47 @@
+"""Hugging Face loading shared by the tokenizer and the fine-tuning path: one clear line when it fails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ml_playground.core.errors import ConfigError
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers / huggingface_hub: our console shows progress."""
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _not_loadable(what: str, name: str, key: str, exc: Exception) -> ConfigError:
+    if Path(name).expanduser().is_dir():
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ConfigError(f"cannot load {what} from the folder {name} ({first})", key=key)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    why = "downloads are off (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
+    return ConfigError(
+        f"cannot load {what} {name!r}: not a local folder, not in the Hugging Face cache ({_hub_cache()}), "
+        f"and {why}; run once online to download it, or set {key} to a local folder",
+        key=key,
+    )
+
+
+def load_pretrained_tokenizer(name: str, revision: str | None = None, key: str = "train.model.base_model") -> Any:
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise _not_loadable("the tokenizer of", name, key, exc) from None

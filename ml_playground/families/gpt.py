@@ -1,0 +1,199 @@
+"""``kind = "gpt"``: our GPT (``models/core/model.py``), trained from scratch.
+
+Checkpoints hold the whole model (and its EMA); sampling uses our generation loop with the KV
+cache; export writes a Hugging Face GPT-2 folder, a GGUF file or an Ollama Modelfile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from ml_playground.configuration.models import ExperimentConfig, GptModelConfig
+from ml_playground.core.console import say
+from ml_playground.core.devices import resolve_precision
+from ml_playground.core.errors import CheckpointError, ConfigError, DataError
+from ml_playground.core.tokenizer import BpeTokenizer, load_tokenizer
+from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.data_pipeline.batches import TokenDataset
+from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS, header_stop_ids
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.export.request import ExportRequest, ExportResult
+from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup
+from ml_playground.models.core.inference import SamplingParams, generate, generate_stream
+from ml_playground.models.core.kernels import LinearKernelSetting, resolve_linear_kernel
+from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
+from ml_playground.training.distributed import wrap_model
+from ml_playground.training.ema import EMA
+
+
+def model_settings(config: ExperimentConfig) -> GptModelConfig:
+    model = config.train.model
+    if not isinstance(model, GptModelConfig):  # the registry sends only kind "gpt" here
+        raise ConfigError(f"expected kind 'gpt', got {model.kind!r}", key="train.model.kind")
+    return model
+
+
+def gpt_config(model: GptModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:
+    """``conditions``: the ids of the marker and reset tokens when ``model.condition_embedding`` is on."""
+    return GPTConfig(
+        condition_marker=conditions[0] if conditions else None,
+        condition_reset=conditions[1] if conditions else None,
+        vocab_size=vocab_size,
+        block_size=model.block_size,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        dropout=model.dropout,
+        bias=model.bias,
+        rotary=model.rotary,
+        qk_norm=model.qk_norm,
+        activation=model.activation,
+        tie_weights=model.tie_weights,
+    )
+
+
+def condition_tokens(dataset: TokenDataset) -> tuple[int, int]:
+    """The ids of ``<|party|>`` and ``<|end|>`` in a header-conditioned dataset's tokenizer."""
+    if dataset.meta.get("conditioning") != "header":
+        raise ConfigError(
+            "needs a header-conditioned dataset (prepare.conditioning = 'header')",
+            key="train.model.condition_embedding",
+        )
+    tokenizer = load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR)
+    ids = [
+        tokenizer.token_id(token) if isinstance(tokenizer, BpeTokenizer) else None
+        for token in (FIELD_TOKENS["party"], END_TOKEN)
+    ]
+    if ids[0] is None or ids[1] is None:
+        raise DataError("the tokenizer lacks the header markers (run prepare again)", path=dataset.dataset_dir)
+    return ids[0], ids[1]
+
+
+def maybe_compile(
+    model: GPT, enabled: bool, console: Console, compiler: Callable[[nn.Module], Any] = torch.compile
+) -> nn.Module | None:
+    """``torch.compile`` when asked and the platform can; otherwise one warning and eager mode."""
+    if not enabled:
+        return None
+    try:
+        compiled = compiler(model)
+        probe = torch.zeros((1, model.config.block_size), dtype=torch.long, device=next(model.parameters()).device)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            compiled(probe)
+        model.train(was_training)
+        result: nn.Module = compiled
+        return result
+    except Exception as exc:  # compile failures come from many backends; all mean "run eager"
+        say(console, f"warning: torch.compile is not available here ({type(exc).__name__}); training without it")
+        return None
+
+
+def model_from_checkpoint(
+    loaded: LoadedCheckpoint,
+    device: torch.device,
+    weights: Literal["raw", "ema"] = "raw",
+    linear_kernel: LinearKernelSetting = "aten",
+) -> GPT:
+    try:
+        config = GPTConfig(**loaded.manifest["model_config"])
+    except TypeError as exc:
+        raise CheckpointError(f"model config not understood ({exc})", path=loaded.path / "manifest.json") from None
+    model = GPT(config)
+    state = loaded.model
+    if weights == "ema":
+        if loaded.ema is None:
+            raise CheckpointError(
+                "this checkpoint has no EMA weights (train with train.model.ema.enabled = true)", path=loaded.path
+            )
+        state = {**loaded.model, **loaded.ema}
+        if config.tie_weights:
+            state["lm_head.weight"] = state["wte.weight"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit the model ({str(exc).splitlines()[0]})", path=loaded.path) from None
+    return model.to(device).use_linear_kernel(resolve_linear_kernel(linear_kernel, device)).eval()
+
+
+def text_generator(model: GPT, tokenizer: Tokenizer) -> Callable[[str, SamplingParams], str]:
+    """``(prompt, params) -> prompt + sample`` from a model in training: its mode is restored afterwards."""
+
+    def generate_text(prompt: str, params: SamplingParams) -> str:
+        device = next(model.parameters()).device
+        ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+        was_training = model.training
+        out = generate(model, ids, params)
+        model.train(was_training)
+        return tokenizer.decode(out[0].tolist())
+
+    return generate_text
+
+
+class GptFamily:
+    def build_for_training(self, ctx: BuildContext) -> TrainingSetup:
+        settings = model_settings(ctx.config)
+        device = ctx.precision.device
+        conditions = condition_tokens(ctx.dataset) if settings.condition_embedding else None
+        model_config = gpt_config(settings, ctx.dataset.vocab_size, conditions)
+        model = GPT(model_config).to(device)
+        model.use_linear_kernel(resolve_linear_kernel(settings.linear_kernel, device))
+        ema = EMA(model, settings.ema.decay, settings.ema.start_step) if settings.ema.enabled else None
+        train_module, no_sync = wrap_model(model, ctx.dist, ctx.config.train.distributed.strategy, device)
+        if ctx.dist.enabled:
+            forward: nn.Module | None = train_module
+            if settings.compile:
+                say(ctx.console, "warning: train.model.compile is not combined with distributed training yet; eager")
+        else:
+            forward = maybe_compile(model, settings.compile, ctx.console)
+        tokenizer = load_tokenizer(ctx.dataset.dataset_dir / TOKENIZER_DIR, ctx.config.prepare.cache_dir)
+
+        return TrainingSetup(
+            model=model,
+            model_config=model_config.to_dict(),
+            summary=f"model: {model.num_parameters() / 1e6:.2f}M parameters",
+            trainable_state=model.state_dict,
+            load_trainable=lambda state: model.load_state_dict(state) and None,
+            generate_text=text_generator(model, tokenizer),
+            ema=ema,
+            forward=forward,
+            no_sync=no_sync,
+        )
+
+    def load_for_inference(self, config: ExperimentConfig, checkpoint: str) -> InferenceModel:
+        settings = model_settings(config)
+        service = CheckpointService(config.train.out_dir)
+        loaded = service.load(service.resolve(checkpoint), with_training_state=False)
+        tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
+        device = resolve_precision(config.train.device, config.train.dtype).device
+        model = model_from_checkpoint(loaded, device, config.sample.weights, settings.linear_kernel)
+        fingerprint = loaded.manifest.get("dataset_fingerprint")
+        return InferenceModel(
+            module=model,
+            tokenizer=tokenizer,
+            context_length=model.config.block_size,
+            stream=lambda prompt, params: generate_stream(model, prompt, params),
+            step=loaded.step,
+            checkpoint=str(loaded.path),
+            device=device,
+            stop_ids=frozenset(header_stop_ids(tokenizer)),
+            dataset_fingerprint=str(fingerprint) if fingerprint is not None else None,
+        )
+
+    def export(
+        self, config: ExperimentConfig, request: ExportRequest, write_hook: Callable[[Path], None] | None = None
+    ) -> ExportResult:
+        from ml_playground.export.gpt import export_gpt
+
+        return export_gpt(config, request, write_hook)
+
+
+FAMILY = GptFamily()

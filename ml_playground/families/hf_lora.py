@@ -1,0 +1,40 @@
+"""``kind = "hf_lora"``: a pretrained Hugging Face causal LM with LoRA adapters (``finetune/``).
+
+Only the adapters train and go into checkpoints; inference loads base + adapters (or the merged
+model); sampling uses the model's own KV cache with our sampling rules; the chat template is the
+tokenizer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.export.hf import ExportError
+from ml_playground.export.request import ExportRequest, ExportResult
+from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup
+
+
+class HfLoraFamily:
+    def build_for_training(self, ctx: BuildContext) -> TrainingSetup:
+        from ml_playground.finetune.setup import finetune_setup
+
+        return finetune_setup(ctx)
+
+    def load_for_inference(self, config: ExperimentConfig, checkpoint: str) -> InferenceModel:
+        from ml_playground.finetune.inference import lora_inference_model
+        from ml_playground.finetune.setup import lora_settings
+
+        return lora_inference_model(config, lora_settings(config), checkpoint)
+
+    def export(
+        self, config: ExperimentConfig, request: ExportRequest, write_hook: Callable[[Path], None] | None = None
+    ) -> ExportResult:
+        raise ExportError(
+            "LoRA runs export their merged model: train with train.model.save_merged_on_best = true, then use "
+            f"{config.train.out_dir / 'merged'} (a Hugging Face folder; llama.cpp's convert_hf_to_gguf.py makes GGUF)"
+        )
+
+
+FAMILY = HfLoraFamily()

@@ -1,0 +1,41 @@
+"""``bench --quick`` from the CLI, once for the whole suite: every benchmark runs on tiny sizes and is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ml_playground.cli import main
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results.json"
+    data = [
+        "--shakespeare",
+        str(shared_data / "shakespeare" / "input.txt"),
+        "--bundestag",
+        str(shared_data / "bundestag"),
+    ]
+    assert main(["bench", "--quick", *data, "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "vs HF GPT2LMHeadModel" in out
+    assert "wrote" in out
+    written = json.loads(results.read_text())
+    assert written["machine"]["torch_threads"] >= 1
+    names = [r["name"] for r in written["results"]]
+    assert any("KV cache" in n for n in names)
+    assert any(n.startswith("prepare char") for n in names)
+    assert any(n.startswith("speedrun") for n in names)
+    assert any(n.startswith("peak RSS, default Shakespeare training") for n in names)
+    hf = next(r for r in written["results"] if "vs HF GPT2LMHeadModel" in r["name"])
+    assert hf["peer_figure"] > 0
+    assert hf["ratio"] == pytest.approx(hf["figure"] / hf["peer_figure"])
+
+
+def test_bench_without_its_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--bundestag", str(tmp_path / "nowhere")]) == 2
+    assert "benchmark data not found" in capsys.readouterr().err
