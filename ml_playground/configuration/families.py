@@ -47,10 +47,6 @@ def unregister_family(kind: str) -> None:
     _FAMILIES.pop(kind, None)
 
 
-def family_kinds() -> tuple[str, ...]:
-    return tuple(_FAMILIES)
-
-
 def family_entry(kind: str) -> FamilyEntry:
     try:
         return _FAMILIES[kind]

@@ -63,13 +63,12 @@ def evaluate_checkpoint(
     started = time.perf_counter()
     precision = resolve_precision(config.train.device, config.train.dtype)
     scored = load_model(config)
-    if data is None:
-        _check_same_dataset(config, scored)
     lengths = token_byte_lengths(scored.tokenizer)
     notes: tuple[str, ...] = ()
     characters = 0
     if data is None:
         dataset = open_dataset(config.prepare.dataset_dir)
+        _check_same_dataset(config, dataset, scored)
         result = _score_split(scored, dataset, precision, lengths, max_tokens)
     else:
         text = read_eval_text(config, data)
@@ -118,8 +117,7 @@ def _score_split(
     )
 
 
-def _check_same_dataset(config: ExperimentConfig, scored: InferenceModel) -> None:
-    dataset = open_dataset(config.prepare.dataset_dir)
+def _check_same_dataset(config: ExperimentConfig, dataset: TokenDataset, scored: InferenceModel) -> None:
     if scored.dataset_fingerprint is not None and scored.dataset_fingerprint != dataset.meta.get("fingerprint"):
         raise CheckpointError(
             f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",

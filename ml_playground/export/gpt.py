@@ -31,14 +31,6 @@ def _checkpoint(config: ExperimentConfig, which: str) -> LoadedCheckpoint:
     return service.load(path, with_training_state=False)
 
 
-def _weights(loaded: LoadedCheckpoint, which: str) -> dict[str, torch.Tensor]:
-    if which == "ema":
-        if loaded.ema is None:
-            raise CheckpointError("this checkpoint has no EMA weights", path=loaded.path)
-        return {**loaded.model, **loaded.ema}
-    return dict(loaded.model)
-
-
 def stop_tokens(tokenizer: Tokenizer) -> list[str]:
     if isinstance(tokenizer, BpeTokenizer) and tokenizer.token_id(END_TOKEN) is not None:
         return [END_TOKEN]
@@ -84,7 +76,7 @@ def export_gpt(
         model_config = GPTConfig(**loaded.manifest["model_config"])
     except TypeError as exc:
         raise CheckpointError(f"model config not understood ({exc})", path=loaded.path) from None
-    state = _weights(loaded, config.sample.weights)
+    state = loaded.weights(config.sample.weights)
     tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)
     gguf_name = f"{request.name}-{request.gguf_type}.gguf"
 

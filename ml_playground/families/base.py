@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from rich.console import Console
 from torch import nn
 
 from ml_playground.core.devices import Precision
+from ml_playground.core.errors import ConfigError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset
@@ -29,6 +30,7 @@ from ml_playground.training.ema import EMA
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ml_playground.configuration.families import FamilyConfig
     from ml_playground.configuration.models import ExperimentConfig
     from ml_playground.training.checkpointing.service import CheckpointService
     from ml_playground.training.hooks.base import Hook
@@ -87,7 +89,17 @@ class InferenceModel:
     stop_in_text: bool = True  # whether a stop token's text ends the sample (a header's <|end|>) or is dropped
     chat_ids: Callable[[ChatMessages], list[int]] | None = None  # None: the model has no chat template
     dataset_fingerprint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+FamilySettings = TypeVar("FamilySettings", bound="FamilyConfig")
+
+
+def family_settings(config: ExperimentConfig, kind: type[FamilySettings]) -> FamilySettings:
+    """``train.model`` as the family's own config class (the registry only sends a family its own kind)."""
+    model = config.train.model
+    if not isinstance(model, kind):
+        raise ConfigError(f"expected the {kind.__name__} family, got kind {model.kind!r}", key="train.model.kind")
+    return model
 
 
 class ModelFamily(Protocol):

@@ -24,20 +24,13 @@ from ml_playground.data_pipeline.batches import TokenDataset
 from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS, header_stop_ids
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.request import ExportRequest, ExportResult
-from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup
+from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup, family_settings
 from ml_playground.models.core.inference import SamplingParams, generate, generate_stream
 from ml_playground.models.core.kernels import LinearKernelSetting, resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
 from ml_playground.training.distributed import wrap_model
 from ml_playground.training.ema import EMA
-
-
-def model_settings(config: ExperimentConfig) -> GptModelConfig:
-    model = config.train.model
-    if not isinstance(model, GptModelConfig):  # the registry sends only kind "gpt" here
-        raise ConfigError(f"expected kind 'gpt', got {model.kind!r}", key="train.model.kind")
-    return model
 
 
 def gpt_config(model: GptModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:
@@ -108,15 +101,9 @@ def model_from_checkpoint(
     except TypeError as exc:
         raise CheckpointError(f"model config not understood ({exc})", path=loaded.path / "manifest.json") from None
     model = GPT(config)
-    state = loaded.model
-    if weights == "ema":
-        if loaded.ema is None:
-            raise CheckpointError(
-                "this checkpoint has no EMA weights (train with train.model.ema.enabled = true)", path=loaded.path
-            )
-        state = {**loaded.model, **loaded.ema}
-        if config.tie_weights:
-            state["lm_head.weight"] = state["wte.weight"]
+    state = loaded.weights(weights)
+    if weights == "ema" and config.tie_weights:  # the average holds the shared matrix once, as wte
+        state["lm_head.weight"] = state["wte.weight"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -140,7 +127,7 @@ def text_generator(model: GPT, tokenizer: Tokenizer) -> Callable[[str, SamplingP
 
 class GptFamily:
     def build_for_training(self, ctx: BuildContext) -> TrainingSetup:
-        settings = model_settings(ctx.config)
+        settings = family_settings(ctx.config, GptModelConfig)
         device = ctx.precision.device
         conditions = condition_tokens(ctx.dataset) if settings.condition_embedding else None
         model_config = gpt_config(settings, ctx.dataset.vocab_size, conditions)
@@ -169,7 +156,7 @@ class GptFamily:
         )
 
     def load_for_inference(self, config: ExperimentConfig, checkpoint: str) -> InferenceModel:
-        settings = model_settings(config)
+        settings = family_settings(config, GptModelConfig)
         service = CheckpointService(config.train.out_dir)
         loaded = service.load(service.resolve(checkpoint), with_training_state=False)
         tokenizer = load_tokenizer(loaded.tokenizer_dir, config.prepare.cache_dir)

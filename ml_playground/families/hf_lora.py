@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
 from ml_playground.export.hf import ExportError
 from ml_playground.export.request import ExportRequest, ExportResult
-from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup
+from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup, family_settings
 
 
 class HfLoraFamily:
@@ -24,9 +24,8 @@ class HfLoraFamily:
 
     def load_for_inference(self, config: ExperimentConfig, checkpoint: str) -> InferenceModel:
         from ml_playground.finetune.inference import lora_inference_model
-        from ml_playground.finetune.setup import lora_settings
 
-        return lora_inference_model(config, lora_settings(config), checkpoint)
+        return lora_inference_model(config, family_settings(config, HfLoraModelConfig), checkpoint)
 
     def export(
         self, config: ExperimentConfig, request: ExportRequest, write_hook: Callable[[Path], None] | None = None

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
 from ml_playground.core.devices import resolve_precision
-from ml_playground.core.errors import CheckpointError, ConfigError
+from ml_playground.core.errors import CheckpointError
 from ml_playground.core.tokenizer import PretrainedTokenizer
 from ml_playground.families.base import ChatMessages, InferenceModel
 from ml_playground.finetune.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
@@ -79,12 +77,9 @@ def load_lora_model(config: ExperimentConfig, settings: HfLoraModelConfig, which
 
 
 def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, which: str) -> InferenceModel:
-    if config.sample.weights != "raw":  # pragma: no cover (refused by the config validator)
-        raise ConfigError("LoRA runs keep no EMA weights", key="sample.weights")
     model, tokenizer, described = load_lora_model(config, settings, which)
     pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
     eos = tokenizer.eos_token_id
-    device = next(model.parameters()).device
     return InferenceModel(
         module=LogitsOnly(model),
         tokenizer=PretrainedTokenizer(tokenizer, described),
@@ -92,7 +87,7 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         stream=lambda prompt, params: stream_tokens(model, prompt, params),
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
-        device=device if isinstance(device, torch.device) else torch.device(device),
+        device=next(model.parameters()).device,
         stop_ids=frozenset({int(eos)}) if eos is not None else frozenset(),
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
+from ml_playground.configuration.models import HfLoraModelConfig
 from ml_playground.core.console import say
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
-from ml_playground.families.base import BuildContext, TrainingSetup
+from ml_playground.families.base import BuildContext, TrainingSetup, family_settings
 from ml_playground.finetune.adapters import AdapterExportHook
 from ml_playground.finetune.generation import generate_ids
 from ml_playground.finetune.hub import load_pretrained_model
@@ -96,17 +96,10 @@ def make_merger(base_model: str, revision: str | None, dtype: torch.dtype) -> An
     return merge
 
 
-def lora_settings(config: ExperimentConfig) -> HfLoraModelConfig:
-    model = config.train.model
-    if not isinstance(model, HfLoraModelConfig):  # the registry sends only kind "hf_lora" here
-        raise UserError(f"expected train.model.kind 'hf_lora', got {model.kind!r}")
-    return model
-
-
 def finetune_setup(ctx: BuildContext) -> TrainingSetup:
     config, dataset, precision, console, dist = ctx.config, ctx.dataset, ctx.precision, ctx.console, ctx.dist
     tc = config.train
-    settings = lora_settings(config)
+    settings = family_settings(config, HfLoraModelConfig)
     if dist.enabled:
         raise UserError("LoRA fine-tuning runs in one process; launch it without torchrun")
     tokenizer = load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir)

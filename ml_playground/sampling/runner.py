@@ -124,7 +124,7 @@ class Generator:
 
 def load_generator(config: ExperimentConfig) -> Generator:
     generator = Generator(load_model(config))
-    generator.model  # noqa: B018 (refuses another family here, not mid-command)
+    _ = generator.model  # refuses another family here, not mid-command
     return generator
 
 

@@ -89,6 +89,16 @@ class LoadedCheckpoint:
     def tokenizer_dir(self) -> Path:
         return self.path / TOKENIZER_DIR
 
+    def weights(self, which: str = "raw") -> dict[str, torch.Tensor]:
+        """The saved weights, or (``"ema"``) with the averaged ones in place of the trained parameters."""
+        if which != "ema":
+            return dict(self.model)
+        if self.ema is None:
+            raise CheckpointError(
+                "this checkpoint has no EMA weights (train with train.model.ema.enabled = true)", path=self.path
+            )
+        return {**self.model, **self.ema}
+
 
 def tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
     """safetensors refuses shared storage (tied weights): store each tensor once, aliases in metadata."""
