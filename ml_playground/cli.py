@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("debate", "a generated debate between parties on a topic (header-conditioned experiments: speakger)"),
         ("analyze", "report on generated samples: diversity, header format, party conditioning accuracy"),
         ("export", "a checkpoint as a Hugging Face folder, a GGUF file, or GGUF + Ollama Modelfile"),
+        ("serve", "an OpenAI-compatible HTTP server (streaming) with a web page at /"),
+        ("chat", "talk to the model in the terminal (/reset, /quit)"),
     ]
     for name, help_text in specs:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--checkpoint", help="best, last or a checkpoint folder (default: [export] checkpoint)")
             sub.add_argument("--out", type=Path, help="output folder (default: export-FORMAT beside train.out_dir)")
             sub.add_argument("--force", action="store_true", help="replace an output folder that is not empty")
+        if name in ("serve", "chat"):
+            where = "[serve] checkpoint" if name == "serve" else "sample.checkpoint"
+            sub.add_argument("--checkpoint", help=f"best, last or a checkpoint folder (default: {where})")
+        if name == "serve":
+            sub.add_argument("--host", help="address to listen on (default: [serve] host, 127.0.0.1)")
+            sub.add_argument("--port", type=int, help="port (default: [serve] port, 8000; 0 picks a free one)")
         if name == "analyze":
             sub.add_argument("--per-party", type=int, default=10, help="generated samples per party (default 10)")
         if name == "eval":
@@ -324,6 +332,36 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.serving.server import serve
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError("must be a port number from 0 to 65535", key="--port")
+    serve(
+        _load(args),
+        args.experiment,
+        announce=lambda text: console.print(text, highlight=False, markup=False),
+        host=args.host,
+        port=args.port,
+        checkpoint=args.checkpoint,
+    )
+    return 0
+
+
+def read_line(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+def cmd_chat(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.sampling.chat import chat
+
+    chat(_load(args), read_line=read_line, emit=write_stdout, checkpoint=args.checkpoint)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "experiments": cmd_experiments,
     "bench": cmd_bench,
@@ -336,6 +374,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "debate": cmd_debate,
     "analyze": cmd_analyze,
     "export": cmd_export,
+    "serve": cmd_serve,
+    "chat": cmd_chat,
 }
 
 

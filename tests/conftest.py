@@ -130,3 +130,23 @@ def xml_archive(tmp_path_factory: pytest.TempPathFactory, xml_sessions: dict[str
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory, shakespeare_text: str) -> tuple[ExperimentConfig, list[str]]:
+    """The tiny shakespeare model trained once per test worker: (its config, the --set overrides that make it)."""
+    import io
+
+    from rich.console import Console
+
+    from ml_playground.data_pipeline.preparer import prepare
+    from ml_playground.training.trainer import train
+
+    root = tmp_path_factory.mktemp("trained_tiny")
+    corpus = root / "corpus.txt"
+    corpus.write_text(shakespeare_text[:30_000], encoding="utf-8")
+    overrides = tiny_overrides(root, corpus)
+    config = load_config(experiment_config_path("shakespeare"), overrides)
+    prepare(config.prepare)
+    train(config, quiet=True, console=Console(file=io.StringIO()))
+    return config, overrides

@@ -247,7 +247,7 @@ class TrainConfig(Section):
     device: DeviceName = "auto"
     dtype: DtypeName = "float32"
     deterministic: bool = True
-    num_threads: int | None = Field(default=None, ge=1)
+    num_threads: int | None = Field(default=None, ge=1, description="CPU threads for training and inference.")
     model: SerializeAsAny[FamilyConfig] = Field(
         default_factory=GptModelConfig, description="The model family (kind) and its own settings."
     )
@@ -315,11 +315,22 @@ class ExportConfig(Section):
     ollama_model: str | None = Field(default=None, description="Model name for `ollama create`; default: experiment.")
 
 
+class ServeConfig(Section):
+    host: str = Field(default="127.0.0.1", description="Address to listen on (loopback by default).")
+    port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port (printed at start).")
+    checkpoint: str = Field(default="best", description="best, last, or a checkpoint folder.")
+    max_tokens_limit: int = Field(default=2048, ge=1, description="Largest max_tokens a request may ask for.")
+    max_concurrent: int = Field(default=8, ge=1, description="Streams decoded at once, one token each in turn.")
+    queue_size: int = Field(default=64, ge=0, description="Requests that may wait for a slot; more get 503.")
+    shutdown_grace_s: float = Field(default=30.0, ge=0.0, description="How long in-flight streams may finish.")
+
+
 class ExperimentConfig(Section):
     prepare: PrepareConfig
     train: TrainConfig
     sample: SampleConfig = SampleConfig()
     export: ExportConfig = ExportConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _hf_tokenizer_defaults_to_the_base_model(self) -> ExperimentConfig:

@@ -89,6 +89,7 @@ class InferenceModel:
     stop_in_text: bool = True  # whether a stop token's text ends the sample (a header's <|end|>) or is dropped
     chat_ids: Callable[[ChatMessages], list[int]] | None = None  # None: the model has no chat template
     dataset_fingerprint: str | None = None
+    conditions: Mapping[str, Any] | None = None  # a header-conditioned model's known speakers and parties
 
 
 FamilySettings = TypeVar("FamilySettings", bound="FamilyConfig")

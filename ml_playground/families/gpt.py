@@ -163,6 +163,7 @@ class GptFamily:
         device = resolve_precision(config.train.device, config.train.dtype).device
         model = model_from_checkpoint(loaded, device, config.sample.weights, settings.linear_kernel)
         fingerprint = loaded.manifest.get("dataset_fingerprint")
+        conditions = loaded.manifest.get("conditions")
         return InferenceModel(
             module=model,
             tokenizer=tokenizer,
@@ -173,6 +174,7 @@ class GptFamily:
             device=device,
             stop_ids=frozenset(header_stop_ids(tokenizer)),
             dataset_fingerprint=str(fingerprint) if fingerprint is not None else None,
+            conditions=conditions if isinstance(conditions, dict) else None,
         )
 
     def export(

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ml_playground.core.errors import ConfigError
+from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.speeches import read_conditions
+from ml_playground.families.base import InferenceModel
 
 
 def closest(value: str, known: list[str], n: int = 5) -> list[str]:
@@ -32,6 +33,16 @@ def conditioned_prompt(fields: Mapping[str, Any], conditions: Mapping[str, Any],
     check_known("party", fields.get("party"), list(conditions.get("parties", {})), "sample.party")
     check_known("speaker", fields.get("speaker"), list(conditions.get("speakers", {})), "sample.speaker")
     return format_header(fields) + text
+
+
+def model_conditions(model: InferenceModel, dataset_dir: Path) -> Mapping[str, Any] | None:
+    """The conditions a model was trained with: from its checkpoint, or (older checkpoints) its dataset."""
+    if model.conditions is not None:
+        return model.conditions
+    try:
+        return dataset_conditions(dataset_dir)
+    except DataError:  # no dataset beside it: the checkpoint is all there is, and it has no conditions
+        return None
 
 
 def dataset_conditions(dataset_dir: Path) -> dict[str, Any] | None:

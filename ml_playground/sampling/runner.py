@@ -17,7 +17,8 @@ from ml_playground.families.base import InferenceModel
 from ml_playground.families.registry import family_of
 from ml_playground.models.core.inference import SamplingParams
 from ml_playground.models.core.model import GPT
-from ml_playground.sampling.conditioning import conditioned_prompt, dataset_conditions
+from ml_playground.sampling.conditioning import conditioned_prompt, model_conditions
+from ml_playground.sampling.decoding import TextStream
 
 
 @dataclass(frozen=True)
@@ -44,31 +45,22 @@ def stream_decode(
     emit: Callable[[str], None],
     stop_ids: Collection[int] | None = None,
 ) -> str:
-    """Generate and emit text as it grows; held back while the tail is an incomplete UTF-8 sequence.
+    """Generate and emit text as it grows (``TextStream`` holds back incomplete characters).
 
     Generation ends early at any of ``stop_ids`` (default: the model's own); the stop token's text is
     part of the result where the family says so (a header-conditioned GPT's ``<|end|>``), not otherwise
     (a pretrained model's end-of-text)."""
-    tokenizer = model.tokenizer
     stops = model.stop_ids if stop_ids is None else stop_ids
+    text = TextStream(model.tokenizer, stops, model.stop_in_text)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
-    new_ids: list[int] = []
-    shown = ""
     for token in model.stream(prompt, params):
-        new_ids.append(int(token[0, 0]))
-        if new_ids[-1] in stops and not model.stop_in_text:
-            new_ids.pop()
+        if delta := text.push(int(token[0, 0])):
+            emit(delta)
+        if text.finish_reason is not None:
             break
-        text = tokenizer.decode(new_ids)
-        if not text.endswith("\ufffd") and text.startswith(shown):
-            emit(text[len(shown) :])
-            shown = text
-        if new_ids[-1] in stops:
-            break
-    final = tokenizer.decode(new_ids)
-    if final.startswith(shown):
-        emit(final[len(shown) :])
-    return final
+    if rest := text.finish():
+        emit(rest)
+    return text.text
 
 
 def sampling_params(
@@ -88,6 +80,8 @@ def sampling_params(
 
 def load_model(config: ExperimentConfig, checkpoint: str | None = None) -> InferenceModel:
     """The experiment's trained model from its family (``checkpoint`` defaults to ``sample.checkpoint``)."""
+    if config.train.num_threads is not None:  # the same threads as training: the same sums, the same tokens
+        torch.set_num_threads(config.train.num_threads)
     return family_of(config).load_for_inference(config, checkpoint or config.sample.checkpoint)
 
 
@@ -136,7 +130,7 @@ def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text:
         if model.chat_ids is None:
             raise ConfigError("the model has no chat template; set sample.chat = false", key="sample.chat")
         return prompt_text, model.chat_ids([{"role": "user", "content": prompt_text}]), 0
-    conditions = dataset_conditions(config.prepare.dataset_dir)
+    conditions = model_conditions(model, config.prepare.dataset_dir)
     if conditions is not None:
         fields = {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
         prompt_text = conditioned_prompt(fields, conditions, prompt_text.strip())

@@ -26,6 +26,7 @@ from ml_playground.core.errors import CheckpointError, DataError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.data_pipeline.speeches import read_conditions
 from ml_playground.families.base import BuildContext, TrainingSetup
 from ml_playground.families.registry import family_of
 from ml_playground.models.core.inference import SamplingParams
@@ -260,6 +261,8 @@ def _train_locked(
     config_dump = config.model_dump(mode="json")
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
 
+    conditions = read_conditions(dataset.dataset_dir) if dataset.meta.get("conditioning") == "header" else None
+
     def build_payload(ctx: TrainingContext) -> CheckpointPayload:
         return state_map.payload(
             ctx.state.step,
@@ -269,6 +272,7 @@ def _train_locked(
             extra_meta={
                 "val_loss": ctx.last_eval.val_loss if ctx.last_eval is not None else None,
                 "dataset_fingerprint": dataset.meta.get("fingerprint"),
+                "conditions": conditions,  # so that sampling a conditioned model needs only the checkpoint
             },
         )
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import TINY_MODEL
 from tests.e2e.test_cli import assert_one_line_user_error, cli, sets
+from tests.serving_helpers import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -63,3 +65,20 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
     assert Path(report["chart_path"]).read_bytes().startswith(b"\x89PNG")
     no_parties = cli("debate", "speakger", *args, "--topic", "x", "--parties", "Piraten", check_code=None)
     assert_one_line_user_error(no_parties, "--parties", "unknown party 'Piraten'")
+
+    # The checkpoint carries its conditions: sampling and serving need no dataset beside it.
+    (tmp_path / "dataset").rename(tmp_path / "dataset-moved")
+    header = "<|party|>FDP<|year|>2019<|topic|>Europa<|text|>"
+    again = cli("sample", "speakger", *args, "--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet")
+    assert again.stdout == sampled.stdout
+    generated = sampled.stdout[len(header) :].split("\n---------------\n")[0]
+    with ServerProcess("speakger", [*args[1::2], "train.num_threads=1"]) as server:
+        described = httpx.get(f"{server.url}/v1/models").json()["data"][0]
+        body = {"party": "FDP", "year": 2019, "topic": "Europa", "max_tokens": 20, "seed": 1337, "temperature": 0.8}
+        answer = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+        wrong = httpx.post(f"{server.url}/v1/completions", json={**body, "party": "spd"}, timeout=60)
+    assert "FDP" in described["conditions"]["parties"]
+    assert answer["choices"][0]["text"] == generated
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["param"] == "party"
+    assert "closest known: SPD" in wrong.json()["error"]["message"]

@@ -225,3 +225,82 @@ def test_bad_base_model_and_target_modules(tmp_path: Path, tiny_model: Path, sha
     assert "Hugging Face cache" in message
     assert "set train.model.base_model to a local folder" in message
     assert "\n" not in message
+
+
+def test_serve_chats_through_the_models_chat_template(
+    trained: ExperimentConfig, tiny_model: Path, shared_data: Path
+) -> None:
+    import openai
+
+    from ml_playground.models.core.inference import SamplingParams
+    from ml_playground.sampling.runner import load_model, stream_decode
+    from tests.serving_helpers import ServerProcess
+
+    settings = [
+        *overrides(trained.train.out_dir.parent, tiny_model, shared_data),
+        "train.model.save_merged_on_best=true",
+    ]
+    messages = [{"role": "user", "content": "Sehr geehrte Damen und Herren"}]
+    threads = torch.get_num_threads()
+    model = load_model(trained)  # train.num_threads=1, as in the server
+    assert model.chat_ids is not None
+    # top_p is left out of the requests: the server takes the experiment's [sample] top_p (0.95)
+    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_k=50, top_p=trained.sample.top_p, seed=5)
+    expected = stream_decode(model, model.chat_ids(messages), params, lambda _: None)
+    torch.set_num_threads(threads)
+    with (
+        ServerProcess(EXPERIMENT, settings) as server,
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0) as api,
+    ):
+        described = api.models.list().data[0].model_dump()
+        answer = api.chat.completions.create(
+            model=EXPERIMENT,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=0.9,
+            seed=5,
+            extra_body={"top_k": 50},
+        )
+        streamed = api.chat.completions.create(
+            model=EXPERIMENT,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=0.9,
+            seed=5,
+            extra_body={"top_k": 50},
+            stream=True,
+        )
+        pieces = [chunk.choices[0].delta for chunk in streamed if chunk.choices]
+    assert described["chat"] is True
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == expected
+    assert pieces[0].role == "assistant"
+    assert "".join(piece.content or "" for piece in pieces) == expected
+
+
+def test_chat_keeps_a_chat_models_conversation_as_messages(trained: ExperimentConfig) -> None:
+    from ml_playground.sampling.chat import Conversation, chat
+    from ml_playground.sampling.runner import load_model
+
+    model = load_model(trained)
+    assert model.chat_ids is not None
+    conversation = Conversation(model)
+    first, keep = conversation.prompt_ids("Guten Tag")
+    assert (first, keep) == (model.chat_ids([{"role": "user", "content": "Guten Tag"}]), 0)
+    conversation.answered("Hallo")
+    second, _ = conversation.prompt_ids("Und weiter?")
+    assert second == model.chat_ids(
+        [
+            {"role": "user", "content": "Guten Tag"},
+            {"role": "assistant", "content": "Hallo"},
+            {"role": "user", "content": "Und weiter?"},
+        ]
+    )
+    conversation.reset()
+    assert conversation.prompt_ids("Guten Tag")[0] == first
+
+    typed = iter(["Guten Tag", "/reset", "", "Und weiter?", "/quit"])
+    said: list[str] = []
+    assert chat(trained, read_line=lambda _: next(typed), emit=said.append) == 2
+    assert "(step 30, chat template)" in said[0]
+    assert "(conversation forgotten)\n" in said

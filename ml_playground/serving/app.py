@@ -1,0 +1,359 @@
+"""The HTTP API: OpenAI's completions and chat completions (streamed as server-sent events), models, health.
+
+Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with a 4xx status for
+anything the client can fix and never a traceback. Every request goes through the same ``Engine``
+and the family's ``InferenceModel``, whatever the family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.errors import UserError
+from ml_playground.families.base import InferenceModel
+from ml_playground.models.core.inference import SamplingParams
+from ml_playground.sampling.conditioning import conditioned_prompt
+from ml_playground.serving.engine import (
+    Delta,
+    Done,
+    Engine,
+    EngineBusyError,
+    EngineClosedError,
+    Event,
+    GenerationRequest,
+    Job,
+)
+from ml_playground.serving.schemas import ChatRequest, CompletionRequest, GenerationFields
+
+DISCONNECT_POLL_S = 0.5
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+
+def error_response(status: int, message: str, param: str | None = None, kind: str | None = None) -> JSONResponse:
+    error = ApiError(status, message, param=param, kind=kind)
+    body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+@dataclass
+class Served:
+    """What the server serves: one experiment's model, its settings and its engine."""
+
+    name: str
+    config: ExperimentConfig
+    model: InferenceModel
+    engine: Engine
+    conditions: Mapping[str, Any] | None = None  # a header-conditioned dataset's known speakers and parties
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def describe(self) -> dict[str, Any]:
+        conditions = None
+        if self.conditions is not None:
+            conditions = {
+                "parties": sorted(self.conditions.get("parties", {})),
+                "speakers": len(self.conditions.get("speakers", {})),
+            }
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "ml_playground",
+            "context_length": self.model.context_length,
+            "step": self.model.step,
+            "checkpoint": self.model.checkpoint,
+            "chat": self.model.chat_ids is not None,
+            "conditions": conditions,
+            "max_tokens_limit": self.config.serve.max_tokens_limit,
+        }
+
+
+def _check_common(served: Served, fields: GenerationFields) -> int:
+    """The checks every request gets; returns ``max_tokens``."""
+    if fields.model is not None and fields.model != served.name:
+        raise ApiError(
+            404, f"model {fields.model!r} is not served here (this server serves {served.name!r})", param="model"
+        )
+    limit = served.config.serve.max_tokens_limit
+    asked = fields.max_tokens or fields.max_completion_tokens
+    if asked is not None and asked > limit:
+        raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limit}", param="max_tokens")
+    if fields.conditions and served.conditions is None:
+        name = next(iter(fields.conditions))
+        raise ApiError(400, f"{name} applies to header-conditioned experiments; {served.name} is not one", param=name)
+    return asked or min(served.config.sample.max_new_tokens, limit)
+
+
+def _encode(served: Served, text: str, param: str) -> list[int]:
+    try:
+        ids = served.model.tokenizer.encode(text)
+    except UserError as exc:
+        raise ApiError(400, f"{param} cannot be encoded: {exc.message}", param=param) from None
+    if not ids:
+        raise ApiError(400, f"{param} is empty after tokenization; give at least one token", param=param)
+    if len(ids) > served.model.context_length:
+        raise ApiError(
+            400, f"{param} is {len(ids)} tokens; the model's context is {served.model.context_length}", param=param
+        )
+    return ids
+
+
+def _params(served: Served, fields: GenerationFields, max_tokens: int, keep_prefix: int = 0) -> SamplingParams:
+    sc = served.config.sample
+    return SamplingParams(
+        max_new_tokens=max_tokens,
+        temperature=sc.temperature if fields.temperature is None else fields.temperature,
+        top_k=sc.top_k if fields.top_k is None else fields.top_k,
+        top_p=sc.top_p if fields.top_p is None else fields.top_p,
+        seed=secrets.randbits(31) if fields.seed is None else fields.seed,
+        use_kv_cache=sc.use_kv_cache,
+        keep_prefix=keep_prefix,
+    )
+
+
+def completion_request(served: Served, body: CompletionRequest) -> GenerationRequest:
+    max_tokens = _check_common(served, body)
+    text = served.config.sample.prompt if body.prompt_text is None else body.prompt_text
+    keep_prefix = 0
+    if served.conditions is not None:
+        try:
+            header = conditioned_prompt(body.conditions, served.conditions)
+        except UserError as exc:
+            param = (exc.key or "").rpartition(".")[2] or None
+            raise ApiError(400, exc.message, param=param) from None
+        keep_prefix = len(served.model.tokenizer.encode(header))
+        text = header + text.strip()
+    ids = _encode(served, text, "prompt")
+    return GenerationRequest(ids, _params(served, body, max_tokens, keep_prefix), tuple(body.stop_strings))
+
+
+def chat_request(served: Served, body: ChatRequest) -> GenerationRequest:
+    max_tokens = _check_common(served, body)
+    if served.model.chat_ids is None:
+        raise ApiError(
+            400, f"{served.name} has no chat template; use /v1/completions for a continuation", param="messages"
+        )
+    ids = served.model.chat_ids([{"role": m.role, "content": m.text} for m in body.messages])
+    if len(ids) > served.model.context_length:
+        raise ApiError(
+            400,
+            f"messages are {len(ids)} tokens; the model's context is {served.model.context_length}",
+            param="messages",
+        )
+    return GenerationRequest(ids, _params(served, body, max_tokens), tuple(body.stop_strings))
+
+
+class JobEvents:
+    """A submitted job's events on the event loop (the engine delivers them from its thread)."""
+
+    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        try:
+            self.job: Job = engine.submit(request, self._deliver)
+        except EngineBusyError as exc:
+            raise ApiError(503, f"server busy: {exc.message}; try again", kind="server_busy") from None
+        except EngineClosedError as exc:
+            raise ApiError(503, exc.message, kind="server_shutting_down") from None
+
+    def _deliver(self, event: Event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the event loop is gone: the server stopped
+            self.job.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        try:
+            while True:
+                event = await self.queue.get()
+                yield event
+                if not isinstance(event, Delta):
+                    return
+        finally:
+            self.job.cancel()
+
+    async def collect(self, request: Request) -> tuple[str, Done]:
+        """The whole text, or ``ApiError`` when generation failed; the job is cancelled if the client leaves."""
+        parts: list[str] = []
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        raise ApiError(499, "client closed the request") from None
+                    continue
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                elif isinstance(event, Done):
+                    return "".join(parts), event
+                else:
+                    raise ApiError(500, event.message)
+        finally:
+            self.job.cancel()
+
+
+def _usage(done: Done) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _sse(payload: Mapping[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _completion_stream(served: Served, events: JobEvents, include_usage: bool, chat: bool) -> AsyncIterator[str]:
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    base = {
+        "id": ident,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": served.name,
+    }
+
+    def choice(text: str | None, finish: str | None) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, str] = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    if chat:
+        yield _sse(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
+    async for event in events:
+        if isinstance(event, Delta):
+            yield _sse({**base, "choices": [choice(event.text, None)]})
+        elif isinstance(event, Done):
+            yield _sse({**base, "choices": [choice(None, event.finish_reason)]})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(event)})
+        else:
+            yield _sse({"error": {"message": event.message, "type": "server_error", "param": None, "code": None}})
+    yield _sse("[DONE]")
+
+
+def _page() -> str:
+    return resources.files("ml_playground.serving").joinpath("static", "index.html").read_text("utf-8")
+
+
+def create_app(served: Served) -> FastAPI:
+    app = FastAPI(title=f"ml_playground: {served.name}", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.kind)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        location = [str(part) for part in first.get("loc", ())]
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the request body is not valid JSON")
+        param = ".".join(location[1:]) if location[:1] == ["body"] else ".".join(location)
+        return error_response(400, f"{param or 'body'}: {first.get('msg', 'invalid')}", param or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        traceback.print_exception(exc, file=sys.stderr)
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server's log")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_page())
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        active, waiting = served.engine.load()
+        return {"status": "ok", "model": served.name, "active": active, "waiting": waiting}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [served.describe()]}
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        events = JobEvents(served.engine, completion_request(served, body))
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        if body.stream:
+            return StreamingResponse(
+                _completion_stream(served, events, include_usage, chat=False),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        text, done = await events.collect(request)
+        return JSONResponse(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": served.name,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason}],
+                "usage": _usage(done),
+            }
+        )
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        events = JobEvents(served.engine, chat_request(served, body))
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        if body.stream:
+            return StreamingResponse(
+                _completion_stream(served, events, include_usage, chat=True),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
+        text, done = await events.collect(request)
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": served.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": None,
+                        "finish_reason": done.finish_reason,
+                    }
+                ],
+                "usage": _usage(done),
+            }
+        )
+
+    return app

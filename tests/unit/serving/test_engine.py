@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from ml_playground.core.tokenizer import CharTokenizer
+from ml_playground.families.base import InferenceModel
+from ml_playground.models.core.inference import SamplingParams, generate_stream
+from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.serving.engine import (
+    Delta,
+    Done,
+    Engine,
+    EngineBusyError,
+    EngineClosedError,
+    Event,
+    Failed,
+    GenerationRequest,
+)
+
+pytestmark = pytest.mark.unit
+
+TOKENIZER = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")
+
+
+@pytest.fixture(scope="module")
+def model() -> InferenceModel:
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)).eval()
+    return InferenceModel(
+        module=gpt,
+        tokenizer=TOKENIZER,
+        context_length=32,
+        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
+        step=0,
+        checkpoint="random weights",
+        device=torch.device("cpu"),
+    )
+
+
+class Collected:
+    """What the engine delivered for one job, and a way to wait for its end."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.ended = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if not isinstance(event, Delta):
+            self.ended.set()
+
+    def wait(self) -> Event:
+        assert self.ended.wait(30), "the job never ended"
+        return self.events[-1]
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events if isinstance(e, Delta))
+
+
+def request(seed: int, tokens: int = 40, prompt: str = "to be") -> GenerationRequest:
+    return GenerationRequest(
+        TOKENIZER.encode(prompt), SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=seed)
+    )
+
+
+@pytest.fixture
+def engine(model: InferenceModel) -> Iterator[Engine]:
+    engine = Engine(model, max_concurrent=8, queue_size=8)
+    yield engine
+    engine.stop()
+
+
+def run_alone(model: InferenceModel, req: GenerationRequest) -> str:
+    engine = Engine(model, max_concurrent=1, queue_size=0)
+    try:
+        collected = Collected()
+        engine.submit(req, collected)
+        collected.wait()
+        return collected.text
+    finally:
+        engine.stop()
+
+
+def test_interleaved_streams_give_the_answers_each_gives_alone(model: InferenceModel, engine: Engine) -> None:
+    requests = [request(seed) for seed in range(10)]  # 8 decoded at once, 2 wait for a slot
+    collected = [Collected() for _ in requests]
+    for req, sink in zip(requests, collected, strict=True):
+        engine.submit(req, sink)
+    ends = [sink.wait() for sink in collected]
+    assert all(isinstance(end, Done) and end.finish_reason == "length" for end in ends)
+    assert [end.completion_tokens for end in ends if isinstance(end, Done)] == [40] * 10
+    assert [end.prompt_tokens for end in ends if isinstance(end, Done)] == [5] * 10
+    assert len({sink.text for sink in collected}) == 10  # different seeds, different answers
+    assert [sink.text for sink in collected[:3]] == [run_alone(model, req) for req in requests[:3]]
+    assert engine.load() == (0, 0)
+
+
+def test_a_full_queue_is_refused_and_a_cancelled_job_frees_its_slot(model: InferenceModel) -> None:
+    engine = Engine(model, max_concurrent=1, queue_size=1)
+    try:
+        first, second = Collected(), Collected()
+        long_job = engine.submit(request(0, tokens=100_000), first)
+        engine.submit(request(1, tokens=5), second)
+        with pytest.raises(EngineBusyError, match="1 slots and 1 queue places"):
+            engine.submit(request(2), Collected())
+        long_job.cancel()
+        end = second.wait()
+        assert isinstance(end, Done)
+        assert end.completion_tokens == 5
+        assert not first.ended.is_set()  # a cancelled job says nothing more: its client is gone
+    finally:
+        engine.stop()
+
+
+def test_stop_strings_end_a_stream_and_failures_stay_with_their_request(model: InferenceModel, engine: Engine) -> None:
+    alone = run_alone(model, request(3))
+    stop = alone[5:7]
+    stopped = Collected()
+    engine.submit(GenerationRequest(TOKENIZER.encode("to be"), request(3).params, stop=(stop,)), stopped)
+    end = stopped.wait()
+    assert isinstance(end, Done)
+    assert end.finish_reason == "stop"
+    assert stopped.text == alone[: alone.index(stop)]
+
+    broken = Collected()
+    engine.submit(GenerationRequest([TOKENIZER.vocab_size + 5], request(4).params), broken)  # no such token
+    failed = broken.wait()
+    assert isinstance(failed, Failed)
+    assert "IndexError" in failed.message
+    healthy = Collected()
+    engine.submit(request(5, tokens=3), healthy)
+    assert isinstance(healthy.wait(), Done)
+
+
+def test_shutting_down_refuses_new_requests_and_ends_running_streams_cleanly(model: InferenceModel) -> None:
+    engine = Engine(model, max_concurrent=1, queue_size=4)
+    try:
+        running, waiting = Collected(), Collected()
+        engine.submit(request(0, tokens=100_000), running)
+        engine.submit(request(1, tokens=100_000), waiting)
+        engine.close()
+        with pytest.raises(EngineClosedError):
+            engine.submit(request(2), Collected())
+        engine.finish_all()
+        for sink in (running, waiting):
+            end = sink.wait()
+            assert isinstance(end, Done)
+            assert end.finish_reason == "length"
+            assert len(sink.text) < 100_000
+    finally:
+        engine.stop()
