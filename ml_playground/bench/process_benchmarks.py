@@ -20,6 +20,7 @@ from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.data_pipeline.preparer import prepare
 
 SPEEDRUN_CONFIG = experiment_config_path("shakespeare").with_name("speedrun.toml")
+QUICK_EVALUATION = ["--set", "train.eval_max_tokens=2048", "--set", "train.eval_at_start=false"]
 DONE = re.compile(r"done at step (\d+) in ([0-9.]+) s")
 BEST = re.compile(r"best val loss ([0-9.]+)")
 
@@ -75,8 +76,14 @@ def run_train(args: list[str], work_dir: Path) -> RunOutcome:
     )  # fmt: skip
 
 
-def speedrun(dataset_dir: Path, work_dir: Path, target: float = 1.89, peer_max_iters: int = 2000) -> BenchResult:
-    """Our speedrun config against nanoGPT's CPU recipe (batch 12, lr 1e-3, 2000 iterations), same target."""
+def speedrun(
+    dataset_dir: Path, work_dir: Path, target: float = 1.89, peer_max_iters: int = 2000, max_steps: int | None = None
+) -> BenchResult:
+    """Our speedrun config against nanoGPT's CPU recipe (batch 12, lr 1e-3, 2000 iterations), same target.
+
+    ``max_steps`` cuts our run short and evaluates on a few windows: ``bench --quick`` checks the harness."""
+    short = [] if max_steps is None else ["--set", f"train.max_iters={max_steps}", *QUICK_EVALUATION]
+    short += [] if max_steps is None else ["--set", f"train.eval_interval={max(1, max_steps // 2)}"]
     common = [
         "--set",
         f"prepare.dataset_dir='{dataset_dir}'",
@@ -84,12 +91,21 @@ def speedrun(dataset_dir: Path, work_dir: Path, target: float = 1.89, peer_max_i
         f"train.early_stopping.target_val_loss={target}",
     ]
     ours = run_train(
-        ["shakespeare", "--config", str(SPEEDRUN_CONFIG), *common, "--set", f"train.out_dir='{work_dir / 'speedrun'}'"],
+        [
+            "shakespeare",
+            "--config",
+            str(SPEEDRUN_CONFIG),
+            *common,
+            *short,
+            "--set",
+            f"train.out_dir='{work_dir / 'speedrun'}'",
+        ],
         work_dir,
     )
     peer_args = ["shakespeare", *common, "--set", f"train.out_dir='{work_dir / 'nanogpt'}'"]
     peer_args += ["--set", "train.data.batch_size=12", "--set", "train.optim.learning_rate=1e-3"]
     peer_args += ["--set", f"train.max_iters={peer_max_iters}", "--set", "train.log_interval=1000"]
+    peer_args += [] if max_steps is None else QUICK_EVALUATION
     peer = run_train(peer_args, work_dir)
     peer_note = (
         "reached" if peer.reached_target else f"did not reach {target}; best {peer.best_val_loss:.4f} at the end"
@@ -107,10 +123,10 @@ def speedrun(dataset_dir: Path, work_dir: Path, target: float = 1.89, peer_max_i
     )
 
 
-def default_training_rss(dataset_dir: Path, work_dir: Path, steps: int = 200) -> BenchResult:
+def default_training_rss(dataset_dir: Path, work_dir: Path, steps: int = 200, quick: bool = False) -> BenchResult:
     outcome = run_train(
         ["shakespeare", "--set", f"prepare.dataset_dir='{dataset_dir}'", "--set", f"train.out_dir='{work_dir / 'rss'}'",
-         "--set", f"train.max_iters={steps}", "--set", "train.eval_interval=100"],
+         "--set", f"train.max_iters={steps}", "--set", "train.eval_interval=100", *(QUICK_EVALUATION if quick else [])],
         work_dir,
     )  # fmt: skip
     return BenchResult(

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ml_playground.bench import model_benchmarks, process_benchmarks
+from ml_playground.bench import model_benchmarks, process_benchmarks, serving_benchmarks
 from ml_playground.bench.harness import BenchResult, render_table, write_results
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.data_pipeline.preparer import prepare
@@ -38,13 +38,18 @@ def run_benchmarks(
     add(model_benchmarks.compile_vs_eager(sizes))
     add(model_benchmarks.sampling(sizes))
     add(model_benchmarks.scaling_table(sizes))
+    add(serving_benchmarks.serving(sizes))
     with tempfile.TemporaryDirectory(prefix="ml_playground-bench-") as tmp:
         work = Path(tmp)
         dataset = work / "shakespeare"
         prepare(PrepareConfig(input_path=str(shakespeare), dataset_dir=dataset))
         target, peer_iters, rss_steps, big_mb = (4.0, 10, 5, 2) if quick else (1.89, 2000, 200, 300)
-        add(process_benchmarks.speedrun(dataset, work, target=target, peer_max_iters=peer_iters))
-        add(process_benchmarks.default_training_rss(dataset, work, steps=rss_steps))
+        add(
+            process_benchmarks.speedrun(
+                dataset, work, target=target, peer_max_iters=peer_iters, max_steps=10 if quick else None
+            )
+        )
+        add(process_benchmarks.default_training_rss(dataset, work, steps=rss_steps, quick=quick))
         sample_text = bundestag.joinpath("19001.txt").read_text("utf-8-sig")
         add(process_benchmarks.prepare_memory(sample_text, work, big_mb, 600))
         add(process_benchmarks.prepare_throughput(bundestag, work, "char", 50.0))

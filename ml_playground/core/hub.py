@@ -37,11 +37,20 @@ def _not_loadable(what: str, name: str, key: str, exc: Exception) -> ConfigError
     )
 
 
-def load_pretrained_tokenizer(name: str, revision: str | None = None, key: str = "train.model.base_model") -> Any:
+DEFAULT_CACHE = Path("~/.cache/ml_playground")
+
+
+def load_pretrained_tokenizer(
+    name: str, revision: str | None = None, key: str = "train.model.base_model", cache_dir: Path = DEFAULT_CACHE
+) -> Any:
+    """A Hub id, a folder, or a ``.gguf`` file (converted once into ``cache_dir/gguf``)."""
     from transformers import AutoTokenizer
 
+    from ml_playground.core.gguf_import import hf_folder_for
+
     quiet_transformers()
+    source = hf_folder_for(name, cache_dir, key)
     try:
-        return AutoTokenizer.from_pretrained(name, revision=revision)
+        return AutoTokenizer.from_pretrained(source, revision=None if source != name else revision)
     except (OSError, ValueError) as exc:
         raise _not_loadable("the tokenizer of", name, key, exc) from None

@@ -317,11 +317,15 @@ class PretrainedTokenizer:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str, revision: str | None = None, key: str = "train.model.base_model"
+        cls,
+        name_or_path: str,
+        revision: str | None = None,
+        key: str = "train.model.base_model",
+        cache_dir: Path = Path("~/.cache/ml_playground"),
     ) -> PretrainedTokenizer:
         from ml_playground.core.hub import load_pretrained_tokenizer
 
-        return cls(load_pretrained_tokenizer(name_or_path, revision, key), name_or_path)
+        return cls(load_pretrained_tokenizer(name_or_path, revision, key, cache_dir), name_or_path)
 
     @property
     def kind(self) -> str:

@@ -117,7 +117,9 @@ def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitId
     tokenizer: Tokenizer
     if config.tokenizer == "hf":
         assert config.hf_tokenizer is not None  # ExperimentConfig fills it from train.model.base_model
-        pretrained = PretrainedTokenizer.from_pretrained(config.hf_tokenizer, key="prepare.hf_tokenizer")
+        pretrained = PretrainedTokenizer.from_pretrained(
+            config.hf_tokenizer, key="prepare.hf_tokenizer", cache_dir=config.cache_dir
+        )
         if corpus.records is not None:
             return (pretrained, *_pack_split(config, corpus.records, pretrained))
         tokenizer = pretrained

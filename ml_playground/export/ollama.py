@@ -6,12 +6,26 @@ import json
 
 from ml_playground.configuration.models import SampleConfig
 
+CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
-def modelfile(gguf_name: str, sample: SampleConfig, stop: list[str], context_length: int) -> str:
-    """The model continues raw text: the template passes the prompt through unchanged."""
+
+def ollama_template(chat_template: str | None) -> str | None:
+    """Ollama's Go template for a model's Jinja chat template: ChatML (SmolLM2, Qwen) is translated;
+    for another template None, and Ollama uses the ``tokenizer.chat_template`` inside the GGUF file."""
+    if chat_template is None:
+        return "{{ .Prompt }}"
+    if "<|im_start|>" in chat_template and "<|im_end|>" in chat_template:
+        return CHATML
+    return None
+
+
+def modelfile(
+    gguf_name: str, sample: SampleConfig, stop: list[str], context_length: int, template: str | None = "{{ .Prompt }}"
+) -> str:
+    """``template``: Ollama's Go template (default: the raw prompt, for a model that continues text)."""
     lines = [
         f"FROM ./{gguf_name}",
-        'TEMPLATE """{{ .Prompt }}"""',
+        *([f'TEMPLATE """{template}"""'] if template is not None else []),
         f"PARAMETER num_ctx {context_length}",
         f"PARAMETER temperature {sample.temperature}",
         f"PARAMETER num_predict {sample.max_new_tokens}",

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
-from ml_playground.export.hf import ExportError
 from ml_playground.export.request import ExportRequest, ExportResult
 from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup, family_settings
 
@@ -30,10 +29,9 @@ class HfLoraFamily:
     def export(
         self, config: ExperimentConfig, request: ExportRequest, write_hook: Callable[[Path], None] | None = None
     ) -> ExportResult:
-        raise ExportError(
-            "LoRA runs export their merged model: train with train.model.save_merged_on_best = true, then use "
-            f"{config.train.out_dir / 'merged'} (a Hugging Face folder; llama.cpp's convert_hf_to_gguf.py makes GGUF)"
-        )
+        from ml_playground.finetune.export import export_lora
+
+        return export_lora(config, request, write_hook)
 
 
 FAMILY = HfLoraFamily()

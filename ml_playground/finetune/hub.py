@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ml_playground.core.hub import _not_loadable, load_pretrained_tokenizer, quiet_transformers
+from ml_playground.core.gguf_import import hf_folder_for
+from ml_playground.core.hub import DEFAULT_CACHE, _not_loadable, load_pretrained_tokenizer, quiet_transformers
 
 __all__ = ["load_pretrained_model", "load_pretrained_tokenizer", "quiet_transformers"]
 
 
 def load_pretrained_model(
-    name: str, *, revision: str | None, dtype: torch.dtype, key: str = "train.model.base_model"
+    name: str,
+    *,
+    revision: str | None,
+    dtype: torch.dtype,
+    key: str = "train.model.base_model",
+    cache_dir: Path = DEFAULT_CACHE,
 ) -> Any:
-    """A ``transformers`` ``PreTrainedModel`` (typed ``Any``: its methods are only partly annotated)."""
+    """A ``transformers`` ``PreTrainedModel`` (typed ``Any``: its methods are only partly annotated).
+
+    ``name``: a Hub id, a folder, or a ``.gguf`` file (converted once into ``cache_dir/gguf``)."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    source = hf_folder_for(name, cache_dir, key)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, revision=None if source != name else revision, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise _not_loadable("base model", name, key, exc) from None
+    if source != name:
+        model.config._name_or_path = name  # adapters record the GGUF file as their base, not the cache folder
     return model

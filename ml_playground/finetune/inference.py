@@ -56,6 +56,7 @@ def load_lora_model(config: ExperimentConfig, settings: HfLoraModelConfig, which
     """(model in eval mode, tokenizer, a description of what was loaded)."""
     precision = resolve_precision(config.train.device, config.train.dtype)
     kind, folder = resolve_weights(config, which)
+    cache = config.prepare.cache_dir
     if kind == "merged":
         assert folder is not None
         model = load_pretrained_model(str(folder), revision=None, dtype=precision.dtype, key="sample.checkpoint")
@@ -63,7 +64,9 @@ def load_lora_model(config: ExperimentConfig, settings: HfLoraModelConfig, which
         described = f"merged model {folder}"
     else:
         key = "train.model.base_model"
-        model = load_pretrained_model(settings.base_model, revision=settings.revision, dtype=precision.dtype, key=key)
+        model = load_pretrained_model(
+            settings.base_model, revision=settings.revision, dtype=precision.dtype, key=key, cache_dir=cache
+        )
         if kind == "adapters":
             assert folder is not None
             check_adapters_match(folder, settings.base_model)
@@ -71,7 +74,7 @@ def load_lora_model(config: ExperimentConfig, settings: HfLoraModelConfig, which
             tokenizer = load_pretrained_tokenizer(str(folder), key="sample.checkpoint")
             described = f"{settings.base_model} + adapters {folder}"
         else:
-            tokenizer = load_pretrained_tokenizer(settings.base_model, settings.revision, key=key)
+            tokenizer = load_pretrained_tokenizer(settings.base_model, settings.revision, key=key, cache_dir=cache)
             described = f"{settings.base_model} without adapters"
     return model.to(precision.device).eval(), tokenizer, described
 

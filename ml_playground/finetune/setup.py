@@ -79,7 +79,7 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[operator]
 
 
-def make_merger(base_model: str, revision: str | None, dtype: torch.dtype) -> Any:
+def make_merger(base_model: str, revision: str | None, dtype: torch.dtype, cache_dir: Path) -> Any:
     """Write base + adapters, merged, as a plain Hugging Face model folder (loads without PEFT)."""
 
     def merge(adapter_dir: Path, target: Path) -> None:
@@ -88,7 +88,7 @@ def make_merger(base_model: str, revision: str | None, dtype: torch.dtype) -> An
         # Loading a model draws from the global RNG (weight init before the checkpoint is read); the
         # training run's RNG stream (dropout) must not depend on whether a merged model was exported.
         with torch.random.fork_rng(devices=[]):
-            base = load_pretrained_model(base_model, revision=revision, dtype=dtype)
+            base = load_pretrained_model(base_model, revision=revision, dtype=dtype, cache_dir=cache_dir)
             merged = load_adapters(base, adapter_dir).merge_and_unload()
         merged.save_pretrained(str(target))
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(target))
@@ -110,7 +110,9 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
             path=dataset.dataset_dir,
         )
     dtype = weight_dtype(precision)
-    base = load_pretrained_model(settings.base_model, revision=settings.revision, dtype=dtype)
+    base = load_pretrained_model(
+        settings.base_model, revision=settings.revision, dtype=dtype, cache_dir=config.prepare.cache_dir
+    )
     embeddings = base.get_input_embeddings()
     rows = int(embeddings.weight.shape[0]) if isinstance(embeddings, nn.Embedding) else dataset.vocab_size
     if dataset.vocab_size > rows:
@@ -151,7 +153,11 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
             raise DataError(f"checkpoint holds weights this LoRA setup does not have: {unexpected[:3]}")
 
     def make_hooks(logger: MetricsLogger, service: CheckpointService) -> list[Hook]:
-        merge = make_merger(settings.base_model, settings.revision, dtype) if settings.save_merged_on_best else None
+        merge = (
+            make_merger(settings.base_model, settings.revision, dtype, config.prepare.cache_dir)
+            if settings.save_merged_on_best
+            else None
+        )
         return [
             AdapterExportHook(
                 peft_model=peft_model, tokenizer=tokenizer.tokenizer, out_dir=tc.out_dir, service=service, merge=merge

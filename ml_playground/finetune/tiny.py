@@ -30,9 +30,11 @@ def build_tiny_causal_lm(
     hidden_size: int = 64,
     num_layers: int = 2,
     seed: int = 0,
+    architecture: str = "qwen2",
 ) -> Path:
+    """``architecture``: ``qwen2`` (q/k/v biases) or ``llama`` (SmolLM2's shape)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     from ml_playground.finetune.hub import quiet_transformers
 
@@ -48,7 +50,9 @@ def build_tiny_causal_lm(
     bpe.train_from_iterator(texts, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS)  # type: ignore[no-untyped-call]
     tokenizer.chat_template = CHAT_TEMPLATE
-    config = Qwen2Config(
+    llama = architecture == "llama"
+    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if llama else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -62,7 +66,7 @@ def build_tiny_causal_lm(
         bos_token_id=None,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))

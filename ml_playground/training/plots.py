@@ -5,11 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from ml_playground.core.atomic import atomic_write_with
 
 
@@ -25,6 +20,11 @@ def plot_losses(metrics_path: Path, out_path: Path) -> bool:
             val.append((record["step"], record["val_loss"]))
     if not train and not val:
         return False
+    import matplotlib  # imported here: a run that never plots (other ranks, a killed run) need not pay ~1 s
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for points, label in ((train, "train (batch)"), (val, "validation (whole split)")):
         if points:

@@ -305,12 +305,12 @@ def _train_locked(
     )
     ctx = loop.new_context(LoopState())
     state_map = training_state_map(config, setup, optimizer, scaler, ctx)
-    if loaded is not None:
-        state_map.restore(loaded)
-        say(console, f"resuming from {loaded.path} (step {ctx.state.step})")
-    if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
-        torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + ctx.state.step)
     try:
+        if loaded is not None:  # a checkpoint that does not fit is refused here: the loggers still close
+            state_map.restore(loaded)
+            say(console, f"resuming from {loaded.path} (step {ctx.state.step})")
+        if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
+            torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + ctx.state.step)
         if ctx.state.step >= tc.max_iters:
             say(console, f"already trained to step {ctx.state.step} (train.max_iters = {tc.max_iters}); nothing to do")
         elif install_signal_handlers:

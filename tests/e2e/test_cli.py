@@ -34,6 +34,23 @@ def cli(*args: str, check_code: int | None = 0, timeout: float = 300) -> subproc
     return result
 
 
+def in_process(
+    capsys: pytest.CaptureFixture[str], *args: str, check_code: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    """The same command through ``cli.main`` in this process: for the many checks of one output or error, where a
+    new interpreter per call (importing PyTorch again) would only add time. Every command also runs as a
+    real subprocess somewhere in these tests."""
+    from ml_playground.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    result = subprocess.CompletedProcess(["ml_playground", *args], code, captured.out, captured.err)
+    if check_code is not None:
+        assert code == check_code, captured.out + captured.err
+    return result
+
+
 def sets(overrides: list[str]) -> list[str]:
     return [arg for override in overrides for arg in ("--set", override)]
 
@@ -58,11 +75,13 @@ def test_help_and_experiments() -> None:
     assert any(line.startswith("shakespeare ") and "Tiny Shakespeare" in line for line in listed)
 
 
-def test_user_path_prepare_train_sample_eval_loop(tmp_path: Path, shakespeare_slice: Path) -> None:
+def test_user_path_prepare_train_sample_eval_loop(
+    tmp_path: Path, shakespeare_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = sets([*tiny_overrides(tmp_path, shakespeare_slice), "sample.prompt=ROMEO:"])
     prepared = cli("prepare", "shakespeare", *args)
     assert "prepared" in prepared.stdout
-    assert "up to date" in cli("prepare", "shakespeare", *args).stdout
+    assert "up to date" in in_process(capsys, "prepare", "shakespeare", *args).stdout
     trained = cli("train", "shakespeare", *args)
     assert "done at step 30" in trained.stdout
     assert "best val loss" in trained.stdout
@@ -74,15 +93,19 @@ def test_user_path_prepare_train_sample_eval_loop(tmp_path: Path, shakespeare_sl
     assert set(report) >= {"val_loss", "bits_per_byte", "tokens", "bytes", "checkpoint", "step"}
     assert report["tokens"] == report["bytes"] == 2999  # ASCII: one byte per character
     assert report["bits_per_byte"] == pytest.approx(report["val_loss"] / math.log(2), rel=1e-6)
-    assert "val loss" in cli("eval", "shakespeare", *args).stdout
-    check_eval_on_other_text(tmp_path, args, shakespeare_slice)
+    assert "val loss" in in_process(capsys, "eval", "shakespeare", *args).stdout
+    check_eval_on_other_text(tmp_path, args, shakespeare_slice, capsys)
     looped = cli("loop", "shakespeare", *args, "--fresh", "--quiet")
     assert "ROMEO:" in looped.stdout
     assert "step 10/30" not in looped.stdout  # --quiet: no progress lines
 
 
-def check_eval_on_other_text(tmp_path: Path, args: list[str], corpus: Path) -> None:
+def check_eval_on_other_text(tmp_path: Path, args: list[str], corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``eval --data`` and ``compare`` on a trained tiny model; bad ``--data`` is one line, exit 2."""
+
+    def cli(*command: str, check_code: int | None = 0) -> subprocess.CompletedProcess[str]:
+        return in_process(capsys, *command, check_code=check_code)
+
     folder = tmp_path / "other"
     folder.mkdir()
     text = corpus.read_text("utf-8")
@@ -169,28 +192,34 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     assert not (tmp_path / "dataset").exists()
 
 
-def test_block_size_larger_than_validation_split(tmp_path: Path, shakespeare_slice: Path) -> None:
+def test_block_size_larger_than_validation_split(
+    tmp_path: Path, shakespeare_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = sets([*tiny_overrides(tmp_path, shakespeare_slice), "train.model.block_size=5000"])
-    cli("prepare", "shakespeare", *args)
-    result = cli("train", "shakespeare", *args, check_code=None)
+    in_process(capsys, "prepare", "shakespeare", *args)
+    result = in_process(capsys, "train", "shakespeare", *args, check_code=None)
     assert_one_line_user_error(result, "block_size 5000 is larger than the validation split (3000 tokens)")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_sampling_before_any_checkpoint(tmp_path: Path, shakespeare_slice: Path) -> None:
+def test_sampling_before_any_checkpoint(
+    tmp_path: Path, shakespeare_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = sets(tiny_overrides(tmp_path, shakespeare_slice))
-    result = cli("sample", "shakespeare", *args, check_code=None)
+    result = in_process(capsys, "sample", "shakespeare", *args, check_code=None)
     assert_one_line_user_error(result, "no 'best' checkpoint yet (run train first)")
     assert not (tmp_path / "run" / "samples").exists()
 
 
-def test_sigint_writes_last_and_says_how_to_resume(tmp_path: Path, shakespeare_slice: Path) -> None:
+def test_sigint_writes_last_and_says_how_to_resume(
+    tmp_path: Path, shakespeare_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     overrides = [
         *tiny_overrides(tmp_path, shakespeare_slice),
         "train.max_iters=100000",
         "train.checkpoint.interval=100000",
     ]
-    cli("prepare", "shakespeare", *sets(overrides))
+    in_process(capsys, "prepare", "shakespeare", *sets(overrides))
     process = subprocess.Popen(
         [sys.executable, "-m", "ml_playground", "train", "shakespeare", *sets(overrides)],
         cwd=REPO_ROOT,
@@ -221,13 +250,15 @@ def test_sigint_writes_last_and_says_how_to_resume(tmp_path: Path, shakespeare_s
     assert f"done at step {interrupted_at + 5}" in resumed.stdout
 
 
-def test_export_round_trip_from_the_cli(tmp_path: Path, shakespeare_slice: Path) -> None:
+def test_export_round_trip_from_the_cli(
+    tmp_path: Path, shakespeare_slice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = sets([*tiny_overrides(tmp_path, shakespeare_slice), "train.max_iters=10"])
-    cli("loop", "shakespeare", *args, "--quiet")
+    in_process(capsys, "loop", "shakespeare", *args, "--quiet")
     out = tmp_path / "exported"
     first = cli("export", "shakespeare", *args, "--format", "hf", "--out", str(out))
     assert f"as hf to {out}" in first.stdout
-    again = cli("export", "shakespeare", *args, "--format", "hf", "--out", str(out), check_code=None)
+    again = in_process(capsys, "export", "shakespeare", *args, "--format", "hf", "--out", str(out), check_code=None)
     assert_one_line_user_error(again, "exists and is not empty; use --force")
     gguf = cli("export", "shakespeare", *args, "--format", "ollama", "--out", str(out), "--force")
     assert "ollama create shakespeare -f" in gguf.stdout

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_cli import assert_one_line_user_error, cli, sets
+from tests.e2e.test_cli import assert_one_line_user_error, cli, in_process, sets
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_loop_sample_eval_with_a_tiny_local_base_model(tmp_path: Path, shared_data: Path) -> None:
+def test_loop_sample_eval_with_a_tiny_local_base_model(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     protocol = shared_data / "bundestag" / "19009.txt"
     built = subprocess.run(
         [sys.executable, "tools/make_tiny_hf_model.py", str(tmp_path / "tiny"), str(protocol)],
@@ -45,9 +47,11 @@ def test_loop_sample_eval_with_a_tiny_local_base_model(tmp_path: Path, shared_da
     assert "% LoRA, r=16)" in loop.stdout
     assert loop.stdout.count("Dr. Angela Merkel, Bundeskanzlerin:") >= 1
     assert (tmp_path / "run" / "adapters" / "best" / "adapter_config.json").is_file()
-    report = json.loads(cli("eval", "bundestag_qwen15b_lora_mps", *args, "--json").stdout.strip().splitlines()[-1])
+    evaluated = in_process(capsys, "eval", "bundestag_qwen15b_lora_mps", *args, "--json")
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert report["step"] == 20
-    missing = cli(
+    missing = in_process(
+        capsys,
         "train",
         "bundestag_qwen15b_lora_mps",
         *args,

@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from tests.conftest import TINY_MODEL
-from tests.e2e.test_cli import assert_one_line_user_error, cli, sets
+from tests.e2e.test_cli import assert_one_line_user_error, cli, in_process, sets
 from tests.serving_helpers import ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
+def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     protocols = tmp_path / "protocols"
     protocols.mkdir()
     for name in ("19009.txt", "19010.txt"):
@@ -41,9 +41,11 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
         "sample", "speakger", *args, "--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet"
     )
     assert sampled.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
-    unknown = cli("sample", "speakger", *args, "--set", "sample.party='spd'", check_code=None)
+    unknown = in_process(capsys, "sample", "speakger", *args, "--set", "sample.party='spd'", check_code=None)
     assert_one_line_user_error(unknown, "sample.party", "unknown party 'spd'", "closest known: SPD")
-    speaker = cli("sample", "speakger", *args, "--set", "sample.speaker='Christian Lindnr'", check_code=None)
+    speaker = in_process(
+        capsys, "sample", "speakger", *args, "--set", "sample.speaker='Christian Lindnr'", check_code=None
+    )
     assert_one_line_user_error(speaker, "unknown speaker 'Christian Lindnr'", "Christian Lindner")
     debate = cli("debate", "speakger", *args, "--topic", "Europa", "--parties", "SPD,CDU/CSU", "--turns", "3")
     path = Path(debate.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
@@ -52,7 +54,7 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
     assert markdown.count("\n## ") == 3
     assert "(SPD)" in markdown
     assert "(CDU/CSU)" in markdown
-    table = cli("analyze", "speakger", *args, "--per-party", "1", "--quiet").stdout
+    table = in_process(capsys, "analyze", "speakger", *args, "--per-party", "1", "--quiet").stdout
     assert "classified as the requested party" in table
     assert "classifier on held-out real speeches" in table
     analyzed = cli("analyze", "speakger", *args, "--per-party", "2", "--json")
@@ -63,13 +65,17 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path) -> None:
     assert report["samples"] == 2 * len(report["parties"])
     assert Path(report["report_path"]).read_text("utf-8").startswith("# Analysis of generated speeches")
     assert Path(report["chart_path"]).read_bytes().startswith(b"\x89PNG")
-    no_parties = cli("debate", "speakger", *args, "--topic", "x", "--parties", "Piraten", check_code=None)
+    no_parties = in_process(
+        capsys, "debate", "speakger", *args, "--topic", "x", "--parties", "Piraten", check_code=None
+    )
     assert_one_line_user_error(no_parties, "--parties", "unknown party 'Piraten'")
 
     # The checkpoint carries its conditions: sampling and serving need no dataset beside it.
     (tmp_path / "dataset").rename(tmp_path / "dataset-moved")
     header = "<|party|>FDP<|year|>2019<|topic|>Europa<|text|>"
-    again = cli("sample", "speakger", *args, "--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet")
+    again = in_process(
+        capsys, "sample", "speakger", *args, "--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet"
+    )
     assert again.stdout == sampled.stdout
     generated = sampled.stdout[len(header) :].split("\n---------------\n")[0]
     with ServerProcess("speakger", [*args[1::2], "train.num_threads=1"]) as server:

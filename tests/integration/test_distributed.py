@@ -65,8 +65,12 @@ def test_two_processes_equal_one_process_with_the_double_batch(root: Path) -> No
     assert [(s, k) for s, k, _ in two_losses] == [(s, k) for s, k, _ in one_losses]
     assert [v for *_, v in two_losses] == pytest.approx([v for *_, v in one_losses], abs=1e-5)
     a, b = last_weights(root / "two"), last_weights(root / "one")
+    # The two runs sum the same gradients in another order; AdamW divides each update by the root of
+    # the squared gradients' average, which turns a rounding difference in a gradient near zero into
+    # up to a few 1e-5 in the weight after 10 steps of lr 2e-3 (measured 1.5e-5 on an Intel Xeon with
+    # AVX-512; it was under 1e-5 on an AMD EPYC). The losses above agree to 1e-5.
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+        assert torch.allclose(a[name], b[name], atol=5e-5), name
 
 
 def test_resume_across_world_sizes(root: Path) -> None:

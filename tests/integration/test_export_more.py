@@ -15,7 +15,6 @@ from rich.console import Console
 from ml_playground.core.errors import CheckpointError
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.export.gguf_writer import _tensor
-from ml_playground.export.hf import ExportError
 from ml_playground.export.runner import ExportRequest, default_out_dir, run_export
 from ml_playground.sampling.runner import load_generator
 from ml_playground.training.trainer import train
@@ -67,16 +66,6 @@ def test_ema_weights_are_what_gets_exported_when_sampling_uses_them(tiny_config:
     with pytest.raises(CheckpointError, match="no EMA weights"):
         run_export(no_ema, ExportRequest(format="hf", out_dir=tmp_path / "x", checkpoint="last"))
     assert default_out_dir(config, "gguf") == config.train.out_dir.parent / "export-gguf"
-
-
-def test_lora_runs_point_to_their_merged_model(tiny_config: ConfigFactory, tmp_path: Path) -> None:
-    config = tiny_config()
-    from ml_playground.configuration.models import HfLoraModelConfig
-
-    settings = HfLoraModelConfig(base_model="some/model")
-    lora = config.model_copy(update={"train": config.train.model_copy(update={"model": settings})})
-    with pytest.raises(ExportError, match=r"LoRA runs export their merged model.*save_merged_on_best"):
-        run_export(lora, ExportRequest(format="hf", out_dir=tmp_path / "x", checkpoint="best"))
 
 
 def test_ollama_create_is_run_when_the_binary_exists(tiny_config: ConfigFactory, tmp_path: Path) -> None:

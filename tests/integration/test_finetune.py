@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from rich.console import Console
 
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
-from ml_playground.core.errors import CheckpointError, ConfigError
+from ml_playground.core.errors import CheckpointError, ConfigError, UserError
 from ml_playground.data_pipeline.batches import open_dataset
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.evaluation.runner import evaluate_checkpoint
@@ -304,3 +305,43 @@ def test_chat_keeps_a_chat_models_conversation_as_messages(trained: ExperimentCo
     assert chat(trained, read_line=lambda _: next(typed), emit=said.append) == 2
     assert "(step 30, chat template)" in said[0]
     assert "(conversation forgotten)\n" in said
+
+
+def test_export_merges_the_adapters_into_gguf_and_a_modelfile_that_stops_where_training_did(
+    trained: ExperimentConfig, tmp_path: Path
+) -> None:
+    from llama_cpp import Llama
+
+    from ml_playground.export.request import ExportRequest
+    from ml_playground.export.runner import run_export
+    from ml_playground.finetune.export import check_consistency
+    from ml_playground.sampling.runner import load_model
+
+    out = tmp_path / "ollama"
+    request = ExportRequest(format="ollama", out_dir=out, checkpoint="best", name="tiny", gguf_type="f32")
+    result = run_export(trained, request, which=lambda _: None)
+    assert result.files == ["Modelfile", "tiny-f32.gguf"]
+    assert result.step == 30
+    text = (out / "Modelfile").read_text("utf-8")
+    assert "<|im_start|>{{ .Role }}" in text  # the model's ChatML template, in Ollama's words
+    assert 'PARAMETER stop "<|endoftext|>"' in text
+    assert 'PARAMETER stop "<|im_end|>"' in text
+    model = load_model(trained)  # base + best adapters, as sample and serve load it
+    ids = model.tokenizer.encode("Sehr geehrte Damen und Herren")
+    llm = Llama(model_path=str(out / "tiny-f32.gguf"), n_ctx=128, verbose=False)
+    assert llm.tokenize(b"Sehr geehrte Damen und Herren", add_bos=False, special=False) == ids
+    greedy = []
+    for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+        greedy.append(token)
+        if len(greedy) == 32:
+            break
+    with torch.no_grad():
+        expected = model.module(torch.tensor([ids + greedy[:-1]]))[0].argmax(-1)[len(ids) - 1 :].tolist()
+    assert greedy == expected  # llama.cpp's merged model picks what base + adapters pick
+
+    hf = run_export(trained, ExportRequest(format="hf", out_dir=tmp_path / "hf", checkpoint="best"))
+    assert "model.safetensors" in hf.files
+    with pytest.raises(UserError, match=re.escape("the Modelfile does not stop at <|im_end|>")):
+        check_consistency(model.tokenizer.tokenizer, None, None, text.replace('PARAMETER stop "<|im_end|>"\n', ""))
+    with pytest.raises(UserError, match="the training data ends records with token 3"):
+        check_consistency(model.tokenizer.tokenizer, 3, None, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -9,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
+from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import PrepareConfig
+from ml_playground.core.errors import CheckpointError
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.training.checkpointing.service import CheckpointService
+from ml_playground.training.trainer import train
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -105,9 +110,14 @@ def test_muon_run_resumes_bit_identically_and_refuses_another_optimizer(
     out_dir = root / "muon-killed"
     killed = run_helper([*common, f"train.out_dir='{out_dir}'"], "after-step", 17)
     assert killed.returncode == -9, killed.stderr
-    other = run_helper([*common, "train.optim.name=adamw", f"train.out_dir='{out_dir}'"], "none")
-    assert other.returncode != 0
-    assert "optimizer state does not fit train.optim.name = 'adamw'" in other.stderr
+    with pytest.raises(CheckpointError, match=r"optimizer state does not fit train\.optim\.name = 'adamw'"):
+        train(
+            load_config(
+                experiment_config_path("shakespeare"), [*common, "train.optim.name=adamw", f"train.out_dir='{out_dir}'"]
+            ),
+            console=Console(file=io.StringIO()),
+            install_signal_handlers=False,
+        )
     resumed = run_helper([*common, f"train.out_dir='{out_dir}'"], "none")
     assert resumed.returncode == 0, resumed.stderr
     model, _, losses = final_state(out_dir)

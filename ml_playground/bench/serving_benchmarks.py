@@ -1,0 +1,141 @@
+"""``serve`` against ``sample``: tokens per second through the real HTTP server, 1 and 8 clients at once.
+
+The peer is the same model decoded in process the way ``sample`` does it (``stream_decode``), so
+the ratio is what the server costs: HTTP, server-sent events and the engine's interleaving. The
+server (uvicorn on a loopback port) and its clients run in this process, in threads: a pessimistic
+measure, since they share one interpreter lock with the decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ml_playground.bench.harness import BenchResult
+from ml_playground.bench.model_benchmarks import BenchSizes
+from ml_playground.configuration.models import ExperimentConfig, PrepareConfig, TrainConfig
+from ml_playground.core.tokenizer import CharTokenizer
+from ml_playground.families.base import InferenceModel
+from ml_playground.models.core.inference import SamplingParams, generate_stream
+from ml_playground.models.core.kernels import resolve_linear_kernel
+from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.sampling.runner import stream_decode
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n"
+
+
+def bench_model(sizes: BenchSizes) -> InferenceModel:
+    """A GPT of the bench's shape with random weights: tokens/s does not depend on what it learned."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer(sorted(set(ALPHABET)))
+    n_layer, n_head, n_embd = sizes.sample_shape
+    config = GPTConfig(tokenizer.vocab_size, sizes.sample_block_size, n_layer, n_head, n_embd)
+    gpt = GPT(config).use_linear_kernel(resolve_linear_kernel("auto", torch.device("cpu"))).eval()
+    return InferenceModel(
+        module=gpt,
+        tokenizer=tokenizer,
+        context_length=config.block_size,
+        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
+        step=0,
+        checkpoint="random weights",
+        device=torch.device("cpu"),
+    )
+
+
+@contextmanager
+def running_server(model: InferenceModel) -> Iterator[str]:
+    import uvicorn
+
+    from ml_playground.serving.app import Served, create_app
+    from ml_playground.serving.engine import Engine
+
+    config = ExperimentConfig(
+        prepare=PrepareConfig(input_path="-", dataset_dir=Path("-")),
+        train=TrainConfig(out_dir=Path("-")),
+    )
+    served = Served("bench", config, model, Engine(model, max_concurrent=8, queue_size=8))
+    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        served.engine.stop()
+
+
+def _stream(url: str, tokens: int, seed: int) -> int:
+    import httpx
+
+    body: dict[str, object] = {
+        "prompt": "ROMEO:",
+        "max_tokens": tokens,
+        "seed": seed,
+        "temperature": 1.0,
+        "stream": True,
+    }
+    body["stream_options"] = {"include_usage": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+    return int(json.loads(lines[-1][len("data: ") :])["usage"]["completion_tokens"])
+
+
+def _stream_into(counts: list[int], url: str, tokens: int, seed: int) -> None:
+    counts.append(_stream(url, tokens, seed))
+
+
+def serving(sizes: BenchSizes) -> list[BenchResult]:
+    model = bench_model(sizes)
+    n_layer, _, n_embd = sizes.sample_shape
+    tokens = min(200, sizes.sample_new_tokens)
+    prompt = model.tokenizer.encode("ROMEO:")
+
+    def in_process() -> float:
+        started = time.perf_counter()
+        stream_decode(model, prompt, SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=1), lambda _: None)
+        return tokens / (time.perf_counter() - started)
+
+    results = []
+    with running_server(model) as url:
+        _stream(url, tokens, 0)  # warm-up
+        in_process()
+        for clients in (1, 8):
+            served_rates, peer_rates = [], []
+            for repeat in range(3):
+                peer_rates.append(in_process())
+                counts: list[int] = []
+                threads = [
+                    threading.Thread(target=_stream_into, args=(counts, url, tokens, seed))
+                    for seed in range(repeat * clients, (repeat + 1) * clients)
+                ]
+                started = time.perf_counter()
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                served_rates.append(sum(counts) / (time.perf_counter() - started))
+            served_rates.sort()
+            peer_rates.sort()
+            results.append(
+                BenchResult(
+                    name=f"serve, {clients} client{'s' if clients > 1 else ''} (aggregate)",
+                    figure=served_rates[1],
+                    unit="tokens/s",
+                    peer="sample in process, one stream, same model",
+                    peer_figure=peer_rates[1],
+                    target=0.7 if clients == 1 else None,
+                    note=f"{n_layer}x{n_embd}, {tokens} tokens a client; streams interleaved, not batched",
+                )
+            )
+    return results
