@@ -93,7 +93,7 @@ def _convert(path: Path, target: Path, key: str, header: dict[str, str]) -> None
         raise ConfigError(f"cannot read {path} with transformers ({first})", key=key) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are dequantized now
+        delattr(config, "quantization_config")  # the weights are dequantized now
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config

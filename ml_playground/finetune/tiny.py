@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,23 +51,23 @@ def build_tiny_causal_lm(
     bpe.train_from_iterator(texts, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS)  # type: ignore[no-untyped-call]
     tokenizer.chat_template = CHAT_TEMPLATE
-    llama = architecture == "llama"
-    config_class, model_class = (LlamaConfig, LlamaForCausalLM) if llama else (Qwen2Config, Qwen2ForCausalLM)
-    config = config_class(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        eos_token_id=bpe.token_to_id(EOS),
-        pad_token_id=bpe.token_to_id(EOS),
-        bos_token_id=None,
-    )
+    shape: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+        "eos_token_id": bpe.token_to_id(EOS),
+        "pad_token_id": bpe.token_to_id(EOS),
+        "bos_token_id": None,
+    }
     torch.manual_seed(seed)
-    model = model_class(config)
+    model = (
+        LlamaForCausalLM(LlamaConfig(**shape)) if architecture == "llama" else Qwen2ForCausalLM(Qwen2Config(**shape))
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
