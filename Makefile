@@ -7,7 +7,7 @@ PYTEST_STRICT := -W error --strict-markers --strict-config
 COVERAGE_DIR := .cache/coverage
 COV_ARGS := --cov=ml_playground --cov-branch --cov-report=term --cov-report=json:$(COVERAGE_DIR)/coverage.json
 
-.PHONY: setup setup-cpu rank-files models browser test coverage-report quality bench clean
+.PHONY: setup setup-cpu rank-files models browser test test-real coverage-report quality bench clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -51,6 +51,10 @@ test:
 	@mkdir -p $(COVERAGE_DIR)
 	$(UV) run pytest -n auto --dist worksteal --durations=15 $(PYTEST_STRICT) $(COV_ARGS) --cov-report=
 	$(UV) run python tools/coverage_gate.py
+
+# The real pretrained model end to end (LoRA on SmolLM2-135M, export, llama.cpp): about 10 minutes.
+test-real:
+	$(UV) run pytest -m real_model -s $(PYTEST_STRICT) tests/integration/test_real_model.py
 
 coverage-report:
 	@mkdir -p $(COVERAGE_DIR)

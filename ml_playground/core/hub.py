@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ml_playground.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def quiet_transformers() -> None:
@@ -42,7 +45,7 @@ DEFAULT_CACHE = Path("~/.cache/ml_playground")
 
 def load_pretrained_tokenizer(
     name: str, revision: str | None = None, key: str = "train.model.base_model", cache_dir: Path = DEFAULT_CACHE
-) -> Any:
+) -> PreTrainedTokenizerBase:
     """A Hub id, a folder, or a ``.gguf`` file (converted once into ``cache_dir/gguf``)."""
     from transformers import AutoTokenizer
 

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from ml_playground.core.atomic import atomic_write_bytes, atomic_write_text
 from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.tokenizer_protocol import Tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SPEC_FILE = "tokenizer.json"
 BPE_FILE = "bpe.json"
@@ -311,7 +314,7 @@ class PretrainedTokenizer:
     ``encode`` adds no special tokens: the data pipeline places BOS/EOS itself.
     """
 
-    def __init__(self, tokenizer: Any, source: str) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, source: str) -> None:
         self.tokenizer = tokenizer
         self.source = source
 
@@ -338,7 +341,7 @@ class PretrainedTokenizer:
     @property
     def eos_token_id(self) -> int | None:
         eos = self.tokenizer.eos_token_id
-        return int(eos) if eos is not None else None
+        return eos if isinstance(eos, int) else None
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]

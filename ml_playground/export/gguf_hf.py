@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from ml_playground.core.gguf_import import SOURCE_FILE
 from ml_playground.export.gguf_writer import GgufVocab, bpe_vocab_from_backend
 from ml_playground.export.hf import ExportError
 from ml_playground.export.request import GgufType
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 PRE_TOKENIZERS = {"llama": "smollm", "qwen2": "qwen2"}  # llama.cpp's names for their split rules
@@ -94,17 +97,22 @@ def _array(name: str, value: torch.Tensor, kind: GgufType) -> tuple[np.ndarray, 
     return quants.quantize(data, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
 
 
-def tokenizer_vocab(tokenizer: Any) -> GgufVocab:
+def backend_json(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The ``tokenizers`` definition behind a fast tokenizer, as JSON."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ExportError("GGUF export needs a fast (tokenizers) tokenizer")
-    spec = backend.to_str()
+    return str(backend.to_str())
+
+
+def tokenizer_vocab(tokenizer: PreTrainedTokenizerBase) -> GgufVocab:
+    spec = backend_json(tokenizer)
     if '"type":"BPE"' not in spec.replace(" ", ""):
         raise ExportError("GGUF export supports byte-level BPE tokenizers (as SmolLM2's and Qwen2's)")
     return bpe_vocab_from_backend(spec)
 
 
-def specials(tokenizer: Any) -> Specials:
+def specials(tokenizer: PreTrainedTokenizerBase) -> Specials:
     def as_id(value: Any) -> int | None:
         return int(value) if value is not None else None
 
@@ -117,7 +125,7 @@ def specials(tokenizer: Any) -> Specials:
     )
 
 
-def pre_tokenizer_name(tokenizer: Any, arch: str, folder: Path | None = None) -> str:
+def pre_tokenizer_name(tokenizer: PreTrainedTokenizerBase, arch: str, folder: Path | None = None) -> str:
     """llama.cpp's name for how text is split before BPE: the source GGUF's own, GPT-2's, or the architecture's."""
     import json
 
@@ -125,20 +133,28 @@ def pre_tokenizer_name(tokenizer: Any, arch: str, folder: Path | None = None) ->
         pre = json.loads((folder / SOURCE_FILE).read_text("utf-8")).get("tokenizer.ggml.pre")
         if isinstance(pre, str) and pre:
             return pre
-    spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    spec = json.loads(backend_json(tokenizer)).get("pre_tokenizer") or {}
     if spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
         return "gpt-2"
     return PRE_TOKENIZERS[arch]
 
 
-def write_hf_gguf(path: Path, model: Any, tokenizer: Any, kind: GgufType, name: str, pre: str | None = None) -> None:
+def write_hf_gguf(
+    path: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    kind: GgufType,
+    name: str,
+    pre: str | None = None,
+) -> None:
     """``model``: a ``transformers`` llama/qwen2 causal LM; ``pre``: llama.cpp's pre-tokenizer name."""
     from gguf import GGUFWriter, LlamaFileType
 
-    config = model.config
+    config: Any = model.config  # each architecture has its own fields
     arch = architecture(config)
     vocab = tokenizer_vocab(tokenizer)
-    rows = int(model.get_input_embeddings().weight.shape[0])
+    embeddings = model.get_input_embeddings()
+    rows = int(embeddings.weight.shape[0]) if isinstance(embeddings, torch.nn.Embedding) else len(tokenizer)
     if len(vocab.tokens) > rows:
         raise ExportError(f"the tokenizer has {len(vocab.tokens)} tokens, the model {rows} embeddings")
     tokens = vocab.tokens + [f"[PAD{i}]" for i in range(len(vocab.tokens), rows)]

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import CheckpointError
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.context import TrainingContext
 from ml_playground.training.hooks.base import Hook
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 ADAPTERS_DIR = "adapters"
 MERGED_DIR = "merged"
@@ -54,8 +58,8 @@ class AdapterExportHook(Hook):
     def __init__(
         self,
         *,
-        peft_model: Any,
-        tokenizer: Any,
+        peft_model: PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
         out_dir: Path,
         service: CheckpointService,
         merge: Callable[[Path, Path], None] | None = None,

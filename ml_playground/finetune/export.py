@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
 from ml_playground.core.atomic import replace_dir
@@ -27,8 +27,12 @@ from ml_playground.families.base import family_settings
 from ml_playground.finetune.inference import load_lora_model
 from ml_playground.training.checkpointing.service import CheckpointService
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def stop_texts(tokenizer: Any) -> list[str]:
+
+def stop_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The tokens that end a turn: end-of-sequence, and ChatML's ``<|im_end|>`` where the template uses it."""
     stops = [str(tokenizer.eos_token)] if tokenizer.eos_token else []
     template = getattr(tokenizer, "chat_template", None) or ""
@@ -37,7 +41,9 @@ def stop_texts(tokenizer: Any) -> list[str]:
     return stops
 
 
-def check_consistency(tokenizer: Any, dataset_eos: int | None, gguf: Path | None, model_file: str | None) -> None:
+def check_consistency(
+    tokenizer: PreTrainedTokenizerBase, dataset_eos: int | None, gguf: Path | None, model_file: str | None
+) -> None:
     """One line naming the first disagreement about the end of a turn or the chat template, else nothing."""
     eos_id, eos = tokenizer.eos_token_id, tokenizer.eos_token
     if dataset_eos is not None and dataset_eos != eos_id:
@@ -62,6 +68,18 @@ def check_consistency(tokenizer: Any, dataset_eos: int | None, gguf: Path | None
             raise ExportError(f"the Modelfile does not stop at {', '.join(missing)}")
 
 
+def merged(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """The base model with the adapters folded into its weights (a plain model stays as it is)."""
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    base = model.merge_and_unload()
+    assert isinstance(base, PreTrainedModel)
+    return base
+
+
 def _dataset_eos(config: ExperimentConfig) -> int | None:
     try:
         tokenizer = load_tokenizer(config.prepare.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir)
@@ -77,9 +95,8 @@ def export_lora(
     if target.exists() and any(target.iterdir()) and not request.force:
         raise UserError("exists and is not empty; use --force to replace it", path=target)
     settings = family_settings(config, HfLoraModelConfig)
-    model, tokenizer, _ = load_lora_model(config, settings, request.checkpoint)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    loaded, tokenizer, _ = load_lora_model(config, settings, request.checkpoint)
+    model = merged(loaded)
     arch = architecture(model.config) if request.format != "hf" else None
     base_folder = hf_folder_for(settings.base_model, config.prepare.cache_dir, "train.model.base_model")
     pre = pre_tokenizer_name(tokenizer, arch, Path(base_folder)) if arch is not None else None

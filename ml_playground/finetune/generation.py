@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
 from ml_playground.models.core.inference import SamplingParams, next_token
 
 
 @torch.inference_mode()
-def stream_tokens(lm: Any, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
-    """Yield each new token (B, 1) for a prompt of ids (B, T0); ``lm`` is a ``transformers`` causal LM."""
+def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
+    """Yield each new token (B, 1) for a prompt of ids (B, T0); ``lm`` is a ``transformers`` causal LM (or PEFT's)."""
     lm.eval()
     generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
     tokens = prompt
@@ -34,7 +35,7 @@ def stream_tokens(lm: Any, prompt: torch.Tensor, params: SamplingParams) -> Iter
         yield token
 
 
-def generate_ids(lm: Any, prompt_ids: list[int], params: SamplingParams, stop_id: int | None) -> list[int]:
+def generate_ids(lm: nn.Module, prompt_ids: list[int], params: SamplingParams, stop_id: int | None) -> list[int]:
     """The new ids after ``prompt_ids``, up to and including ``stop_id``."""
     device = next(lm.parameters()).device
     new: list[int] = []

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.hub import DEFAULT_CACHE, _not_loadable, load_pretrained_tokenizer, quiet_transformers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["load_pretrained_model", "load_pretrained_tokenizer", "quiet_transformers"]
 
@@ -20,8 +23,8 @@ def load_pretrained_model(
     dtype: torch.dtype,
     key: str = "train.model.base_model",
     cache_dir: Path = DEFAULT_CACHE,
-) -> Any:
-    """A ``transformers`` ``PreTrainedModel`` (typed ``Any``: its methods are only partly annotated).
+) -> PreTrainedModel:
+    """A ``transformers`` causal LM.
 
     ``name``: a Hub id, a folder, or a ``.gguf`` file (converted once into ``cache_dir/gguf``)."""
     from transformers import AutoModelForCausalLM

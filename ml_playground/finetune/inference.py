@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
 from ml_playground.core.devices import resolve_precision
@@ -16,6 +19,10 @@ from ml_playground.finetune.hub import load_pretrained_model, load_pretrained_to
 from ml_playground.finetune.lora import load_adapters
 from ml_playground.finetune.modules import LogitsOnly
 from ml_playground.training.checkpointing.service import CheckpointService
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def resolve_weights(config: ExperimentConfig, which: str) -> tuple[str, Path | None]:
@@ -39,24 +46,29 @@ def resolve_weights(config: ExperimentConfig, which: str) -> tuple[str, Path | N
     return "base", None
 
 
-def chat_encoder(tokenizer: Any) -> Any:
+def chat_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[ChatMessages], list[int]] | None:
     """``messages -> ids`` through the tokenizer's chat template (with the generation prompt), or None."""
     if not getattr(tokenizer, "chat_template", None):
         return None
 
     def encode(messages: ChatMessages) -> list[int]:
-        encoded = tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=True)
-        ids = encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+        encoded: Any = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True
+        )  # a list of ids, or (transformers 5) a BatchEncoding holding them
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return [int(i) for i in ids]
 
     return encode
 
 
-def load_lora_model(config: ExperimentConfig, settings: HfLoraModelConfig, which: str) -> tuple[Any, Any, str]:
+def load_lora_model(
+    config: ExperimentConfig, settings: HfLoraModelConfig, which: str
+) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase, str]:
     """(model in eval mode, tokenizer, a description of what was loaded)."""
     precision = resolve_precision(config.train.device, config.train.dtype)
     kind, folder = resolve_weights(config, which)
     cache = config.prepare.cache_dir
+    model: PreTrainedModel | PeftModel
     if kind == "merged":
         assert folder is not None
         model = load_pretrained_model(str(folder), revision=None, dtype=precision.dtype, key="sample.checkpoint")
@@ -76,7 +88,9 @@ def load_lora_model(config: ExperimentConfig, settings: HfLoraModelConfig, which
         else:
             tokenizer = load_pretrained_tokenizer(settings.base_model, settings.revision, key=key, cache_dir=cache)
             described = f"{settings.base_model} without adapters"
-    return model.to(precision.device).eval(), tokenizer, described
+    nn.Module.to(model, precision.device)  # transformers wraps .to in a decorator its stubs type oddly
+    model.eval()
+    return model, tokenizer, described
 
 
 def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, which: str) -> InferenceModel:
@@ -91,7 +105,7 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
         device=next(model.parameters()).device,
-        stop_ids=frozenset({int(eos)}) if eos is not None else frozenset(),
+        stop_ids=frozenset({eos}) if isinstance(eos, int) else frozenset(),
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),
     )

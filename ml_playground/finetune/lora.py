@@ -6,12 +6,16 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ml_playground.configuration.models import LoraConfig
 from ml_playground.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -23,10 +27,10 @@ def _matches(target: str, module_names: list[str]) -> bool:
     return any(name == target or name.endswith("." + target) for name in module_names)
 
 
-def apply_lora(model: nn.Module, lora: LoraConfig) -> Any:
+def apply_lora(model: PreTrainedModel, lora: LoraConfig) -> PeftModel:
     """A ``peft.PeftModel`` with only the LoRA weights trainable; unknown targets are a config error."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    from peft import PeftModel, get_peft_model
 
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     unmatched = [target for target in lora.target_modules if not _matches(target, names)]
@@ -44,7 +48,9 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     with peft_quietly():
-        return get_peft_model(model, peft_config)
+        adapted = get_peft_model(model, peft_config)
+    assert isinstance(adapted, PeftModel)  # mixed adapter types are never asked for here
+    return adapted
 
 
 @contextlib.contextmanager
@@ -56,7 +62,7 @@ def peft_quietly() -> Iterator[None]:
         yield
 
 
-def load_adapters(base: nn.Module, adapter_dir: Path) -> Any:
+def load_adapters(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
     """Base model + PEFT adapters from a folder (inference mode)."""
     from peft import PeftModel
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +78,9 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[operator]
 
 
-def make_merger(base_model: str, revision: str | None, dtype: torch.dtype, cache_dir: Path) -> Any:
+def make_merger(
+    base_model: str, revision: str | None, dtype: torch.dtype, cache_dir: Path
+) -> Callable[[Path, Path], None]:
     """Write base + adapters, merged, as a plain Hugging Face model folder (loads without PEFT)."""
 
     def merge(adapter_dir: Path, target: Path) -> None:

@@ -204,12 +204,18 @@ def test_eval_refuses_a_checkpoint_from_another_dataset(tiny_config: ConfigFacto
         evaluate_checkpoint(moved)
 
 
-def test_compile_falls_back_or_works(tiny_config: ConfigFactory) -> None:
+def test_compile_true_trains_through_the_compiled_model(tiny_config: ConfigFactory) -> None:
+    """This PyTorch compiles on the CPU, so the compiled path must be the one that ran (Dynamo counts the
+    graphs it compiled); the eager fallback is tested with a failing compiler in tests/unit/training/test_trainer.py."""
+    from torch._dynamo.utils import counters
+
     config = tiny_config("train.max_iters=4", "train.model.compile=true", "train.eval_interval=4")
     prepare(config.prepare)
+    compiled_before = counters["stats"]["unique_graphs"]
     result = train(config, console=quiet_console())
     assert result.step == 4
     assert result.last_val_loss is not None
+    assert counters["stats"]["unique_graphs"] > compiled_before
 
 
 def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: ConfigFactory) -> None:
