@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,66 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_model]
 EXPERIMENT = "bundestag_smollm2_lora"
 GGUF = REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 HELPER = Path(__file__).with_name("train_with_kill.py")
-FUNCTION_WORDS = set(
-    "der die das und in den von zu mit sich des auf für ist im dem nicht ein eine als auch es an werden aus er hat "
-    "dass sie nach wird bei einer um am sind noch wie einem über so zum war haben nur oder aber vor zur bis wir ich "
-    "uns unsere wenn diese dieser wurde".split()
-)
+FUNCTION_WORDS = {
+    "der",
+    "die",
+    "das",
+    "und",
+    "in",
+    "den",
+    "von",
+    "zu",
+    "mit",
+    "sich",
+    "des",
+    "auf",
+    "für",
+    "ist",
+    "im",
+    "dem",
+    "nicht",
+    "ein",
+    "eine",
+    "als",
+    "auch",
+    "es",
+    "an",
+    "werden",
+    "aus",
+    "er",
+    "hat",
+    "dass",
+    "sie",
+    "nach",
+    "wird",
+    "bei",
+    "einer",
+    "um",
+    "am",
+    "sind",
+    "noch",
+    "wie",
+    "einem",
+    "über",
+    "so",
+    "zum",
+    "war",
+    "haben",
+    "nur",
+    "oder",
+    "aber",
+    "vor",
+    "zur",
+    "bis",
+    "wir",
+    "ich",
+    "uns",
+    "unsere",
+    "wenn",
+    "diese",
+    "dieser",
+    "wurde",
+}
 WORD = re.compile(r"[A-Za-zÄÖÜäöüß]+")
 
 
@@ -59,14 +113,14 @@ def settings(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExperimentConfig]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> ExperimentConfig:
     if not GGUF.is_file():
         pytest.fail(f"{GGUF} is missing: run `make models` (part of `make setup`)")
     root = tmp_path_factory.mktemp("smollm2")
     config = load_config(experiment_config_path(EXPERIMENT), settings(root))
     prepare(config.prepare)
     train(config, quiet=True, console=Console(file=io.StringIO()))
-    yield config
+    return config
 
 
 def val_losses(config: ExperimentConfig) -> list[tuple[int, float]]:
