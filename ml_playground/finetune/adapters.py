@@ -41,10 +41,14 @@ def _same_model(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def check_adapters_match(adapter_dir: Path, base_model: str) -> None:
-    """Refuse adapters trained on another base model, naming both."""
+def check_adapters_match(adapter_dir: Path, base_model: str, loaded_from: str | None = None) -> None:
+    """Refuse adapters trained on another base model, naming both. ``loaded_from``: where ``base_model`` was
+    really read (a ``.gguf`` file's cached Hugging Face folder, which PEFT records as the adapters' base)."""
     trained_on = adapter_base_model(adapter_dir)
-    if trained_on is not None and not _same_model(trained_on, base_model):
+    matches = trained_on is None or _same_model(trained_on, base_model)
+    if not matches and loaded_from is not None:
+        matches = _same_model(str(trained_on), loaded_from)
+    if not matches:
         raise CheckpointError(
             f"these adapters were trained on base model {trained_on!r}, not on {base_model!r}; "
             "set train.model.base_model to the model they belong to",

@@ -35,6 +35,4 @@ def load_pretrained_model(
         model = AutoModelForCausalLM.from_pretrained(source, revision=None if source != name else revision, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise _not_loadable("base model", name, key, exc) from None
-    if source != name:
-        model.config._name_or_path = name  # adapters record the GGUF file as their base, not the cache folder
     return model

@@ -11,6 +11,7 @@ from torch import nn
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError
+from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.tokenizer import PretrainedTokenizer
 from ml_playground.families.base import ChatMessages, InferenceModel
 from ml_playground.finetune.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
@@ -81,7 +82,7 @@ def load_lora_model(
         )
         if kind == "adapters":
             assert folder is not None
-            check_adapters_match(folder, settings.base_model)
+            check_adapters_match(folder, settings.base_model, hf_folder_for(settings.base_model, cache, key))
             model = load_adapters(model, folder)
             tokenizer = load_pretrained_tokenizer(str(folder), key="sample.checkpoint")
             described = f"{settings.base_model} + adapters {folder}"

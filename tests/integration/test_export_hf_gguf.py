@@ -107,3 +107,46 @@ def test_an_architecture_without_a_gguf_mapping_is_refused(tmp_path: Path) -> No
     with pytest.raises(UserError, match="GGUF export supports LlamaForCausalLM, Qwen2ForCausalLM; this model is"):
         write_hf_gguf(tmp_path / "x.gguf", model, None, "f32", "x")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_gguf_file_is_a_base_model_to_fine_tune_sample_and_export(
+    tiny: Any, tmp_path: Path, shared_data: Path
+) -> None:
+    """The whole path a user with an Ollama model takes: GGUF in, LoRA, sample, GGUF out."""
+    import io
+
+    from rich.console import Console
+
+    from ml_playground.configuration import experiment_config_path, load_config
+    from ml_playground.data_pipeline.preparer import prepare
+    from ml_playground.export.request import ExportRequest
+    from ml_playground.export.runner import run_export
+    from ml_playground.sampling.runner import load_model, sample
+    from ml_playground.training.trainer import train
+
+    _, model, tokenizer, _ = tiny
+    base = tmp_path / "base-f32.gguf"
+    write_hf_gguf(base, model, tokenizer, "f32", "base")
+    config = load_config(
+        experiment_config_path("bundestag_smollm2_lora"),
+        [
+            f"train.model.base_model='{base}'",
+            f"prepare.input_path='{shared_data / 'bundestag' / '19009.txt'}'",
+            f"prepare.dataset_dir='{tmp_path / 'dataset'}'",
+            f"prepare.cache_dir='{tmp_path / 'cache'}'",
+            f"train.out_dir='{tmp_path / 'run'}'",
+            "train.model.block_size=64",
+            "train.max_iters=4",
+            "train.eval_interval=2",
+            "train.checkpoint.interval=2",
+            "train.eval_max_tokens=256",
+            "train.model.save_merged_on_best=false",
+            "sample.max_new_tokens=8",
+        ],
+    )
+    prepare(config.prepare)
+    train(config, quiet=True, console=Console(file=io.StringIO()))
+    assert load_model(config).checkpoint == f"{base} + adapters {tmp_path / 'run' / 'adapters' / 'best'}"
+    assert sample(config, emit=lambda _: None)[0].text.startswith(config.sample.prompt)
+    exported = run_export(config, ExportRequest(format="gguf", out_dir=tmp_path / "out", checkpoint="best"))
+    assert exported.files == ["model-f16.gguf"]

@@ -71,7 +71,6 @@ def test_a_gguf_file_loads_as_the_same_model_and_is_converted_once(
         theirs = model(torch.tensor([ids])).logits
         mine = ours.module(torch.tensor([ids]))
     torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
-    assert model.config._name_or_path == str(exported)  # adapters record the GGUF file as their base
     folders = list((tmp_path / "gguf").iterdir())
     assert len(folders) == 1
     assert (folders[0] / DONE_MARKER).is_file()
