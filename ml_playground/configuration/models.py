@@ -165,6 +165,15 @@ class SampleDuringTrainingConfig(Section):
     prompt: str = "\n"
 
 
+class TrackersConfig(Section):
+    """Experiment trackers beside TensorBoard; each needs its dependency group (`uv sync --group trackers`)."""
+
+    mlflow: bool = Field(default=False, description="Log to MLflow (a local file store unless a URI is given).")
+    mlflow_tracking_uri: str | None = Field(default=None, description="Default: out_dir/mlruns.")
+    wandb: bool = Field(default=False, description="Log to Weights & Biases in offline mode (out_dir/wandb).")
+    project: str = Field(default="ml_playground", description="MLflow experiment / W&B project name.")
+
+
 class DistributedConfig(Section):
     strategy: Literal["ddp", "fsdp"] = Field(
         default="ddp", description="Used when launched by torchrun with more than one process."
@@ -258,6 +267,7 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     sample_during_training: SampleDuringTrainingConfig = SampleDuringTrainingConfig()
     distributed: DistributedConfig = DistributedConfig()
+    trackers: TrackersConfig = TrackersConfig()
 
     @field_validator("model", mode="wrap")
     @classmethod

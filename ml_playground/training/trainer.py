@@ -59,6 +59,7 @@ from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.optim import build_optimizer
 from ml_playground.training.run_lock import RunLock
 from ml_playground.training.signals import StopSignal
+from ml_playground.training.trackers import MlflowLogger, WandbLogger, start_trackers
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,19 @@ def move_aside(out_dir: Path) -> Path | None:
         suffix += 1
     out_dir.rename(target)
     return target
+
+
+def tracker_factories(config: ExperimentConfig) -> dict[str, Callable[[], MetricsLogger]]:
+    """The trackers ``train.trackers`` turns on, not yet started (``start_trackers`` starts each guarded)."""
+    tc, trackers = config.train, config.train.trackers
+    settings = config.model_dump(mode="json")
+    factories: dict[str, Callable[[], MetricsLogger]] = {}
+    if trackers.mlflow:
+        uri = trackers.mlflow_tracking_uri or (tc.out_dir / "mlruns").resolve().as_uri()
+        factories["mlflow"] = lambda: MlflowLogger(uri, trackers.project, str(tc.out_dir), settings)
+    if trackers.wandb:
+        factories["wandb"] = lambda: WandbLogger(tc.out_dir / "wandb", trackers.project, str(tc.out_dir), settings)
+    return factories
 
 
 def configure_torch(config: ExperimentConfig) -> None:
@@ -222,6 +236,7 @@ def _train_locked(
             ConsoleLogger(total_steps=tc.max_iters, start_step=resumed_from or 0, console=console, quiet=quiet),
             JsonlLogger(metrics_path, resume_step=resumed_from if resumed_from is not None else None),
             TensorBoardLogger(tc.out_dir / "tb", purge_step=(resumed_from + 1) if resumed_from is not None else None),
+            *start_trackers(tracker_factories(config), warn=lambda text: say(console, text)),
         ]
     logger = CompositeLogger(sinks)
     stop_signal = StopSignal()

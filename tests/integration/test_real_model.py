@@ -28,7 +28,7 @@ from ml_playground.sampling.runner import load_model, sampling_params, stream_de
 from ml_playground.training.trainer import train
 from tests.conftest import REPO_ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_model]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_model, pytest.mark.timeout(1800)]
 
 EXPERIMENT = "bundestag_smollm2_lora"
 GGUF = REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
