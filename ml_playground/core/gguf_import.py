@@ -81,7 +81,7 @@ def _convert(path: Path, target: Path, key: str, header: dict[str, str]) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ml_playground.core.hub import quiet_transformers
+    from ml_playground.core.hf_quiet import quiet_transformers
 
     quiet_transformers()
     folder, file = str(path.parent), path.name

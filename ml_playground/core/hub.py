@@ -7,18 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ml_playground.core.errors import ConfigError
+from ml_playground.core.hf_quiet import quiet_transformers
+
+__all__ = ["DEFAULT_CACHE", "load_pretrained_tokenizer", "quiet_transformers"]
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-def quiet_transformers() -> None:
-    """No per-file progress bars from transformers / huggingface_hub: our console shows progress."""
-    from huggingface_hub.utils.tqdm import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    disable_progress_bars()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 
 def _hub_cache() -> str:
@@ -30,7 +24,7 @@ def _hub_cache() -> str:
 def _not_loadable(what: str, name: str, key: str, exc: Exception) -> ConfigError:
     if Path(name).expanduser().is_dir():
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return ConfigError(f"cannot load {what} from the folder {name} ({first})", key=key)
+        return ConfigError(f"cannot load {what.removesuffix(' of')} from the folder {name} ({first})", key=key)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     why = "downloads are off (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
     return ConfigError(

@@ -339,8 +339,34 @@ def test_export_merges_the_adapters_into_gguf_and_a_modelfile_that_stops_where_t
         expected = model.module(torch.tensor([ids + greedy[:-1]]))[0].argmax(-1)[len(ids) - 1 :].tolist()
     assert greedy == expected  # llama.cpp's merged model picks what base + adapters pick
 
-    hf = run_export(trained, ExportRequest(format="hf", out_dir=tmp_path / "hf", checkpoint="best"))
+    no_dataset = trained.model_copy(
+        update={"prepare": trained.prepare.model_copy(update={"dataset_dir": tmp_path / "elsewhere"})}
+    )  # a run whose dataset is gone exports all the same: there is nothing to compare the end token with
+    hf = run_export(no_dataset, ExportRequest(format="hf", out_dir=tmp_path / "hf", checkpoint="merged"))
     assert "model.safetensors" in hf.files
+    with pytest.raises(UserError, match="exists and is not empty; use --force"):
+        run_export(trained, ExportRequest(format="hf", out_dir=tmp_path / "hf", checkpoint="best"))
+
+    def disk_full(folder: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    forced = ExportRequest(format="ollama", out_dir=out, checkpoint="best", name="tiny", gguf_type="f32", force=True)
+    with pytest.raises(UserError, match=r"export failed, nothing written \(No space left on device\)"):
+        run_export(trained, forced, which=lambda _: None, write_hook=disk_full)
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "tiny-f32.gguf"]  # the old export is intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    tokenizer = model.tokenizer.tokenizer
+    gguf = out / "tiny-f32.gguf"
+    check_consistency(tokenizer, tokenizer.eos_token_id, gguf, text)  # what export itself checked
+    original = tokenizer.chat_template
+    tokenizer.chat_template = original.replace("assistant", "model")
+    with pytest.raises(UserError, match="the GGUF file's chat template differs from the tokenizer's"):
+        check_consistency(tokenizer, None, gguf, None)
+    tokenizer.chat_template = original
+    tokenizer.eos_token = "<|im_end|>"
+    with pytest.raises(UserError, match="the GGUF file's end-of-sequence id is"):
+        check_consistency(tokenizer, None, gguf, None)
     with pytest.raises(UserError, match=re.escape("the Modelfile does not stop at <|im_end|>")):
         check_consistency(model.tokenizer.tokenizer, None, None, text.replace('PARAMETER stop "<|im_end|>"\n', ""))
     with pytest.raises(UserError, match="the training data ends records with token 3"):
