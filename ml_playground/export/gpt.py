@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from ml_playground.configuration.models import ExperimentConfig, SampleConfig
-from ml_playground.core.atomic import replace_dir
-from ml_playground.core.errors import CheckpointError, UserError
+from ml_playground.core.errors import CheckpointError
 from ml_playground.core.tokenizer import BpeTokenizer, load_tokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import END_TOKEN
@@ -17,7 +16,7 @@ from ml_playground.export.gguf_writer import write_gguf
 from ml_playground.export.hf import to_transformers
 from ml_playground.export.hf_tokenizer import to_pretrained_tokenizer
 from ml_playground.export.ollama import modelfile
-from ml_playground.export.request import ExportRequest, ExportResult
+from ml_playground.export.request import ExportRequest, ExportResult, refuse_to_overwrite, write_export
 from ml_playground.models.core.model import GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
 
@@ -68,9 +67,7 @@ def export_gpt(
     config: ExperimentConfig, request: ExportRequest, write_hook: Callable[[Path], None] | None = None
 ) -> ExportResult:
     """``write_hook`` is called on the temporary folder before the swap (tests use it to fail mid-export)."""
-    target = request.out_dir
-    if target.exists() and any(target.iterdir()) and not request.force:
-        raise UserError("exists and is not empty; use --force to replace it", path=target)
+    refuse_to_overwrite(request)
     loaded = _checkpoint(config, request.checkpoint)
     try:
         model_config = GPTConfig(**loaded.manifest["model_config"])
@@ -91,8 +88,4 @@ def export_gpt(
         if write_hook is not None:
             write_hook(tmp)
 
-    try:
-        replace_dir(target, write)
-    except OSError as exc:
-        raise UserError(f"export failed, nothing written ({exc.strerror or exc})", path=target) from None
-    return ExportResult(target, sorted(p.name for p in target.iterdir()), loaded.step)
+    return write_export(request, write, loaded.step)

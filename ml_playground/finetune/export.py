@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
-from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import UserError
 from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
@@ -22,7 +21,7 @@ from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.gguf_hf import architecture, pre_tokenizer_name, read_back, write_hf_gguf
 from ml_playground.export.hf import ExportError
 from ml_playground.export.ollama import modelfile, ollama_template
-from ml_playground.export.request import ExportRequest, ExportResult
+from ml_playground.export.request import ExportRequest, ExportResult, refuse_to_overwrite, write_export
 from ml_playground.families.base import family_settings
 from ml_playground.finetune.inference import load_lora_model
 from ml_playground.training.checkpointing.service import CheckpointService
@@ -91,9 +90,7 @@ def _dataset_eos(config: ExperimentConfig) -> int | None:
 def export_lora(
     config: ExperimentConfig, request: ExportRequest, write_hook: Callable[[Path], None] | None = None
 ) -> ExportResult:
-    target = request.out_dir
-    if target.exists() and any(target.iterdir()) and not request.force:
-        raise UserError("exists and is not empty; use --force to replace it", path=target)
+    refuse_to_overwrite(request)
     settings = family_settings(config, HfLoraModelConfig)
     loaded, tokenizer, _ = load_lora_model(config, settings, request.checkpoint)
     model = merged(loaded)
@@ -122,8 +119,4 @@ def export_lora(
         if write_hook is not None:
             write_hook(tmp)
 
-    try:
-        replace_dir(target, write)
-    except OSError as exc:
-        raise UserError(f"export failed, nothing written ({exc.strerror or exc})", path=target) from None
-    return ExportResult(target, sorted(p.name for p in target.iterdir()), step)
+    return write_export(request, write, step)

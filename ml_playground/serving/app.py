@@ -305,55 +305,38 @@ def create_app(served: Served) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [served.describe()]}
 
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        events = JobEvents(served.engine, completion_request(served, body))
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
+    async def respond(
+        body: GenerationFields, generation: GenerationRequest, request: Request, *, chat: bool
+    ) -> Response:
+        """One path for both endpoints: a stream of chunks, or the whole answer in OpenAI's shape."""
+        events = JobEvents(served.engine, generation)
         if body.stream:
-            return StreamingResponse(
-                _completion_stream(served, events, include_usage, chat=False),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-            )
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            stream = _completion_stream(served, events, include_usage, chat=chat)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
         text, done = await events.collect(request)
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": done.finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
         return JSONResponse(
             {
-                "id": f"cmpl-{uuid.uuid4().hex}",
-                "object": "text_completion",
+                "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()),
                 "model": served.name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason}],
+                "choices": [choice],
                 "usage": _usage(done),
             }
         )
 
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await respond(body, completion_request(served, body), request, chat=False)
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
-        events = JobEvents(served.engine, chat_request(served, body))
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        if body.stream:
-            return StreamingResponse(
-                _completion_stream(served, events, include_usage, chat=True),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-            )
-        text, done = await events.collect(request)
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": served.name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
-                        "finish_reason": done.finish_reason,
-                    }
-                ],
-                "usage": _usage(done),
-            }
-        )
+        return await respond(body, chat_request(served, body), request, chat=True)
 
     return app

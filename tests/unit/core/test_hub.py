@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ml_playground.core.errors import ConfigError
@@ -19,8 +17,3 @@ def test_a_hub_id_that_is_not_cached_offline_says_where_it_looked(monkeypatch: p
     assert "not in the Hugging Face cache (" in message
     assert "downloads are off (HF_HUB_OFFLINE=1)" in message
     assert "\n" not in message
-
-
-def test_a_folder_without_a_tokenizer_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=f"cannot load the tokenizer from the folder {tmp_path}"):
-        load_pretrained_tokenizer(str(tmp_path))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(ConfigError, match=r"train\.model\.base_model: cannot load the tokenizer of from the folder"):
+    with pytest.raises(ConfigError, match=r"train\.model\.base_model: cannot load the tokenizer from the folder"):
         load_pretrained_tokenizer(str(tmp_path))
     with pytest.raises(ConfigError, match="cannot load base model from the folder"):
         load_pretrained_model(str(tmp_path), revision=None, dtype=__import__("torch").float32)
