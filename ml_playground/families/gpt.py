@@ -31,6 +31,7 @@ from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
 from ml_playground.training.distributed import wrap_model
 from ml_playground.training.ema import EMA
+from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
 
 
 def gpt_config(model: GptModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:
@@ -125,6 +126,28 @@ def text_generator(model: GPT, tokenizer: Tokenizer) -> Callable[[str, SamplingP
     return generate_text
 
 
+def check_memory(ctx: BuildContext, settings: GptModelConfig, parameters: int, vocab_size: int) -> None:
+    """The same estimate the LoRA path prints (float32 weights, AdamW state, activations), checked before step 1."""
+    shape = ModelShape(parameters, parameters, settings.n_embd, settings.n_layer, settings.n_head, vocab_size)
+    estimate = estimate_memory(
+        shape,
+        weight_dtype=torch.float32,
+        batch_size=ctx.config.train.data.batch_size,
+        sequence_length=settings.block_size,
+        gradient_checkpointing=False,
+    )
+    available, where = available_memory(ctx.precision.device)
+    if ctx.dist.is_main:
+        say(ctx.console, f"{estimate.describe()} ({available / 2**30:.2f} GiB {where})")
+    check_fits(
+        estimate,
+        available,
+        where,
+        key="train.data.batch_size",
+        advice="lower train.data.batch_size or train.model.block_size, or train a smaller model",
+    )
+
+
 class GptFamily:
     def build_for_training(self, ctx: BuildContext) -> TrainingSetup:
         settings = family_settings(ctx.config, GptModelConfig)
@@ -133,6 +156,7 @@ class GptFamily:
         model_config = gpt_config(settings, ctx.dataset.vocab_size, conditions)
         model = GPT(model_config).to(device)
         model.use_linear_kernel(resolve_linear_kernel(settings.linear_kernel, device))
+        check_memory(ctx, settings, model.num_parameters(), ctx.dataset.vocab_size)
         ema = EMA(model, settings.ema.decay, settings.ema.start_step) if settings.ema.enabled else None
         train_module, no_sync = wrap_model(model, ctx.dist, ctx.config.train.distributed.strategy, device)
         if ctx.dist.enabled:

@@ -29,11 +29,11 @@ from ml_playground.finetune.adapters import AdapterExportHook
 from ml_playground.finetune.generation import generate_ids
 from ml_playground.finetune.hub import load_pretrained_model
 from ml_playground.finetune.lora import apply_lora, load_adapters, parameter_counts
-from ml_playground.finetune.memory import ModelShape, available_memory, check_fits, estimate_memory
 from ml_playground.finetune.modules import LogitsOnly
 from ml_playground.models.core.inference import SamplingParams
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.hooks.base import Hook
+from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
 
 
 def weight_dtype(precision: Precision) -> torch.dtype:

@@ -241,3 +241,19 @@ def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: Co
     train(tiny_config("train.max_iters=2", "train.model.linear_kernel='aten'"), fresh=True, console=quiet_console(),
           extra_hooks=[Inspect()])  # fmt: skip
     assert seen == {"kernels": {"aten"}, "optimizer": torch.optim.AdamW}
+
+
+def test_the_memory_estimate_is_printed_and_a_run_that_cannot_fit_is_refused(tiny_config: ConfigFactory) -> None:
+    from ml_playground.core.errors import ConfigError
+
+    config = tiny_config("train.max_iters=2")
+    prepare(config.prepare)
+    said = io.StringIO()
+    train(config, console=Console(file=said, width=300))
+    line = next(line for line in said.getvalue().splitlines() if line.startswith("memory estimate: "))
+    assert "GiB available system memory)" in line
+    with pytest.raises(
+        ConfigError, match=r"but only .* GiB \(available system memory\); lower train\.data\.batch_size"
+    ):
+        train(tiny_config("train.data.batch_size=100000000"), fresh=True, console=quiet_console())
+    assert not (config.train.out_dir / "checkpoints" / "step_00000001").exists()

@@ -1,4 +1,4 @@
-"""How much memory a fine-tuning run needs, estimated before it starts, and whether the device has it.
+"""How much memory a training run needs, estimated before it starts, and whether the device has it.
 
 Weights at their load dtype; gradients and AdamW's two moments (float32) for the trainable
 parameters only; activations after Korthikanti et al. (2022), "Reducing Activation Recomputation
@@ -87,10 +87,19 @@ def available_memory(device: torch.device) -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "available system memory"
 
 
-def check_fits(estimate: MemoryEstimate, available: int, where: str) -> None:
+LORA_ADVICE = (
+    "lower train.data.batch_size or train.model.block_size, set train.model.gradient_checkpointing = true, "
+    "or use bfloat16 on a GPU"
+)
+
+
+def check_fits(
+    estimate: MemoryEstimate,
+    available: int,
+    where: str,
+    *,
+    key: str = "train.model.base_model",
+    advice: str = LORA_ADVICE,
+) -> None:
     if estimate.total > available:
-        raise ConfigError(
-            f"{estimate.describe()}, but only {available / GIB:.2f} GiB ({where}); lower train.data.batch_size "
-            "or train.model.block_size, set train.model.gradient_checkpointing = true, or use bfloat16 on a GPU",
-            key="train.model.base_model",
-        )
+        raise ConfigError(f"{estimate.describe()}, but only {available / GIB:.2f} GiB ({where}); {advice}", key=key)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ml_playground.core.errors import ConfigError
-from ml_playground.finetune.memory import GIB, MemoryEstimate, ModelShape, available_memory, check_fits, estimate_memory
+from ml_playground.training.memory import GIB, MemoryEstimate, ModelShape, available_memory, check_fits, estimate_memory
 
 pytestmark = pytest.mark.unit
 
