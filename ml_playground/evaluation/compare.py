@@ -35,7 +35,7 @@ class CompareRow:
             report.val_loss,
             report.tokens,
             report.bytes,
-            report.characters / max(1, report.tokens + 1),
+            report.characters / max(1, report.text_tokens),
             report.seconds,
             report.checkpoint,
             report.step,

@@ -42,6 +42,7 @@ class EvalReport:
     characters: int = 0  # of the text scored (--data)
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    text_tokens: int = 0  # of the whole text (--data), also when --max-tokens scores only part of it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +66,7 @@ def evaluate_checkpoint(
     scored = load_model(config)
     lengths = token_byte_lengths(scored.tokenizer)
     notes: tuple[str, ...] = ()
-    characters = 0
+    characters = text_tokens = 0
     if data is None:
         dataset = open_dataset(config.prepare.dataset_dir)
         _check_same_dataset(config, dataset, scored)
@@ -75,7 +76,7 @@ def evaluate_checkpoint(
         ids, notes = encode_eval_text(scored.tokenizer, text, data)
         if len(ids) < 2:
             raise DataError("too little text to score (fewer than two tokens)", path=data)
-        characters = len(text)
+        characters, text_tokens = len(text), len(ids)
         result = evaluate_split(
             scored.module,
             ids.astype(np.uint32),
@@ -95,6 +96,7 @@ def evaluate_checkpoint(
         characters,
         time.perf_counter() - started,
         notes,
+        text_tokens,
     )
 
 

@@ -130,6 +130,10 @@ def check_eval_on_other_text(tmp_path: Path, args: list[str], corpus: Path, caps
     table = json.loads((tmp_path / "c" / "compare.json").read_text("utf-8"))
     assert [row["bits_per_byte"] for row in table["rows"]] == [both["bits_per_byte"]] * 2
     assert (tmp_path / "c" / "bits_per_byte.png").read_bytes().startswith(b"\x89PNG")
+    capped_table = cli("compare", "shakespeare", *args, "--data", str(folder), "--max-tokens", "640", "--json")
+    (row,) = json.loads(capped_table.stdout.splitlines()[-1])["rows"]
+    assert row["tokens"] < 5000
+    assert row["characters_per_token"] == pytest.approx(1.0)  # of the whole text, not of the scored part
     (folder / "empty.txt").write_text("", encoding="utf-8")
     (folder / "blob.bin").write_bytes(b"\x00\x01" * 10)
     (folder / "german.txt").write_text("Grüße aus Köln", encoding="utf-8")
