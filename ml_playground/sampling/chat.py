@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
 from ml_playground.families.base import InferenceModel
-from ml_playground.sampling.conditioning import conditioned_prompt, model_conditions
+from ml_playground.sampling.conditioning import header_in_view, model_conditions, sample_fields
 from ml_playground.sampling.runner import load_model, sampling_params, stream_decode
 
 HELP = "/reset forgets the conversation, /quit ends it"
@@ -26,6 +26,7 @@ class Conversation:
 
     model: InferenceModel
     header: str = ""
+    header_tokens: int = 0  # kept in view when the transcript outgrows the context
     messages: list[dict[str, str]] = field(default_factory=list)
     transcript: str = ""
 
@@ -47,7 +48,7 @@ class Conversation:
                 del self.messages[0]
                 ids = self.model.chat_ids(self.messages)
             return ids[-context:], 0
-        keep = len(self.model.tokenizer.encode(self.header)) if self.header else 0
+        keep = self.header_tokens
         ids = self.model.tokenizer.encode(self.header + self.transcript + user_text)  # may refuse the text
         self.transcript += user_text
         if len(ids) > context:
@@ -71,13 +72,11 @@ def chat(
     """Run the conversation until ``/quit`` or end of input; returns the number of answers given."""
     model = load_model(config, checkpoint)
     sc = config.sample
-    header = ""
+    header, header_tokens = "", 0
     conditions = model_conditions(model, config.prepare.dataset_dir)
     if conditions is not None:
-        header = conditioned_prompt(
-            {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}, conditions
-        )
-    conversation = Conversation(model, header)
+        header, header_tokens = header_in_view(model.tokenizer, sample_fields(sc), conditions)
+    conversation = Conversation(model, header, header_tokens)
     mode = "chat template" if conversation.uses_template else "continuation"
     emit(f"chatting with {model.checkpoint} (step {model.step}, {mode}); {HELP}\n")
     answers = 0

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ml_playground.configuration.models import SampleConfig
 from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.speeches import read_conditions
 from ml_playground.families.base import InferenceModel
@@ -33,6 +35,17 @@ def conditioned_prompt(fields: Mapping[str, Any], conditions: Mapping[str, Any],
     check_known("party", fields.get("party"), list(conditions.get("parties", {})), "sample.party")
     check_known("speaker", fields.get("speaker"), list(conditions.get("speakers", {})), "sample.speaker")
     return format_header(fields) + text
+
+
+def sample_fields(sc: SampleConfig) -> dict[str, Any]:
+    """The conditions ``[sample]`` asks for."""
+    return {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
+
+
+def header_in_view(tokenizer: Tokenizer, fields: Mapping[str, Any], conditions: Mapping[str, Any]) -> tuple[str, int]:
+    """The checked header for ``fields`` and its length in tokens: the prefix kept in view as the window moves."""
+    header = conditioned_prompt(fields, conditions)
+    return header, len(tokenizer.encode(header))
 
 
 def model_conditions(model: InferenceModel, dataset_dir: Path) -> Mapping[str, Any] | None:

@@ -17,7 +17,7 @@ from ml_playground.families.base import InferenceModel
 from ml_playground.families.registry import family_of
 from ml_playground.models.core.inference import SamplingParams
 from ml_playground.models.core.model import GPT
-from ml_playground.sampling.conditioning import conditioned_prompt, model_conditions
+from ml_playground.sampling.conditioning import header_in_view, model_conditions, sample_fields
 from ml_playground.sampling.decoding import TextStream
 
 
@@ -132,9 +132,8 @@ def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text:
         return prompt_text, model.chat_ids([{"role": "user", "content": prompt_text}]), 0
     conditions = model_conditions(model, config.prepare.dataset_dir)
     if conditions is not None:
-        fields = {"speaker": sc.speaker, "party": sc.party, "year": sc.year, "topic": sc.topic}
-        prompt_text = conditioned_prompt(fields, conditions, prompt_text.strip())
-        keep_prefix = len(model.tokenizer.encode(conditioned_prompt(fields, conditions)))  # the header stays in view
+        header, keep_prefix = header_in_view(model.tokenizer, sample_fields(sc), conditions)
+        prompt_text = header + prompt_text.strip()
     try:
         ids = model.tokenizer.encode(prompt_text)
     except UserError as exc:

@@ -28,7 +28,7 @@ from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
 from ml_playground.families.base import InferenceModel
 from ml_playground.models.core.inference import SamplingParams
-from ml_playground.sampling.conditioning import conditioned_prompt
+from ml_playground.sampling.conditioning import header_in_view
 from ml_playground.serving.engine import (
     Delta,
     Done,
@@ -140,11 +140,10 @@ def completion_request(served: Served, body: CompletionRequest) -> GenerationReq
     keep_prefix = 0
     if served.conditions is not None:
         try:
-            header = conditioned_prompt(body.conditions, served.conditions)
+            header, keep_prefix = header_in_view(served.model.tokenizer, body.conditions, served.conditions)
         except UserError as exc:
             param = (exc.key or "").rpartition(".")[2] or None
             raise ApiError(400, exc.message, param=param) from None
-        keep_prefix = len(served.model.tokenizer.encode(header))
         text = header + text.strip()
     ids = _encode(served, text, "prompt")
     return GenerationRequest(ids, _params(served, body, max_tokens, keep_prefix), tuple(body.stop_strings))
