@@ -292,6 +292,11 @@ class TrainConfig(Section):
             )
         if self.optim.name == "muon" and self.distributed.strategy == "fsdp":
             raise ValueError("train.optim.name = 'muon' needs whole weight matrices, which FSDP shards; use ddp")
+        if self.distributed.strategy == "fsdp" and not isinstance(self.model, GptModelConfig):
+            raise ValueError(
+                f"train.distributed.strategy = 'fsdp' is built for train.model.kind = 'gpt' (this is "
+                f"{self.model.kind!r}): LoRA's trainable adapters are small enough to replicate; use ddp"
+            )
         return self
 
 

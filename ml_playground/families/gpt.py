@@ -29,8 +29,9 @@ from ml_playground.models.core.inference import SamplingParams, generate, genera
 from ml_playground.models.core.kernels import LinearKernelSetting, resolve_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
-from ml_playground.training.distributed import wrap_model
+from ml_playground.training.distributed import is_sharded, wrap_model
 from ml_playground.training.ema import EMA
+from ml_playground.training.sharded_state import full_model_state, load_full_model_state
 from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
 
 
@@ -157,8 +158,10 @@ class GptFamily:
         model = GPT(model_config).to(device)
         model.use_linear_kernel(resolve_linear_kernel(settings.linear_kernel, device))
         check_memory(ctx, settings, model.num_parameters(), ctx.dataset.vocab_size)
+        strategy = ctx.config.train.distributed.strategy
+        train_module, no_sync = wrap_model(model, ctx.dist, strategy, device, ctx.precision.dtype)
+        # after sharding: the average follows the parameters FSDP put in place (its shards, under fsdp)
         ema = EMA(model, settings.ema.decay, settings.ema.start_step) if settings.ema.enabled else None
-        train_module, no_sync = wrap_model(model, ctx.dist, ctx.config.train.distributed.strategy, device)
         if ctx.dist.enabled:
             forward: nn.Module | None = train_module
             if settings.compile:
@@ -166,13 +169,17 @@ class GptFamily:
         else:
             forward = maybe_compile(model, settings.compile, ctx.console)
         tokenizer = load_tokenizer(ctx.dataset.dataset_dir / TOKENIZER_DIR, ctx.config.prepare.cache_dir)
-
+        sharded = is_sharded(train_module)
         return TrainingSetup(
             model=model,
             model_config=model_config.to_dict(),
             summary=f"model: {model.num_parameters() / 1e6:.2f}M parameters",
-            trainable_state=model.state_dict,
-            load_trainable=lambda state: model.load_state_dict(state) and None,
+            trainable_state=(lambda: full_model_state(model)) if sharded else model.state_dict,
+            load_trainable=(
+                (lambda state: load_full_model_state(model, state))
+                if sharded
+                else (lambda state: model.load_state_dict(state) and None)
+            ),
             generate_text=text_generator(model, tokenizer),
             ema=ema,
             forward=forward,

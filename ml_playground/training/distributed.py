@@ -2,13 +2,18 @@
 
 A single process (no ``WORLD_SIZE`` > 1 in the environment) gets a context of world size 1 and
 every helper is a no-op, so the same code path serves both.
+
+Two strategies: ``ddp`` (every rank holds the whole model and optimizer; gradients are all-reduced)
+and ``fsdp`` (FSDP2's ``fully_shard``: each transformer block and then the whole model are sharded,
+so parameters, gradients and optimizer state live 1/world_size per rank; each block's weights are
+all-gathered just before it runs). FSDP2 runs over gloo on the CPU as well as over NCCL on CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +56,14 @@ class DistributedContext:
         tensor = torch.tensor([value], dtype=torch.float64)
         return float(self.sum_(tensor)[0]) / self.world_size
 
+    def max_(self, value: int) -> int:
+        """The largest ``value`` over the ranks."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor[0])
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on at least one."""
         if not self.enabled:
@@ -90,27 +103,59 @@ def shutdown(ctx: DistributedContext) -> None:
 
 
 def wrap_model(
-    model: nn.Module, ctx: DistributedContext, strategy: Literal["ddp", "fsdp"], device: torch.device
+    model: nn.Module,
+    ctx: DistributedContext,
+    strategy: Literal["ddp", "fsdp"],
+    device: torch.device,
+    param_dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, Callable[[], contextlib.AbstractContextManager[object]] | None]:
-    """The module to train with, and the context that skips gradient sync on accumulation micro-steps."""
+    """The module to train with, and the context that skips gradient sync on accumulation micro-steps.
+
+    Under ``fsdp`` the model is sharded in place (the returned module is ``model`` itself, its
+    parameters now ``DTensor`` shards); ``param_dtype`` other than float32 (CUDA with bfloat16 or
+    float16) becomes FSDP2's mixed-precision policy: weights gathered in that type, gradients reduced
+    in float32.
+    """
     if not ctx.enabled:
         return model, None
     if strategy == "fsdp":
-        if device.type != "cuda":
-            raise ConfigError(
-                "fsdp (FSDP2) shards over NCCL and needs CUDA here; "
-                "use train.distributed.strategy = 'ddp' on this device",
-                key="train.distributed.strategy",
-            )
-        return _fully_shard(model), None  # pragma: no cover (no GPU on the CI machine)
+        return shard_model(model, device, param_dtype)
     ddp = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.type == "cuda" else None)
     return ddp, ddp.no_sync
 
 
-def _fully_shard(model: nn.Module) -> nn.Module:  # pragma: no cover (needs CUDA)
-    from torch.distributed.fsdp import fully_shard
+def shard_model(
+    model: nn.Module, device: torch.device, param_dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, Callable[[], contextlib.AbstractContextManager[object]]]:
+    """``fully_shard`` each block, then the rest (embeddings, final norm, head) as the root's own group."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    for block in getattr(model, "blocks", []):
-        fully_shard(block)
-    fully_shard(model)
-    return model
+    options: dict[str, object] = {}
+    if device.type == "cuda" and param_dtype != torch.float32:  # pragma: no cover (no GPU on the CI machine)
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ConfigError(
+            f"fsdp shards a model block by block; {type(model).__name__} has no .blocks",
+            key="train.distributed.strategy",
+        )
+    for block in blocks:
+        fully_shard(block, **options)  # type: ignore[arg-type]
+    sharded = fully_shard(model, **options)  # type: ignore[arg-type]
+    assert isinstance(sharded, FSDPModule)
+
+    @contextlib.contextmanager
+    def no_sync() -> Iterator[None]:
+        sharded.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            sharded.set_requires_gradient_sync(True)
+
+    return sharded, no_sync
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

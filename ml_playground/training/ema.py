@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 class EMA:
@@ -29,7 +30,8 @@ class EMA:
             torch._foreach_lerp_(self.shadow, current, 1.0 - self.decay)  # pyright: ignore[reportPrivateImportUsage]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self._names, self.shadow, strict=True))
+        """The averaged weights whole; under FSDP every rank must call this (the shards are gathered)."""
+        return {name: _whole(tensor) for name, tensor in zip(self._names, self.shadow, strict=True)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self._names) ^ set(state)
@@ -37,7 +39,7 @@ class EMA:
             raise KeyError(f"EMA state does not match the model: {sorted(missing)}")
         with torch.no_grad():
             for name, tensor in zip(self._names, self.shadow, strict=True):
-                tensor.copy_(state[name])
+                tensor.copy_(_like(state[name], tensor))
 
     @torch.no_grad()
     def swap(self) -> None:
@@ -46,3 +48,14 @@ class EMA:
             tmp = param.detach().clone()
             param.copy_(shadow)
             shadow.copy_(tmp)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _like(whole: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``whole`` laid out as ``target``: this rank's shard when ``target`` is a sharded DTensor."""
+    if isinstance(target, DTensor):
+        return distribute_tensor(whole.to(target.dtype), target.device_mesh, target.placements)
+    return whole

@@ -33,7 +33,6 @@ class SplitLoss:
     bytes: int = 0
 
 
-@torch.inference_mode()
 def evaluate_split(
     model: nn.Module,
     tokens: npt.NDArray[np.unsignedinteger[Any]],
@@ -47,6 +46,7 @@ def evaluate_split(
     max_targets: int | None = None,
     token_bytes: npt.NDArray[np.int64] | None = None,
     interrupted: Callable[[], bool] | None = None,
+    sharded: bool = False,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
 
@@ -54,58 +54,78 @@ def evaluate_split(
     large models); the whole split is the default. ``token_bytes`` (bytes per id, ``core.token_bytes``)
     adds bits per byte: the targets' losses in bits over the bytes they decode to, special tokens left out.
     ``interrupted`` is asked before every batch; when it says yes, ``EvaluationInterrupted`` is raised, so a
-    stop signal is honoured within one batch instead of after a whole split.
+    stop signal is honoured within one batch instead of after a whole split. ``sharded`` (an FSDP
+    model, whose every forward pass is a collective): each rank makes as many forward passes as the
+    busiest one, running the model on a spare window where it has none left.
     """
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # (loss * tokens, tokens, nats of byte-carrying targets, bytes)
-    lengths = torch.from_numpy(token_bytes) if token_bytes is not None else None
-    windows = sequential_windows(
-        tokens,
-        block_size,
-        batch_size,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        mask=mask,
-        index=index,
-        max_targets=max_targets,
-    )
-    for x, y in windows:
-        if interrupted is not None and interrupted():
-            model.train(was_training)
-            raise EvaluationInterrupted
-        counted = int((y != IGNORE_INDEX).sum())
-        if counted == 0:
-            continue
-        x, y = x.to(precision.device), y.to(precision.device)
-        with precision.autocast():
-            logits = model(x)
-        sums[0] += cross_entropy(logits, y).double().cpu() * counted
-        sums[1] += counted
-        if lengths is not None:
-            per_token = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none"
-            ).cpu()  # 0 where ignored
-            targets = y.reshape(-1).cpu()
-            size = lengths[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
-            sums[2] += per_token[size > 0].double().sum()
-            sums[3] += size.sum()
-    dist.sum_(sums)
-    model.train(was_training)
-    bits_per_byte = float(sums[2] / math.log(2) / sums[3]) if lengths is not None and sums[3] > 0 else None
-    return SplitLoss(float(sums[0] / sums[1]), int(sums[1]), bits_per_byte, int(sums[3]))
+
+    # FSDP keeps buffers between calls that training writes to again: no inference tensors there
+    with torch.inference_mode(not sharded):
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(4, dtype=torch.float64)  # (loss * tokens, tokens, nats of byte-carrying targets, bytes)
+        lengths = torch.from_numpy(token_bytes) if token_bytes is not None else None
+        windows = sequential_windows(
+            tokens,
+            block_size,
+            batch_size,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            mask=mask,
+            index=index,
+            max_targets=max_targets,
+        )
+        batches = iter(windows)
+        while True:
+            batch = next(batches, None)
+            if sharded and dist.max_(int(batch is not None)) == 0:  # every rank asks: anyone left with a batch?
+                break
+            if batch is None:
+                if not sharded:
+                    break
+                model(torch.zeros((1, block_size), dtype=torch.long, device=precision.device))  # keep in step
+                continue
+            x, y = batch
+            if interrupted is not None and interrupted():
+                model.train(was_training)
+                raise EvaluationInterrupted
+            counted = int((y != IGNORE_INDEX).sum())
+            if counted == 0:
+                if sharded:
+                    model(x[:1].to(precision.device))
+                continue
+            x, y = x.to(precision.device), y.to(precision.device)
+            with precision.autocast():
+                logits = model(x)
+            sums[0] += cross_entropy(logits, y).double().cpu() * counted
+            sums[1] += counted
+            if lengths is not None:
+                per_token = F.cross_entropy(
+                    logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+                ).cpu()  # 0 where ignored
+                targets = y.reshape(-1).cpu()
+                size = lengths[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
+                sums[2] += per_token[size > 0].double().sum()
+                sums[3] += size.sum()
+        dist.sum_(sums)
+        model.train(was_training)
+        bits_per_byte = float(sums[2] / math.log(2) / sums[3]) if lengths is not None and sums[3] > 0 else None
+        return SplitLoss(float(sums[0] / sums[1]), int(sums[1]), bits_per_byte, int(sums[3]))
 
 
-@torch.inference_mode()
-def estimate_loss(model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision) -> float:
+def estimate_loss(
+    model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision, *, sharded: bool = False
+) -> float:
     """Mean loss over ``iters`` fixed random batches (the same batches at every evaluation)."""
-    was_training = model.training
-    model.eval()
-    losses = []
-    for i in range(iters):
-        x, y = sampler.batch(i)
-        x, y = x.to(precision.device), y.to(precision.device)
-        with precision.autocast():
-            losses.append(float(cross_entropy(model(x), y)))
-    model.train(was_training)
-    return sum(losses) / len(losses)
+    # FSDP keeps buffers between calls that training writes to again: no inference tensors there
+    with torch.inference_mode(not sharded):
+        was_training = model.training
+        model.eval()
+        losses = []
+        for i in range(iters):
+            x, y = sampler.batch(i)
+            x, y = x.to(precision.device), y.to(precision.device)
+            with precision.autocast():
+                losses.append(float(cross_entropy(model(x), y)))
+        model.train(was_training)
+        return sum(losses) / len(losses)

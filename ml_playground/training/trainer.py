@@ -44,6 +44,7 @@ from ml_playground.training.distributed import (
     DistributedContext,
     context_from_env,
     init_process_group,
+    is_sharded,
     shutdown,
 )
 from ml_playground.training.evaluation import estimate_loss, evaluate_split
@@ -58,6 +59,7 @@ from ml_playground.training.loop.runner import TrainingLoop
 from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.optim import build_optimizer
 from ml_playground.training.run_lock import RunLock
+from ml_playground.training.sharded_state import full_optimizer_state, load_full_optimizer_state
 from ml_playground.training.signals import StopSignal
 from ml_playground.training.trackers import MlflowLogger, WandbLogger, start_trackers
 
@@ -195,6 +197,7 @@ def _train_locked(
     configure_torch(config)
     setup = family_of(config).build_for_training(BuildContext(config, dataset, precision, console, dist))
     model, ema = setup.model, setup.ema
+    sharded = is_sharded(model)  # fsdp: forward passes, evaluations and state gathers involve every rank
     optimizer = build_optimizer(model, tc.optim, precision.device)
     loaded = service.load_latest_intact()
     if loaded is not None:
@@ -245,14 +248,16 @@ def _train_locked(
     evaluation = EvaluationHook(
         interval=tc.eval_interval,
         at_start=tc.eval_at_start,
-        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted),
-        estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
+        evaluate_val=lambda: _val_loss(
+            model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted, sharded=sharded
+        ),
+        estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision, sharded=sharded),
     )
     hooks: list[Hook] = [
         evaluation,
         EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
     ]
-    if tc.sample_during_training.every_evals and dist.is_main:
+    if tc.sample_during_training.every_evals and (dist.is_main or sharded):  # sharded: every rank generates
         hooks.append(
             SampleHook(
                 every_evals=tc.sample_during_training.every_evals,
@@ -267,12 +272,11 @@ def _train_locked(
     if setup.make_hooks is not None:
         hooks.extend(setup.make_hooks(logger, service))
     hooks.extend(extra_hooks)
-    main_only: list[Hook] = []
-    main_only.append(
+    main_only: list[Hook] = [
         LoggingHook(
             logger=logger, log_interval=tc.log_interval, metrics_path=metrics_path, plot_path=tc.out_dir / "loss.png"
         )
-    )
+    ]
     config_dump = config.model_dump(mode="json")
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
 
@@ -291,9 +295,12 @@ def _train_locked(
             },
         )
 
-    checkpoint_hook = CheckpointHook(service=service, interval=tc.checkpoint.interval, build_payload=build_payload)
-    main_only.append(checkpoint_hook)
-    if dist.is_main:  # only rank 0 logs and writes checkpoints
+    # every rank builds the payload (under fsdp that gathers the shards); rank 0 writes it
+    checkpoint_hook = CheckpointHook(
+        service=service, interval=tc.checkpoint.interval, build_payload=build_payload, write=dist.is_main
+    )
+    hooks.append(checkpoint_hook)
+    if dist.is_main:  # only rank 0 logs
         hooks.extend(main_only)
     loop = TrainingLoop(
         model=model,
@@ -319,7 +326,7 @@ def _train_locked(
         dist=dist,
     )
     ctx = loop.new_context(LoopState())
-    state_map = training_state_map(config, setup, optimizer, scaler, ctx)
+    state_map = training_state_map(config, setup, optimizer, scaler, ctx, sharded=sharded)
     try:
         if loaded is not None:  # a checkpoint that does not fit is refused here: the loggers still close
             state_map.restore(loaded)
@@ -355,13 +362,25 @@ def training_state_map(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     ctx: TrainingContext,
+    *,
+    sharded: bool = False,
 ) -> StateMap:
-    """Every stateful part of the run, in the order a resume restores them."""
+    """Every stateful part of the run, in the order a resume restores them.
+
+    ``sharded`` (fsdp): model and optimizer state are gathered whole and saved in the same format as
+    an unsharded run's (``training/sharded_state.py``), so either can resume the other.
+    """
     tc = config.train
+
+    def save_optimizer() -> dict[str, Any]:
+        return full_optimizer_state(setup.model, optimizer) if sharded else optimizer.state_dict()
 
     def load_optimizer(state: Any) -> None:
         try:
-            optimizer.load_state_dict(state)
+            if sharded:
+                load_full_optimizer_state(setup.model, optimizer, state)
+            else:
+                optimizer.load_state_dict(state)
         except (KeyError, ValueError) as exc:
             raise CheckpointError(
                 f"its optimizer state does not fit train.optim.name = {tc.optim.name!r} ({exc}); "
@@ -384,7 +403,7 @@ def training_state_map(
 
     parts = {
         "model": StatePart("model", setup.trainable_state, setup.load_trainable),
-        "optimizer": StatePart("training", optimizer.state_dict, load_optimizer),
+        "optimizer": StatePart("training", save_optimizer, load_optimizer),
     }
     if setup.ema is not None:
         ema = setup.ema
@@ -407,6 +426,8 @@ def _val_loss(
     dist: DistributedContext,
     max_targets: int | None,
     interrupted: Callable[[], bool] | None = None,
+    *,
+    sharded: bool = False,
 ) -> tuple[float, int]:
     result = evaluate_split(
         model,
@@ -418,5 +439,6 @@ def _val_loss(
         index=dataset.val_index,
         max_targets=max_targets,
         interrupted=interrupted,
+        sharded=sharded,
     )
     return result.loss, result.tokens

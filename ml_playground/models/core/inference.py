@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 from ml_playground.models.core.model import GPT, KVCache
 
@@ -54,9 +55,14 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-@torch.inference_mode()
 def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     """Yield each new token (B, 1) as it is drawn, for a prompt of ids (B, T0)."""
+    # An FSDP-sharded model (sampling during training) keeps buffers that training writes to again.
+    grad_off = torch.no_grad() if isinstance(model, FSDPModule) else torch.inference_mode()
+    return grad_off(_generate_stream)(model, prompt, params)  # type: ignore[no-any-return]
+
+
+def _generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     model.eval()
     block = model.config.block_size
     keep = min(params.keep_prefix, prompt.size(1), block // 2)

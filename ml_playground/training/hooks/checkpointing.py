@@ -20,8 +20,10 @@ class CheckpointHook(Hook):
         service: CheckpointService,
         interval: int,
         build_payload: Callable[[TrainingContext], CheckpointPayload],
+        write: bool = True,
     ) -> None:
         self.service = service
+        self.write = write  # distributed runs: every rank builds the payload (a gather under fsdp), rank 0 writes
         self.interval = interval
         self.build_payload = build_payload
         self.best_val_loss = math.inf
@@ -50,8 +52,9 @@ class CheckpointHook(Hook):
         tags = {"last", "best"} if self._best_pending else {"last"}
         self._best_pending = False
         self._last_saved_step = ctx.state.step
-        path = self.service.save(self.build_payload(ctx), tags)
-        ctx.emit_checkpoint_saved(path)
+        payload = self.build_payload(ctx)
+        if self.write:
+            ctx.emit_checkpoint_saved(self.service.save(payload, tags))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_val_loss": self.best_val_loss}

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import TrainingDivergedError
@@ -125,7 +126,8 @@ class TrainingLoop:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # fsdp: over all shards
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the step when the gradients overflowed
             self.scaler.update()
