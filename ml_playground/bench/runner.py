@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ml_playground.bench import model_benchmarks, process_benchmarks, serving_benchmarks
+from ml_playground.bench import model_benchmarks, process_benchmarks, serving_benchmarks, sharding
 from ml_playground.bench.harness import BenchResult, render_table, write_results
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.data_pipeline.preparer import prepare
@@ -50,6 +50,7 @@ def run_benchmarks(
             )
         )
         add(process_benchmarks.default_training_rss(dataset, work, steps=rss_steps, quick=quick))
+        add(sharding.sharded_memory(work, quick=quick))
         sample_text = bundestag.joinpath("19001.txt").read_text("utf-8-sig")
         add(process_benchmarks.prepare_memory(sample_text, work, big_mb, 600))
         add(process_benchmarks.prepare_throughput(bundestag, work, "char", 50.0))

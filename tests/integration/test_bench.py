@@ -31,6 +31,8 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
     assert any(n.startswith("prepare char") for n in names)
     assert any(n.startswith("speedrun") for n in names)
     assert any(n.startswith("peak RSS, default Shakespeare training") for n in names)
+    sharded = next(r for r in written["results"] if r["name"].startswith("FSDP per-rank state"))
+    assert sharded["ratio"] >= 1.5  # each rank holds about half of what a DDP rank holds, whatever the box
     served = [r for r in written["results"] if r["name"].startswith("serve, ")]
     assert [r["name"] for r in served] == ["serve, 1 client (aggregate)", "serve, 8 clients (aggregate)"]
     assert all(r["figure"] > 0 and r["peer_figure"] > 0 for r in served)

@@ -145,6 +145,9 @@ def test_muon_only_where_it_applies() -> None:
         load_config(lora, ["train.optim.name='muon'"])
     with pytest.raises(ConfigError, match=r"train: .*FSDP shards"):
         load_config(SHAKESPEARE, ["train.optim.name='muon'", "train.distributed.strategy='fsdp'"])
+    with pytest.raises(ConfigError, match=r"train: .*'fsdp' is built for train\.model\.kind = 'gpt'.*use ddp"):
+        load_config(lora, ["train.distributed.strategy='fsdp'"])
+    assert load_config(SHAKESPEARE, ["train.distributed.strategy='fsdp'"]).train.distributed.strategy == "fsdp"
     with pytest.raises(ConfigError, match=r"train\.optim\.name"):
         load_config(SHAKESPEARE, ["train.optim.name='sgd'"])
     with pytest.raises(ConfigError, match=r"train\.model\.linear_kernel"):

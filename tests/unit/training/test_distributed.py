@@ -10,13 +10,22 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ml_playground.core.errors import ConfigError
+from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.training.ema import EMA
 from ml_playground.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
     context_from_env,
     init_process_group,
+    is_sharded,
     shutdown,
     wrap_model,
+)
+from ml_playground.training.sharded_state import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
 )
 
 pytestmark = pytest.mark.unit
@@ -43,9 +52,70 @@ def test_single_process_helpers_are_identities() -> None:
     shutdown(ctx)
 
 
-def test_fsdp_on_the_cpu_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"train\.distributed\.strategy: fsdp .* needs CUDA"):
+def test_fsdp_needs_a_model_of_blocks() -> None:
+    with pytest.raises(ConfigError, match=r"train\.distributed\.strategy: fsdp shards a model block by block"):
         wrap_model(nn.Linear(2, 2), DistributedContext(rank=0, world_size=2), "fsdp", torch.device("cpu"))
+
+
+def _sharded_worker(rank: int, init_file: str, results: str) -> None:
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ctx = init_process_group(DistributedContext(rank=rank, world_size=2), torch.device("cpu"), 60)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
+    whole = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    sharded, no_sync = wrap_model(model, ctx, "fsdp", torch.device("cpu"))
+    assert sharded is model and is_sharded(model) and no_sync is not None
+    local = sum(p.to_local().numel() for p in model.parameters())  # type: ignore[attr-defined]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema = EMA(model, decay=0.5)
+    x = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(rank))
+    with no_sync():  # an accumulation micro-step: gradients stay local
+        model(x).sum().backward()
+    model(x).sum().backward()
+    optimizer.step()
+    ema.update(step=1)
+    averaged = ema.state_dict()  # whole on every rank: halfway between the start and the stepped weights
+    stepped = full_model_state(model)
+    if rank == 0:
+        assert torch.allclose(averaged["wte.weight"], (whole["wte.weight"] + stepped["wte.weight"]) / 2)
+    ema.load_state_dict({name: torch.zeros_like(t) for name, t in averaged.items()})
+    assert all(float(t.full_tensor().abs().sum()) == 0 for t in ema.shadow)  # type: ignore[attr-defined]
+    state = full_model_state(model)
+    moments = full_optimizer_state(model, optimizer)
+    if rank == 0:
+        assert sorted(state) == sorted(whole) and state["lm_head.weight"] is state["wte.weight"]
+        assert [tuple(state[n].shape) for n in whole] == [tuple(t.shape) for t in whole.values()]
+        assert sorted(moments["state"]) == list(range(len(list(model.parameters()))))
+        torch.save({"model": state, "optimizer": moments}, Path(results, "whole.pt"))
+    else:
+        assert state == {} and moments == {}  # gathered to rank 0 only
+    ctx.barrier()
+    saved = torch.load(Path(results, "whole.pt"), weights_only=True)
+    torch.manual_seed(1)
+    fresh = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
+    wrap_model(fresh, ctx, "fsdp", torch.device("cpu"))
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    load_full_model_state(fresh, saved["model"])
+    load_full_optimizer_state(fresh, fresh_optimizer, saved["optimizer"])
+    again = full_model_state(fresh), full_optimizer_state(fresh, fresh_optimizer)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_full_optimizer_state(fresh, fresh_optimizer, {"state": {99: {}}, "param_groups": []})
+    if rank == 0:
+        assert all(torch.equal(again[0][n], saved["model"][n]) for n in saved["model"])
+        assert all(
+            torch.equal(again[1]["state"][i]["exp_avg_sq"], saved["optimizer"]["state"][i]["exp_avg_sq"])
+            for i in saved["optimizer"]["state"]
+        )
+    total = sum(t.numel() for n, t in whole.items() if n != "lm_head.weight")
+    Path(results, f"{rank}.txt").write_text(f"{local} {total}")
+    shutdown(ctx)
+
+
+def test_fsdp_shards_two_real_processes_and_gathers_whole_state(tmp_path: Path) -> None:
+    mp.spawn(_sharded_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    (local_0, total), (local_1, _) = ((int(v) for v in (tmp_path / f"{r}.txt").read_text().split()) for r in range(2))
+    assert local_0 + local_1 == total  # each weight lives once, split over the two ranks
+    assert abs(local_0 - local_1) <= total // 4
 
 
 def _worker(rank: int, init_file: str, results: str) -> None:
