@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss
 
 class EvaluationInterrupted(Exception):  # noqa: N818 (a control-flow signal, not an error)
     """A stop was asked for during an evaluation; the result is dropped, the run stops at the step it has."""
+
+
+def grad_off(sharded: bool) -> contextlib.AbstractContextManager[object]:
+    """Inference mode, or (an FSDP model, which reuses buffers training writes to) plain ``no_grad``."""
+    return torch.no_grad() if sharded else torch.inference_mode()
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,7 @@ def evaluate_split(
     busiest one, running the model on a spare window where it has none left.
     """
 
-    # FSDP keeps buffers between calls that training writes to again: no inference tensors there
-    with torch.inference_mode(not sharded):
+    with grad_off(sharded):
         was_training = model.training
         model.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # (loss * tokens, tokens, nats of byte-carrying targets, bytes)
@@ -117,8 +122,7 @@ def estimate_loss(
     model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision, *, sharded: bool = False
 ) -> float:
     """Mean loss over ``iters`` fixed random batches (the same batches at every evaluation)."""
-    # FSDP keeps buffers between calls that training writes to again: no inference tensors there
-    with torch.inference_mode(not sharded):
+    with grad_off(sharded):
         was_training = model.training
         model.eval()
         losses = []
