@@ -49,6 +49,7 @@ def worker(strategy: str, out_dir: Path, n_layer: int, n_embd: int) -> None:
     module, _ = wrap_model(model, ctx, "fsdp" if strategy == "fsdp" else "ddp", cpu)
     optimizer = build_optimizer(model, OptimConfig(), cpu)
     generator = torch.Generator().manual_seed(ctx.rank)
+    grads = 0
     for _ in range(STEPS):
         x = torch.randint(0, VOCAB, (BATCH, BLOCK), generator=generator)
         cross_entropy(module(x), x).backward()  # type: ignore[no-untyped-call]

@@ -31,8 +31,8 @@ from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
 from ml_playground.training.distributed import is_sharded, wrap_model
 from ml_playground.training.ema import EMA
-from ml_playground.training.sharded_state import full_model_state, load_full_model_state
 from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
+from ml_playground.training.sharded_state import full_model_state, load_full_model_state
 
 
 def gpt_config(model: GptModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:

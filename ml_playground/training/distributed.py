@@ -130,9 +130,9 @@ def shard_model(
     """``fully_shard`` each block, then the rest (embeddings, final norm, head) as the root's own group."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    options: dict[str, object] = {}
+    policy = MixedPrecisionPolicy()  # float32: nothing cast
     if device.type == "cuda" and param_dtype != torch.float32:  # pragma: no cover (no GPU on the CI machine)
-        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ConfigError(
@@ -140,9 +140,8 @@ def shard_model(
             key="train.distributed.strategy",
         )
     for block in blocks:
-        fully_shard(block, **options)  # type: ignore[arg-type]
-    sharded = fully_shard(model, **options)  # type: ignore[arg-type]
-    assert isinstance(sharded, FSDPModule)
+        fully_shard(block, mp_policy=policy)
+    sharded: FSDPModule = fully_shard(model, mp_policy=policy)
 
     @contextlib.contextmanager
     def no_sync() -> Iterator[None]:
@@ -152,7 +151,7 @@ def shard_model(
         finally:
             sharded.set_requires_gradient_sync(True)
 
-    return sharded, no_sync
+    return model, no_sync
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -45,7 +45,7 @@ def tied_names(model: nn.Module) -> dict[str, str]:
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every weight whole on rank 0 (empty on the others); tied weights share one tensor, as unsharded."""
-    state: dict[str, torch.Tensor] = get_model_state_dict(model, options=GATHER_TO_RANK_0)
+    state: dict[str, Any] = dict(get_model_state_dict(model, options=GATHER_TO_RANK_0))
     for alias, name in tied_names(model).items():
         if name in state:
             state[alias] = state[name]
@@ -69,7 +69,7 @@ def parameter_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The whole optimizer state on rank 0, numbered like ``optimizer.state_dict()`` (empty elsewhere)."""
-    by_name = get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK_0)
+    by_name: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=GATHER_TO_RANK_0))
     if not by_name:
         return {}
     index = {name: i for i, name in enumerate(parameter_order(model, optimizer))}
@@ -85,7 +85,7 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
     """Put back a state numbered like ``optimizer.state_dict()``; each rank keeps its shard."""
     order = parameter_order(model, optimizer)
     try:
-        by_name = {
+        by_name: dict[str, Any] = {
             "state": {order[int(i)]: state["state"][i] for i in sorted(state["state"], key=int)},
             "param_groups": [
                 {**group, "params": [order[int(i)] for i in group["params"]]} for group in state["param_groups"]

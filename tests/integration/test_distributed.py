@@ -39,12 +39,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 
 
 def launch(launcher: list[str], overrides: list[str], mode: str, step: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, "--monitor-interval", "1"] + [
-        str(HELPER),
-        json.dumps(overrides),
-        mode,
-        str(step),
-    ]
+    run = [sys.executable, "-m", "torch.distributed.run", *launcher, "--monitor-interval", "1"]
+    return [*run, str(HELPER), json.dumps(overrides), mode, str(step)]
 
 
 def torchrun(
@@ -143,7 +139,8 @@ def test_fsdp_ddp_and_one_process_with_the_double_batch_agree(root: Path, fsdp_r
         # a gradient near zero into up to a few 1e-5 after 20 steps of lr 2e-3
         assert torch.allclose(sharded.model[name], weight, atol=5e-5), name
     moments = sharded.training_state, single.training_state
-    assert moments[0] is not None and moments[1] is not None
+    assert moments[0] is not None
+    assert moments[1] is not None
     first, second = moments[0]["optimizer"], moments[1]["optimizer"]
     assert first["param_groups"] == second["param_groups"]  # numbered as Optimizer.state_dict numbers them
     for index, state in second["state"].items():
@@ -170,7 +167,8 @@ def test_a_killed_fsdp_rank_ends_the_job_and_the_checkpoint_resumes_bit_identica
     result = torchrun(2, overrides, mode="kill-rank-1", step=12)
     assert result.returncode != 0
     assert time.monotonic() - started < 120
-    assert "rank" in result.stderr and ": 1" in result.stderr  # torchrun names the failed rank
+    assert "rank" in result.stderr  # torchrun names the failed rank
+    assert ": 1" in result.stderr
     assert last(killed).step == 10
     single = root / "killed-single"
     shutil.copytree(killed, single)

@@ -59,7 +59,7 @@ def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) ->
     """Yield each new token (B, 1) as it is drawn, for a prompt of ids (B, T0)."""
     # An FSDP-sharded model (sampling during training) keeps buffers that training writes to again.
     grad_off = torch.no_grad() if isinstance(model, FSDPModule) else torch.inference_mode()
-    return grad_off(_generate_stream)(model, prompt, params)  # type: ignore[no-any-return]
+    return grad_off(_generate_stream)(model, prompt, params)
 
 
 def _generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:

@@ -11,7 +11,6 @@ from torch import nn
 
 from ml_playground.core.errors import ConfigError
 from ml_playground.models.core.model import GPT, GPTConfig
-from ml_playground.training.ema import EMA
 from ml_playground.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -21,6 +20,7 @@ from ml_playground.training.distributed import (
     shutdown,
     wrap_model,
 )
+from ml_playground.training.ema import EMA
 from ml_playground.training.sharded_state import (
     full_model_state,
     full_optimizer_state,
@@ -64,7 +64,9 @@ def _sharded_worker(rank: int, init_file: str, results: str) -> None:
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
     whole = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     sharded, no_sync = wrap_model(model, ctx, "fsdp", torch.device("cpu"))
-    assert sharded is model and is_sharded(model) and no_sync is not None
+    assert sharded is model
+    assert is_sharded(model)
+    assert no_sync is not None
     local = sum(p.to_local().numel() for p in model.parameters())  # type: ignore[attr-defined]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ema = EMA(model, decay=0.5)
@@ -83,12 +85,14 @@ def _sharded_worker(rank: int, init_file: str, results: str) -> None:
     state = full_model_state(model)
     moments = full_optimizer_state(model, optimizer)
     if rank == 0:
-        assert sorted(state) == sorted(whole) and state["lm_head.weight"] is state["wte.weight"]
+        assert sorted(state) == sorted(whole)
+        assert state["lm_head.weight"] is state["wte.weight"]
         assert [tuple(state[n].shape) for n in whole] == [tuple(t.shape) for t in whole.values()]
         assert sorted(moments["state"]) == list(range(len(list(model.parameters()))))
         torch.save({"model": state, "optimizer": moments}, Path(results, "whole.pt"))
     else:
-        assert state == {} and moments == {}  # gathered to rank 0 only
+        assert state == {}  # gathered to rank 0 only
+        assert moments == {}
     ctx.barrier()
     saved = torch.load(Path(results, "whole.pt"), weights_only=True)
     torch.manual_seed(1)
