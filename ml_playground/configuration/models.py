@@ -320,6 +320,13 @@ class SampleConfig(Section):
     party: str | None = None
     year: int | None = None
     topic: str | None = None
+    guidance: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="Header-conditioned GPTs, when a party is asked: sample from p(x|party) p(party|x)^guidance, "
+        "p(party|x) read from the same model under every known party's header (one forward pass each per token).",
+    )
 
 
 class ExportConfig(Section):

@@ -22,7 +22,7 @@ from ml_playground.core.atomic import atomic_write_text, atomic_write_with
 from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
-from ml_playground.sampling.conditioning import dataset_conditions
+from ml_playground.sampling.conditioning import dataset_conditions, party_contrast
 from ml_playground.sampling.runner import Generator, load_generator, stream_decode
 
 MIN_SPEECHES_PER_PARTY = 20  # fewer real speeches make a class the classifier cannot learn
@@ -115,10 +115,12 @@ def generate_samples(
 ) -> list[GeneratedSample]:
     samples = []
     for party in parties:
-        header = format_header({"party": party, "year": config.sample.year, "topic": config.sample.topic})
+        fields = {"party": party, "year": config.sample.year, "topic": config.sample.topic}
+        header = format_header(fields)
         prompt = generator.tokenizer.encode(header)
+        contrast = party_contrast(generator.tokenizer, fields, parties) if config.sample.guidance > 0 else ()
         for index in range(per_party):
-            params = generator.params(config.sample, index, keep_prefix=len(prompt))
+            params = generator.params(config.sample, index, keep_prefix=len(prompt), contrast=contrast)
             text = stream_decode(generator.inference, prompt, params, lambda _: None)
             parsed = parse_example(header + text)
             keeps = parsed is not None and parsed.finished

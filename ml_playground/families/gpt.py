@@ -26,7 +26,8 @@ from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.request import ExportRequest, ExportResult
 from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup, family_settings
 from ml_playground.models.core.inference import SamplingParams, generate, generate_stream
-from ml_playground.models.core.kernels import LinearKernelSetting, resolve_linear_kernel
+from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
+from ml_playground.models.core.kernels import LinearKernelSetting
 from ml_playground.models.core.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
 from ml_playground.training.distributed import is_sharded, wrap_model
@@ -110,7 +111,8 @@ def model_from_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the model ({str(exc).splitlines()[0]})", path=loaded.path) from None
-    return model.to(device).use_linear_kernel(resolve_linear_kernel(linear_kernel, device)).eval()
+    decoding = Workload(model.config.n_embd, rows=1, training=False)  # what sample, chat and serve run
+    return model.to(device).use_linear_kernel(pick_linear_kernel(linear_kernel, device, decoding)).eval()
 
 
 def text_generator(model: GPT, tokenizer: Tokenizer) -> Callable[[str, SamplingParams], str]:
@@ -156,7 +158,10 @@ class GptFamily:
         conditions = condition_tokens(ctx.dataset) if settings.condition_embedding else None
         model_config = gpt_config(settings, ctx.dataset.vocab_size, conditions)
         model = GPT(model_config).to(device)
-        model.use_linear_kernel(resolve_linear_kernel(settings.linear_kernel, device))
+        rows = ctx.config.train.data.batch_size * settings.block_size
+        model.use_linear_kernel(
+            pick_linear_kernel(settings.linear_kernel, device, Workload(settings.n_embd, rows, True))
+        )
         check_memory(ctx, settings, model.num_parameters(), ctx.dataset.vocab_size)
         strategy = ctx.config.train.distributed.strategy
         train_module, no_sync = wrap_model(model, ctx.dist, strategy, device, ctx.precision.dtype)

@@ -13,6 +13,7 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.speeches import read_conditions
 from ml_playground.families.base import InferenceModel
+from ml_playground.models.core.inference import ContrastPrompt
 
 
 def closest(value: str, known: list[str], n: int = 5) -> list[str]:
@@ -46,6 +47,19 @@ def header_in_view(tokenizer: Tokenizer, fields: Mapping[str, Any], conditions: 
     """The checked header for ``fields`` and its length in tokens: the prefix kept in view as the window moves."""
     header = conditioned_prompt(fields, conditions)
     return header, len(tokenizer.encode(header))
+
+
+def party_contrast(
+    tokenizer: Tokenizer, fields: Mapping[str, Any], parties: list[str], text: str = ""
+) -> tuple[ContrastPrompt, ...]:
+    """The prompt under every known party's header (the asked one included), for guidance; () without a party."""
+    if fields.get("party") is None or len(parties) < 2:
+        return ()
+    prompts = []
+    for party in parties:
+        header = format_header({**fields, "party": party})
+        prompts.append(ContrastPrompt(tuple(tokenizer.encode(header + text)), len(tokenizer.encode(header))))
+    return tuple(prompts)
 
 
 def model_conditions(model: InferenceModel, dataset_dir: Path) -> Mapping[str, Any] | None:

@@ -12,6 +12,7 @@ from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.errors import ConfigError
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_header
+from ml_playground.models.core.inference import ContrastPrompt
 from ml_playground.sampling.conditioning import check_known, dataset_conditions
 from ml_playground.sampling.runner import load_generator, stream_decode
 
@@ -80,7 +81,15 @@ def run_debate(
         speaker = names[(index // len(parties)) % len(names)]
         header_ids = tokenizer.encode(format_header({"speaker": speaker, "party": party, "topic": topic}))
         emit(f"\n## {index + 1}. {speaker} ({party})\n")
-        params = generator.params(config.sample, index)
+        contrast = tuple(  # sample.guidance: the same turn under every known party's header
+            ContrastPrompt(
+                tuple(
+                    transcript + tokenizer.encode(format_header({"speaker": speaker, "party": other, "topic": topic}))
+                )
+            )
+            for other in (conditions["parties"] if config.sample.guidance > 0 else ())
+        )
+        params = generator.params(config.sample, index, contrast=contrast)
         text = stream_decode(generator.inference, transcript + header_ids, params, emit)
         text = strip_markers(text)  # the speech ends at <|end|> or where the model began another header
         held.append(Turn(speaker, party, text))

@@ -15,9 +15,9 @@ from ml_playground.core.errors import ConfigError, UserError
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.families.base import InferenceModel
 from ml_playground.families.registry import family_of
-from ml_playground.models.core.inference import SamplingParams
+from ml_playground.models.core.inference import ContrastPrompt, SamplingParams
 from ml_playground.models.core.model import GPT
-from ml_playground.sampling.conditioning import header_in_view, model_conditions, sample_fields
+from ml_playground.sampling.conditioning import header_in_view, model_conditions, party_contrast, sample_fields
 from ml_playground.sampling.decoding import TextStream
 
 
@@ -64,10 +64,16 @@ def stream_decode(
 
 
 def sampling_params(
-    sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None, keep_prefix: int = 0
+    sc: SampleConfig,
+    index: int = 0,
+    max_new_tokens: int | None = None,
+    keep_prefix: int = 0,
+    contrast: tuple[ContrastPrompt, ...] = (),
 ) -> SamplingParams:
-    """The sample section's settings for sample number ``index`` (seed + index)."""
+    """The sample section's settings for sample number ``index`` (seed + index); guidance where ``contrast`` is."""
     return SamplingParams(
+        guidance=sc.guidance if contrast else 0.0,
+        contrast=contrast if sc.guidance > 0 else (),
         keep_prefix=keep_prefix,
         max_new_tokens=max_new_tokens or sc.max_new_tokens,
         temperature=sc.temperature,
@@ -111,9 +117,14 @@ class Generator:
         return self.inference.checkpoint
 
     def params(
-        self, sc: SampleConfig, index: int = 0, max_new_tokens: int | None = None, keep_prefix: int = 0
+        self,
+        sc: SampleConfig,
+        index: int = 0,
+        max_new_tokens: int | None = None,
+        keep_prefix: int = 0,
+        contrast: tuple[ContrastPrompt, ...] = (),
     ) -> SamplingParams:
-        return sampling_params(sc, index, max_new_tokens, keep_prefix)
+        return sampling_params(sc, index, max_new_tokens, keep_prefix, contrast)
 
 
 def load_generator(config: ExperimentConfig) -> Generator:
@@ -141,18 +152,30 @@ def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text:
     return prompt_text, ids, keep_prefix
 
 
+def guidance_contrast(config: ExperimentConfig, model: InferenceModel, prompt_text: str) -> tuple[ContrastPrompt, ...]:
+    """``sample.guidance`` on a header-conditioned model asked for a party: the prompt under every known party."""
+    if config.sample.guidance <= 0 or config.sample.chat:
+        return ()
+    conditions = model_conditions(model, config.prepare.dataset_dir)
+    if conditions is None:
+        return ()
+    parties = list(conditions.get("parties", {}))
+    return party_contrast(model.tokenizer, sample_fields(config.sample), parties, prompt_text.strip())
+
+
 def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sample]:
     sc = config.sample
     model = load_model(config)
     prompt_text, prompt_ids, keep_prefix = prompt_ids_for(config, model, read_prompt(config))
     if not prompt_ids:
         raise ConfigError("prompt is empty after tokenization; give at least one token", key="sample.prompt")
+    contrast = guidance_contrast(config, model, read_prompt(config))
     samples_dir = config.train.out_dir / "samples"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     samples = []
     for index in range(sc.num_samples):
         emit(prompt_text)
-        params = sampling_params(sc, index, keep_prefix=keep_prefix)
+        params = sampling_params(sc, index, keep_prefix=keep_prefix, contrast=contrast)
         text = prompt_text + stream_decode(model, prompt_ids, params, emit)
         emit("\n---------------\n")
         path = samples_dir / f"sample-{stamp}-step{model.step}-{index}.txt"

@@ -41,20 +41,28 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
         "sample", "speakger", *args, "--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet"
     )
     assert sampled.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
+    fdp = ["--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet"]
+    guided = in_process(capsys, "sample", "speakger", *args, *fdp, "--set", "sample.guidance=2.0")
+    assert guided.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
+    assert guided.stdout != sampled.stdout  # the other parties' predictions pushed some tokens elsewhere
     unknown = in_process(capsys, "sample", "speakger", *args, "--set", "sample.party='spd'", check_code=None)
     assert_one_line_user_error(unknown, "sample.party", "unknown party 'spd'", "closest known: SPD")
     speaker = in_process(
         capsys, "sample", "speakger", *args, "--set", "sample.speaker='Christian Lindnr'", check_code=None
     )
     assert_one_line_user_error(speaker, "unknown speaker 'Christian Lindnr'", "Christian Lindner")
-    debate = cli("debate", "speakger", *args, "--topic", "Europa", "--parties", "SPD,CDU/CSU", "--turns", "3")
+    debate = cli(
+        "debate", "speakger", *args, "--topic", "Europa", "--parties", "SPD,CDU/CSU", "--turns", "3",
+        "--set", "sample.guidance=1.0",
+    )  # fmt: skip
     path = Path(debate.stdout.strip().splitlines()[-1].rsplit(" to ", 1)[1])
     markdown = path.read_text("utf-8")
     assert markdown.startswith("# Debatte: Europa")
     assert markdown.count("\n## ") == 3
     assert "(SPD)" in markdown
     assert "(CDU/CSU)" in markdown
-    table = in_process(capsys, "analyze", "speakger", *args, "--per-party", "1", "--quiet").stdout
+    guidance = ["--set", "sample.guidance=1.0"]
+    table = in_process(capsys, "analyze", "speakger", *args, *guidance, "--per-party", "1", "--quiet").stdout
     assert "classified as the requested party" in table
     assert "classifier on held-out real speeches" in table
     analyzed = cli("analyze", "speakger", *args, "--per-party", "2", "--json")

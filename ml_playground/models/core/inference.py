@@ -11,6 +11,7 @@ path only re-fills the cache on a jump.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,16 @@ class SamplingParams:
     seed: int = 0
     use_kv_cache: bool = True
     keep_prefix: int = 0  # prompt tokens that stay in view when the window moves (at most half a block)
+    guidance: float = 0.0  # condition guidance weight (0: off); needs ``contrast``
+    contrast: tuple[ContrastPrompt, ...] = ()  # the prompt under each known condition, the asked one included
+
+
+@dataclass(frozen=True)
+class ContrastPrompt:
+    """The prompt as it would read under another condition (another party in the header)."""
+
+    ids: tuple[int, ...]
+    keep_prefix: int = 0
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -62,28 +73,78 @@ def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) ->
     return grad_off(_generate_stream)(model, prompt, params)
 
 
+class _Context:
+    """One prompt's growing token sequence, the window the model sees of it, and its KV cache."""
+
+    def __init__(self, model: GPT, prompt: torch.Tensor, keep_prefix: int, use_kv_cache: bool) -> None:
+        self.model = model
+        self.block = model.config.block_size
+        self.keep = min(keep_prefix, prompt.size(1), self.block // 2)
+        self.jump = max(1, (self.block - self.keep) // 2)
+        self.tokens = prompt
+        self.start = max(self.keep, prompt.size(1) - (self.block - self.keep))
+        self.use_kv_cache = use_kv_cache
+        self.cache: KVCache | None = None
+
+    def next_logits(self) -> torch.Tensor:
+        """Logits (B, V) for the token after ``tokens``."""
+        model, keep, block = self.model, self.keep, self.block
+        while keep + self.tokens.size(1) - self.start > block:
+            self.start += self.jump
+        length = keep + self.tokens.size(1) - self.start
+        if not self.use_kv_cache:
+            logits = model(_window(self.tokens, keep, self.start))
+        elif self.cache is None or self.cache.length + 1 > block or self.cache.length != length - 1:
+            self.cache = KVCache(model.config.n_layer, capacity=block)
+            logits = model(_window(self.tokens, keep, self.start), self.cache)
+        else:
+            logits = model(self.tokens[:, -1:], self.cache)
+        last: torch.Tensor = logits[:, -1, :]
+        return last
+
+    def append(self, token: torch.Tensor) -> None:
+        self.tokens = torch.cat([self.tokens, token], dim=1)
+
+
+def guided_logits(asked: torch.Tensor, alternatives: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """Condition guidance: ``log p(x|c) + w * (log p(x|c) - log p(x))``, ``p(x)`` the mean over the conditions.
+
+    ``alternatives`` are the next-token logits under every condition the model knows (the asked one
+    included); their average in probability is the model's unconditioned prediction, so the added
+    term is ``log p(c|x)`` up to a constant: tokens that are evidence for the asked condition gain.
+    """
+    lp = torch.log_softmax(asked.float(), dim=-1)
+    stacked = torch.stack([torch.log_softmax(a.float(), dim=-1) for a in alternatives])
+    marginal = torch.logsumexp(stacked, dim=0) - math.log(len(alternatives))
+    return lp + weight * (lp - marginal)
+
+
 def _generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     model.eval()
-    block = model.config.block_size
-    keep = min(params.keep_prefix, prompt.size(1), block // 2)
-    jump = max(1, (block - keep) // 2)
     generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
-    tokens = prompt
-    start = max(keep, tokens.size(1) - (block - keep))
-    cache: KVCache | None = None
+    context = _Context(model, prompt, params.keep_prefix, params.use_kv_cache)
+    guided = params.guidance > 0 and len(params.contrast) > 1
+    if guided and prompt.size(0) != 1:
+        raise ValueError("guidance generates one sequence at a time")
+    asked = [p for p in params.contrast if list(p.ids) == prompt[0].tolist()]
+    others = (
+        [
+            _Context(model, torch.tensor([list(p.ids)], device=prompt.device), p.keep_prefix, params.use_kv_cache)
+            for p in params.contrast
+            if p not in asked
+        ]
+        if guided
+        else []
+    )
     for _ in range(params.max_new_tokens):
-        while keep + tokens.size(1) - start > block:
-            start += jump
-        length = keep + tokens.size(1) - start
-        if not params.use_kv_cache:
-            logits = model(_window(tokens, keep, start))
-        elif cache is None or cache.length + 1 > block or cache.length != length - 1:
-            cache = KVCache(model.config.n_layer, capacity=block)
-            logits = model(_window(tokens, keep, start), cache)
-        else:
-            logits = model(tokens[:, -1:], cache)
-        token = next_token(logits[:, -1, :], params, generator)
-        tokens = torch.cat([tokens, token], dim=1)
+        logits = context.next_logits()
+        if guided:
+            alternatives = [logits] * len(asked) + [other.next_logits() for other in others]
+            logits = guided_logits(logits, alternatives, params.guidance)
+        token = next_token(logits, params, generator)
+        context.append(token)
+        for other in others:
+            other.append(token)
         yield token
 
 

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from ml_playground.models.core.inference import SamplingParams, filter_logits, generate, generate_stream
+from ml_playground.models.core.inference import (
+    ContrastPrompt,
+    SamplingParams,
+    filter_logits,
+    generate,
+    generate_stream,
+    guided_logits,
+)
 from ml_playground.models.core.model import GPT, GPTConfig
 
 pytestmark = pytest.mark.unit
@@ -99,3 +108,36 @@ def test_a_kept_prefix_stays_in_view_when_the_window_moves(model: GPT, use_kv_ca
     assert torch.equal(out[:, :16], unkept[:, :16]), "until the window first moves, nothing differs"
     cached = generate(model, prompt, SamplingParams(**{**params.__dict__, "use_kv_cache": True}))
     assert torch.equal(out, cached)
+
+
+def test_guided_logits_favour_what_is_evidence_for_the_asked_condition() -> None:
+    asked = torch.tensor([[2.0, 0.0, 0.0]])
+    other = torch.tensor([[0.0, 2.0, 0.0]])
+    same = guided_logits(asked, [asked, asked], weight=3.0)
+    assert torch.allclose(same, torch.log_softmax(asked, dim=-1))  # nothing to contrast: nothing changes
+    guided = guided_logits(asked, [asked, other], weight=1.0)
+    plain = torch.log_softmax(asked, dim=-1)
+    assert guided[0, 0] > plain[0, 0]  # likelier under the asked condition than on average: raised
+    assert guided[0, 1] < plain[0, 1]  # the other condition's token: lowered
+    # the added term is log p(c|x) + const: p(asked | token) = p_asked / (p_asked + p_other)
+    posterior = torch.log(torch.softmax(asked, -1) / (torch.softmax(asked, -1) + torch.softmax(other, -1)))
+    assert torch.allclose(guided - plain, posterior + math.log(2), atol=1e-6)
+
+
+@pytest.mark.parametrize("use_kv_cache", [True, False])
+def test_guidance_follows_each_alternative_prompt_and_keeps_its_header(model: GPT, use_kv_cache: bool) -> None:
+    asked = [1, 2, 3, 4]
+    alternatives = (ContrastPrompt(tuple(asked), 3), ContrastPrompt((1, 5, 6, 7, 8, 4), 5))
+    base = SamplingParams(max_new_tokens=40, temperature=1.0, seed=5, keep_prefix=3, use_kv_cache=use_kv_cache)
+    plain = generate(model, torch.tensor([asked]), base)
+    itself = SamplingParams(**{**base.__dict__, "guidance": 2.0, "contrast": (alternatives[0], alternatives[0])})
+    assert torch.equal(generate(model, torch.tensor([asked]), itself), plain)  # only the asked prompt: no change
+    guided_params = SamplingParams(**{**base.__dict__, "guidance": 2.0, "contrast": alternatives})
+    guided = generate(model, torch.tensor([asked]), guided_params)
+    assert guided.shape == plain.shape
+    assert not torch.equal(guided, plain)
+    # 40 tokens run past block_size 16 on both prompts: the cached and uncached paths agree
+    other = SamplingParams(**{**guided_params.__dict__, "use_kv_cache": not use_kv_cache})
+    assert torch.equal(generate(model, torch.tensor([asked]), other), guided)
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        generate(model, torch.tensor([asked, asked]), guided_params)
