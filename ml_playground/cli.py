@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shakespeare", type=Path, default=Path("../shared/data/shakespeare/input.txt"))
     bench.add_argument("--bundestag", type=Path, default=Path("../shared/data/bundestag"))
     bench.add_argument("--results", type=Path, default=Path(".cache/bench/results.json"))
+    bench.add_argument(
+        "--nanogpt", type=Path, default=None, help="a karpathy/nanoGPT checkout: the speedrun's peer runs its train.py"
+    )
     compare = commands.add_parser(
         "compare", help="the same text under several experiments' models: bits per byte, a table and a chart"
     )
@@ -136,12 +139,15 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> int:
     for path in (args.shakespeare, args.bundestag):
         if not path.exists():
             raise UserError("benchmark data not found (pass --shakespeare/--bundestag)", path=path)
+    if args.nanogpt is not None and not (args.nanogpt / "train.py").is_file():
+        raise UserError("not a nanoGPT checkout (no train.py); pass the folder of karpathy/nanoGPT", path=args.nanogpt)
     run_benchmarks(
         shakespeare=args.shakespeare,
         bundestag=args.bundestag,
         results_path=args.results,
         quick=args.quick,
         emit=lambda text: console.print(text, highlight=False, markup=False),
+        nanogpt=args.nanogpt,
     )
     return 0
 

@@ -19,6 +19,7 @@ def run_benchmarks(
     results_path: Path,
     quick: bool = False,
     emit: Callable[[str], None] = print,
+    nanogpt: Path | None = None,
 ) -> list[BenchResult]:
     """All benchmarks; ``quick`` runs each on tiny sizes and budgets: it checks the harness, not the speed."""
     sizes = model_benchmarks.TINY if quick else model_benchmarks.BenchSizes()
@@ -48,7 +49,13 @@ def run_benchmarks(
         target, peer_iters, rss_steps, big_mb = (4.0, 10, 5, 2) if quick else (1.89, 2000, 200, 300)
         add(
             process_benchmarks.speedrun(
-                dataset, work, target=target, peer_max_iters=peer_iters, max_steps=10 if quick else None
+                dataset,
+                work,
+                target=target,
+                peer_max_iters=peer_iters,
+                max_steps=10 if quick else None,
+                nanogpt=nanogpt,
+                shakespeare=shakespeare,
             )
         )
         add(process_benchmarks.default_training_rss(dataset, work, steps=rss_steps, quick=quick))
@@ -56,10 +63,11 @@ def run_benchmarks(
         add(model_benchmarks.sampling_vs_llama_cpp(sizes, work))
         sample_text = bundestag.joinpath("19001.txt").read_text("utf-8-sig")
         add(process_benchmarks.prepare_memory(sample_text, work, big_mb, 600))
-        add(process_benchmarks.prepare_throughput(bundestag, work, "char", 1.0))
+        repeats = 1 if quick else 3
+        add(process_benchmarks.prepare_throughput(bundestag, work, "char", 1.0, repeats=repeats))
         # no target: training the merges is a cost no pretrained-tokenizer peer pays; the encode row has one
         add(process_benchmarks.prepare_throughput(bundestag, work, "bpe", None, "; target on the encode row"))
-        add(process_benchmarks.bpe_encode_throughput(bundestag, work, 1.0))
+        add(process_benchmarks.bpe_encode_throughput(bundestag, work, 1.0, repeats=repeats))
     write_results(results, results_path, machine)
     emit("")
     emit(render_machine(machine))

@@ -25,7 +25,16 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
     assert "vs HF GPT2LMHeadModel" in out
     assert "wrote" in out
     written = json.loads(results.read_text())
-    assert written["machine"]["torch_threads"] >= 1
+    machine = written["machine"]
+    assert machine["torch_threads"] >= 1
+    assert machine["cpu"] in out
+    assert "torch.mm" in machine["matmul_gflops"]
+    assert "float32 matmul peak GFLOP/s: torch.mm" in out
+    # every target is a ratio against a peer measured in the same run (memory ceilings aside)
+    for row in written["results"]:
+        if row["target"] is not None and row["unit"] != "MiB":
+            assert row["target_is_ratio"], row["name"]
+            assert row["peer_figure"] is not None, row["name"]
     names = [r["name"] for r in written["results"]]
     assert any("KV cache" in n for n in names)
     assert any(n.startswith("prepare char") for n in names)
@@ -36,6 +45,13 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
     served = [r for r in written["results"] if r["name"].startswith("serve, ")]
     assert [r["name"] for r in served] == ["serve, 1 client (aggregate)", "serve, 8 clients (aggregate)"]
     assert all(r["figure"] > 0 and r["peer_figure"] > 0 for r in served)
+    llama = next(r for r in written["results"] if r["name"].endswith("vs llama.cpp"))
+    assert llama["figure"] > 0
+    assert llama["peer_figure"] > 0
+    assert "GGUF f32" in llama["peer"]
+    for prefix in ("prepare char", "BPE encode"):
+        row = next(r for r in written["results"] if r["name"].startswith(prefix))
+        assert row["peer_figure"] > 0, prefix
     hf = next(r for r in written["results"] if "vs HF GPT2LMHeadModel" in r["name"])
     assert hf["peer_figure"] > 0
     assert hf["ratio"] == pytest.approx(hf["figure"] / hf["peer_figure"])
@@ -44,3 +60,18 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
 def test_bench_without_its_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--quick", "--bundestag", str(tmp_path / "nowhere")]) == 2
     assert "benchmark data not found" in capsys.readouterr().err
+
+
+def test_bench_refuses_a_folder_that_is_not_nanogpt(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = [
+        "--shakespeare",
+        str(shared_data / "shakespeare" / "input.txt"),
+        "--bundestag",
+        str(shared_data / "bundestag"),
+    ]
+    assert main(["bench", "--quick", *data, "--nanogpt", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "not a nanoGPT checkout" in err[0]
