@@ -69,8 +69,8 @@ quality:
 	$(UV) run mypy --strict ml_playground tools
 	$(UV) run pyright
 
-bench:
-	$(UV) run ml_playground bench
+bench:  # NANOGPT=path/to/nanoGPT: the speedrun's peer is karpathy/nanoGPT's own train.py
+	$(UV) run ml_playground bench $(if $(NANOGPT),--nanogpt $(NANOGPT))
 
 clean:
 	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* out
