@@ -6,7 +6,7 @@ cache; export writes a Hugging Face GPT-2 folder, a GGUF file or an Ollama Model
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +33,6 @@ from ml_playground.training.checkpointing.service import CheckpointService, Load
 from ml_playground.training.distributed import is_sharded, wrap_model
 from ml_playground.training.ema import EMA
 from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
-from ml_playground.training.sharded_state import full_model_state, load_full_model_state
 
 
 def gpt_config(model: GptModelConfig, vocab_size: int, conditions: tuple[int, int] | None = None) -> GPTConfig:
@@ -151,6 +150,21 @@ def check_memory(ctx: BuildContext, settings: GptModelConfig, parameters: int, v
     )
 
 
+def state_functions(
+    model: GPT, sharded: bool
+) -> tuple[Callable[[], dict[str, torch.Tensor]], Callable[[Mapping[str, torch.Tensor]], None]]:
+    """What a checkpoint saves of the model and how a resume puts it back: gathered whole under fsdp."""
+    if sharded:
+        from ml_playground.training.sharded_state import full_model_state, load_full_model_state
+
+        return (lambda: full_model_state(model)), (lambda state: load_full_model_state(model, state))
+
+    def load(state: Mapping[str, torch.Tensor]) -> None:
+        model.load_state_dict(state)
+
+    return model.state_dict, load
+
+
 class GptFamily:
     def build_for_training(self, ctx: BuildContext) -> TrainingSetup:
         settings = family_settings(ctx.config, GptModelConfig)
@@ -174,17 +188,13 @@ class GptFamily:
         else:
             forward = maybe_compile(model, settings.compile, ctx.console)
         tokenizer = load_tokenizer(ctx.dataset.dataset_dir / TOKENIZER_DIR, ctx.config.prepare.cache_dir)
-        sharded = is_sharded(train_module)
+        trainable_state, load_trainable = state_functions(model, is_sharded(train_module))
         return TrainingSetup(
             model=model,
             model_config=model_config.to_dict(),
             summary=f"model: {model.num_parameters() / 1e6:.2f}M parameters",
-            trainable_state=(lambda: full_model_state(model)) if sharded else model.state_dict,
-            load_trainable=(
-                (lambda state: load_full_model_state(model, state))
-                if sharded
-                else (lambda state: model.load_state_dict(state) and None)
-            ),
+            trainable_state=trainable_state,
+            load_trainable=load_trainable,
             generate_text=text_generator(model, tokenizer),
             ema=ema,
             forward=forward,

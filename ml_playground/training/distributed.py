@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ml_playground.core.errors import ConfigError
+from ml_playground.core.lazy_types import is_fsdp_module
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,4 @@ def shard_model(
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
+    return is_fsdp_module(model)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+
+from ml_playground.core.lazy_types import is_dtensor
 
 
 class EMA:
@@ -51,11 +52,13 @@ class EMA:
 
 
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor  # type: ignore[attr-defined]
 
 
 def _like(whole: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``whole`` laid out as ``target``: this rank's shard when ``target`` is a sharded DTensor."""
-    if isinstance(target, DTensor):
-        return distribute_tensor(whole.to(target.dtype), target.device_mesh, target.placements)
+    if is_dtensor(target):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(whole.to(target.dtype), target.device_mesh, target.placements)  # type: ignore[attr-defined]
     return whole

@@ -59,7 +59,6 @@ from ml_playground.training.loop.runner import TrainingLoop
 from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.optim import build_optimizer
 from ml_playground.training.run_lock import RunLock
-from ml_playground.training.sharded_state import full_optimizer_state, load_full_optimizer_state
 from ml_playground.training.signals import StopSignal
 from ml_playground.training.trackers import MlflowLogger, WandbLogger, start_trackers
 
@@ -373,11 +372,17 @@ def training_state_map(
     tc = config.train
 
     def save_optimizer() -> dict[str, Any]:
-        return full_optimizer_state(setup.model, optimizer) if sharded else optimizer.state_dict()
+        if sharded:
+            from ml_playground.training.sharded_state import full_optimizer_state
+
+            return full_optimizer_state(setup.model, optimizer)
+        return optimizer.state_dict()
 
     def load_optimizer(state: Any) -> None:
         try:
             if sharded:
+                from ml_playground.training.sharded_state import load_full_optimizer_state
+
                 load_full_optimizer_state(setup.model, optimizer, state)
             else:
                 optimizer.load_state_dict(state)

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 
+from ml_playground.core.lazy_types import is_fsdp_module
 from ml_playground.models.core.model import GPT, KVCache
 
 
@@ -69,7 +69,7 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     """Yield each new token (B, 1) as it is drawn, for a prompt of ids (B, T0)."""
     # An FSDP-sharded model (sampling during training) keeps buffers that training writes to again.
-    grad_off = torch.no_grad() if isinstance(model, FSDPModule) else torch.inference_mode()
+    grad_off = torch.no_grad() if is_fsdp_module(model) else torch.inference_mode()
     return grad_off(_generate_stream)(model, prompt, params)
 
 

@@ -10,10 +10,10 @@ from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import TrainingDivergedError
+from ml_playground.core.lazy_types import is_dtensor
 from ml_playground.data_pipeline.batches import BatchSampler
 from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.context import LoopState, StepMetrics, TrainingContext
@@ -127,7 +127,7 @@ class TrainingLoop:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # fsdp: over all shards
+        grad_norm = float(norm.full_tensor() if is_dtensor(norm) else norm)  # type: ignore[attr-defined]  # fsdp: over all shards
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips the step when the gradients overflowed
             self.scaler.update()
