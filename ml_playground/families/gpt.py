@@ -172,11 +172,9 @@ class GptFamily:
         conditions = condition_tokens(ctx.dataset) if settings.condition_embedding else None
         model_config = gpt_config(settings, ctx.dataset.vocab_size, conditions)
         model = GPT(model_config).to(device)
-        rows = ctx.config.train.data.batch_size * settings.block_size
-        model.use_linear_kernel(
-            pick_linear_kernel(settings.linear_kernel, device, Workload(settings.n_embd, rows, True))
-        )
-        check_memory(ctx, settings, model.num_parameters(), ctx.dataset.vocab_size)
+        check_memory(ctx, settings, model.num_parameters(), ctx.dataset.vocab_size)  # before anything allocates
+        training = Workload(settings.n_embd, ctx.config.train.data.batch_size * settings.block_size, training=True)
+        model.use_linear_kernel(pick_linear_kernel(settings.linear_kernel, device, training))
         strategy = ctx.config.train.distributed.strategy
         train_module, no_sync = wrap_model(model, ctx.dist, strategy, device, ctx.precision.dtype)
         # after sharding: the average follows the parameters FSDP put in place (its shards, under fsdp)

@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
 from ml_playground.families.base import InferenceModel
-from ml_playground.models.core.inference import SamplingParams
-from ml_playground.sampling.conditioning import header_in_view
+from ml_playground.models.core.inference import ContrastPrompt, SamplingParams
+from ml_playground.sampling.conditioning import header_in_view, party_contrast
 from ml_playground.serving.engine import (
     Delta,
     Done,
@@ -121,9 +121,18 @@ def _encode(served: Served, text: str, param: str) -> list[int]:
     return ids
 
 
-def _params(served: Served, fields: GenerationFields, max_tokens: int, keep_prefix: int = 0) -> SamplingParams:
+def _params(
+    served: Served,
+    fields: GenerationFields,
+    max_tokens: int,
+    keep_prefix: int = 0,
+    contrast: tuple[ContrastPrompt, ...] = (),
+) -> SamplingParams:
     sc = served.config.sample
+    guidance = sc.guidance if fields.guidance is None else fields.guidance
     return SamplingParams(
+        guidance=guidance if contrast else 0.0,
+        contrast=contrast if guidance > 0 else (),
         max_new_tokens=max_tokens,
         temperature=sc.temperature if fields.temperature is None else fields.temperature,
         top_k=sc.top_k if fields.top_k is None else fields.top_k,
@@ -138,15 +147,23 @@ def completion_request(served: Served, body: CompletionRequest) -> GenerationReq
     max_tokens = _check_common(served, body)
     text = served.config.sample.prompt if body.prompt_text is None else body.prompt_text
     keep_prefix = 0
+    contrast: tuple[ContrastPrompt, ...] = ()
     if served.conditions is not None:
         try:
             header, keep_prefix = header_in_view(served.model.tokenizer, body.conditions, served.conditions)
         except UserError as exc:
             param = (exc.key or "").rpartition(".")[2] or None
             raise ApiError(400, exc.message, param=param) from None
+        parties = list(served.conditions.get("parties", {}))
+        contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
         text = header + text.strip()
+    elif body.guidance:
+        raise ApiError(
+            400, f"guidance applies to header-conditioned experiments; {served.name} is not one", param="guidance"
+        )
     ids = _encode(served, text, "prompt")
-    return GenerationRequest(ids, _params(served, body, max_tokens, keep_prefix), tuple(body.stop_strings))
+    params = _params(served, body, max_tokens, keep_prefix, contrast)
+    return GenerationRequest(ids, params, tuple(body.stop_strings))
 
 
 def chat_request(served: Served, body: ChatRequest) -> GenerationRequest:

@@ -51,6 +51,9 @@ class GenerationFields(Strict):
     party: str | None = None
     year: int | None = None
     topic: str | None = None
+    guidance: float | None = Field(
+        default=None, ge=0.0, le=10.0, description="Party guidance weight; default: the experiment's sample.guidance."
+    )
 
     @field_validator("stop")
     @classmethod

@@ -42,9 +42,9 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
     )
     assert sampled.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
     fdp = ["--set", "sample.party='FDP'", "--set", "sample.topic='Europa'", "--quiet"]
-    guided = in_process(capsys, "sample", "speakger", *args, *fdp, "--set", "sample.guidance=2.0")
-    assert guided.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
-    assert guided.stdout != sampled.stdout  # the other parties' predictions pushed some tokens elsewhere
+    plain = in_process(capsys, "sample", "speakger", *args, *fdp, "--set", "sample.guidance=0")
+    assert plain.stdout.startswith("<|party|>FDP<|year|>2019<|topic|>Europa<|text|>")
+    assert plain.stdout != sampled.stdout  # the config's guidance: the other parties' predictions moved tokens
     unknown = in_process(capsys, "sample", "speakger", *args, "--set", "sample.party='spd'", check_code=None)
     assert_one_line_user_error(unknown, "sample.party", "unknown party 'spd'", "closest known: SPD")
     speaker = in_process(
@@ -91,8 +91,10 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
         body = {"party": "FDP", "year": 2019, "topic": "Europa", "max_tokens": 20, "seed": 1337, "temperature": 0.8}
         answer = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
         wrong = httpx.post(f"{server.url}/v1/completions", json={**body, "party": "spd"}, timeout=60)
+        unguided = httpx.post(f"{server.url}/v1/completions", json={**body, "guidance": 0}, timeout=60).json()
     assert "FDP" in described["conditions"]["parties"]
-    assert answer["choices"][0]["text"] == generated
+    assert answer["choices"][0]["text"] == generated  # the config's guidance, as sample applied it
+    assert unguided["choices"][0]["text"] == plain.stdout[len(header) :].split("\n---------------\n")[0]
     assert wrong.status_code == 400
     assert wrong.json()["error"]["param"] == "party"
     assert "closest known: SPD" in wrong.json()["error"]["message"]

@@ -94,6 +94,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | str, int, str | None, str]] = [
     ("/v1/completions", {"prompt": "€ and ✓"}, 400, "prompt", "not in the"),
     ("/v1/completions", {"prompt": ""}, 400, "prompt", "empty"),
     ("/v1/completions", {"prompt": "a", "party": "SPD"}, 400, "party", "header-conditioned"),
+    ("/v1/completions", {"prompt": "a", "guidance": 2.0}, 400, "guidance", "header-conditioned"),
+    ("/v1/completions", {"prompt": "a", "guidance": 11}, 400, "guidance", "less than or equal to 10"),
     ("/v1/completions", "{not json", 400, None, "not valid JSON"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 400, "messages", "no chat template"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "at least 1"),

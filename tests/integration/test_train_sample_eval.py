@@ -219,7 +219,7 @@ def test_compile_true_trains_through_the_compiled_model(tiny_config: ConfigFacto
 
 
 def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: ConfigFactory) -> None:
-    from ml_playground.models.core.kernels import onednn_available
+    from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
     from ml_playground.models.core.model import Linear
     from ml_playground.training.context import TrainingContext
     from ml_playground.training.hooks.base import Hook
@@ -235,7 +235,10 @@ def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: Co
     config = tiny_config("train.max_iters=20", "train.optim.name='muon'")
     prepare(config.prepare)
     result = train(config, console=quiet_console(), extra_hooks=[Inspect()])
-    assert seen == {"kernels": {"onednn" if onednn_available() else "aten"}, "optimizer": MuonWithAdamW}
+    rows = config.train.data.batch_size * config.train.sequence_length
+    width = config.train.model.n_embd  # type: ignore[union-attr]
+    measured = pick_linear_kernel("auto", torch.device("cpu"), Workload(width, rows, training=True))
+    assert seen == {"kernels": {measured}, "optimizer": MuonWithAdamW}  # what auto measured on this machine
     assert result.best_val_loss is not None
     assert result.best_val_loss < 3.8  # uniform over the ~60 characters would be 4.1
     train(tiny_config("train.max_iters=2", "train.model.linear_kernel='aten'"), fresh=True, console=quiet_console(),

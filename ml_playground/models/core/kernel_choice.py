@@ -26,6 +26,7 @@ from ml_playground.core.machine import cpu_facts, user_cache_dir
 from ml_playground.models.core.kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
 
 MARGIN = 1.15
+MAX_ROWS = 4096  # more rows change nothing in which kernel wins, only how long the measurement takes
 CACHE_FILE = "linear_kernels.json"
 
 
@@ -45,7 +46,7 @@ class Workload:
 
 def measure(workload: Workload, repeats: int = 7) -> dict[LinearKernel, float]:
     """Median seconds of the block's three products (with their gradients when training) on each kernel."""
-    width, rows = workload.width, workload.rows
+    width, rows = workload.width, min(workload.rows, MAX_ROWS)
     generator = torch.Generator().manual_seed(0)
     shapes = ((width, 3 * width), (width, 4 * width), (4 * width, width))
     weights = [torch.randn(out, inp, generator=generator, requires_grad=workload.training) for inp, out in shapes]
