@@ -75,3 +75,38 @@ def test_bench_refuses_a_folder_that_is_not_nanogpt(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "not a nanoGPT checkout" in err[0]
+
+
+STAND_IN_PREPARE = """
+import os
+assert os.path.exists("input.txt"), "the harness must bring the text: no download"
+open("train.bin", "wb").write(open("input.txt", "rb").read()[:100])
+"""
+STAND_IN_TRAIN = """
+import sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[2:])
+assert sys.argv[1] == "config/train_shakespeare_char.py" and args["device"] == "cpu" and args["n_embd"] == "128"
+assert open("data/shakespeare_char/train.bin", "rb").read()
+if args["max_iters"] == "0":
+    sys.exit("refused")
+print(f"step {args['max_iters']}: train loss 1.7000, val loss 1.8800")
+"""
+
+
+def test_the_nanogpt_peer_runs_a_checkout_s_own_scripts_in_a_copy(tmp_path: Path, shared_data: Path) -> None:
+    """The harness around nanoGPT's train.py (the real one runs in `make bench NANOGPT=...`; it is not in the
+    repository), checked with a stand-in checkout of the same layout that asserts what the harness passes."""
+    from ml_playground.bench.process_benchmarks import run_nanogpt
+
+    checkout = tmp_path / "nanoGPT"
+    (checkout / "data" / "shakespeare_char").mkdir(parents=True)
+    (checkout / "data" / "shakespeare_char" / "prepare.py").write_text(STAND_IN_PREPARE)
+    (checkout / "train.py").write_text(STAND_IN_TRAIN)
+    work = tmp_path / "work"
+    work.mkdir()
+    seconds, last = run_nanogpt(checkout, shared_data / "shakespeare" / "input.txt", work, max_iters=30)
+    assert seconds > 0
+    assert last == "step 30: val loss 1.8800 (its estimate, 20 batches)"
+    assert not (checkout / "data" / "shakespeare_char" / "input.txt").exists()  # the checkout is left as it was
+    with pytest.raises(RuntimeError, match=r"nanoGPT's train\.py failed .*refused"):
+        run_nanogpt(checkout, shared_data / "shakespeare" / "input.txt", work, max_iters=0)
