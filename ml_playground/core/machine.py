@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "neon", "asimd")
 
 
+@functools.cache
 def cpu_facts() -> tuple[str, list[str]]:
     """The CPU's model name and the vector instruction sets of ``ISA_FLAGS`` it has (Linux; elsewhere less)."""
     model, flags = platform.processor() or platform.machine(), set[str]()

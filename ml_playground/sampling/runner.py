@@ -72,8 +72,8 @@ def sampling_params(
 ) -> SamplingParams:
     """The sample section's settings for sample number ``index`` (seed + index); guidance where ``contrast`` is."""
     return SamplingParams(
-        guidance=sc.guidance if contrast else 0.0,
-        contrast=contrast if sc.guidance > 0 else (),
+        guidance=sc.guidance,
+        contrast=contrast,
         keep_prefix=keep_prefix,
         max_new_tokens=max_new_tokens or sc.max_new_tokens,
         temperature=sc.temperature,
@@ -166,10 +166,11 @@ def guidance_contrast(config: ExperimentConfig, model: InferenceModel, prompt_te
 def sample(config: ExperimentConfig, *, emit: Callable[[str], None]) -> list[Sample]:
     sc = config.sample
     model = load_model(config)
-    prompt_text, prompt_ids, keep_prefix = prompt_ids_for(config, model, read_prompt(config))
+    asked = read_prompt(config)
+    prompt_text, prompt_ids, keep_prefix = prompt_ids_for(config, model, asked)
     if not prompt_ids:
         raise ConfigError("prompt is empty after tokenization; give at least one token", key="sample.prompt")
-    contrast = guidance_contrast(config, model, read_prompt(config))
+    contrast = guidance_contrast(config, model, asked)
     samples_dir = config.train.out_dir / "samples"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     samples = []

@@ -121,6 +121,11 @@ def _encode(served: Served, text: str, param: str) -> list[int]:
     return ids
 
 
+def guidance(served: Served, fields: GenerationFields) -> float:
+    """The request's party guidance weight, or the experiment's ``sample.guidance``."""
+    return served.config.sample.guidance if fields.guidance is None else fields.guidance
+
+
 def _params(
     served: Served,
     fields: GenerationFields,
@@ -129,10 +134,9 @@ def _params(
     contrast: tuple[ContrastPrompt, ...] = (),
 ) -> SamplingParams:
     sc = served.config.sample
-    guidance = sc.guidance if fields.guidance is None else fields.guidance
     return SamplingParams(
-        guidance=guidance if contrast else 0.0,
-        contrast=contrast if guidance > 0 else (),
+        guidance=guidance(served, fields),
+        contrast=contrast,
         max_new_tokens=max_tokens,
         temperature=sc.temperature if fields.temperature is None else fields.temperature,
         top_k=sc.top_k if fields.top_k is None else fields.top_k,
@@ -154,8 +158,9 @@ def completion_request(served: Served, body: CompletionRequest) -> GenerationReq
         except UserError as exc:
             param = (exc.key or "").rpartition(".")[2] or None
             raise ApiError(400, exc.message, param=param) from None
-        parties = list(served.conditions.get("parties", {}))
-        contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
+        if guidance(served, body) > 0:
+            parties = list(served.conditions.get("parties", {}))
+            contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
         text = header + text.strip()
     elif body.guidance:
         raise ApiError(

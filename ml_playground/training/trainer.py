@@ -294,11 +294,12 @@ def _train_locked(
             },
         )
 
-    # every rank builds the payload (under fsdp that gathers the shards); rank 0 writes it
+    # rank 0 writes; under fsdp every rank builds the payload too, as gathering the shards takes them all
     checkpoint_hook = CheckpointHook(
         service=service, interval=tc.checkpoint.interval, build_payload=build_payload, write=dist.is_main
     )
-    hooks.append(checkpoint_hook)
+    if dist.is_main or sharded:
+        hooks.append(checkpoint_hook)
     if dist.is_main:  # only rank 0 logs
         hooks.extend(main_only)
     loop = TrainingLoop(

@@ -12,14 +12,18 @@ from ml_playground.cli import main
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    results = tmp_path / "results.json"
-    data = [
+def bench_data(shared_data: Path) -> list[str]:
+    return [
         "--shakespeare",
         str(shared_data / "shakespeare" / "input.txt"),
         "--bundestag",
         str(shared_data / "bundestag"),
     ]
+
+
+def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results.json"
+    data = bench_data(shared_data)
     assert main(["bench", "--quick", *data, "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "vs HF GPT2LMHeadModel" in out
@@ -65,12 +69,7 @@ def test_bench_without_its_data_is_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_bench_refuses_a_folder_that_is_not_nanogpt(
     tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = [
-        "--shakespeare",
-        str(shared_data / "shakespeare" / "input.txt"),
-        "--bundestag",
-        str(shared_data / "bundestag"),
-    ]
+    data = bench_data(shared_data)
     assert main(["bench", "--quick", *data, "--nanogpt", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
