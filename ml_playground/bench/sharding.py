@@ -65,6 +65,7 @@ def worker(strategy: str, out_dir: Path, n_layer: int, n_embd: int) -> None:
         "peak_rss": _peak_rss(),
     }
     (out_dir / f"rank{ctx.rank}.json").write_text(json.dumps(figures))
+    ctx.barrier()  # both ranks done before either tears the group down
     shutdown(ctx)
 
 

@@ -174,9 +174,14 @@ def train(
             if dist.is_main:
                 service.remove_partial()
             dist.barrier()
-            return _train_locked(
+            result = _train_locked(
                 config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers, dist
             )
+            # every rank done (rank 0 may still be writing): a rank that tears its process group down while
+            # another still uses it can abort in gloo's destructors ("terminate called without an active
+            # exception", seen under fsdp); not on error paths, where a dead rank would make this wait time out
+            dist.barrier()
+            return result
     finally:
         shutdown(dist)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import PrepareConfig
@@ -170,13 +171,18 @@ def test_fsdp_agrees_with_ddp_and_one_process_and_a_killed_rank_resumes_bit_iden
 def test_resume_fsdp_then_one_process_then_two_ddp_nodes_then_fsdp(root: Path) -> None:
     in_process(overrides_for(root, "uninterrupted", "train.data.batch_size=8", f"train.max_iters={STEPS}"))
     chain = overrides_for(root, "chain")
-    first = torchrun(2, [*chain, FSDP, "train.data.batch_size=4", "train.max_iters=5"])
+    # sampling during training runs on every sharded rank (each forward pass is a collective)
+    sampling = ["train.sample_during_training.every_evals=1", "train.sample_during_training.max_new_tokens=8"]
+    first = torchrun(2, [*chain, FSDP, *sampling, "train.data.batch_size=4", "train.max_iters=5"])
     assert first.returncode == 0, first.stderr[-4000:]
     in_process([*chain, "train.data.batch_size=8", "train.max_iters=10"])
     assert two_nodes([*chain, "train.data.batch_size=4", "train.max_iters=15"]) == [0, 0]
-    again = torchrun(2, [*chain, FSDP, "train.data.batch_size=4", f"train.max_iters={STEPS}"])
+    again = torchrun(2, [*chain, FSDP, *sampling, "train.data.batch_size=4", f"train.max_iters={STEPS}"])
     assert again.returncode == 0, again.stderr[-4000:]
     assert last(root / "chain").step == STEPS
+    events = EventAccumulator(str(root / "chain" / "tb"))
+    events.Reload()
+    assert "sample/text_summary" in events.Tags()["tensors"]  # rank 0 logged what all ranks generated
     # each leg resumed the optimizer state of the last: the losses follow an uninterrupted run's (the same
     # global batch of 8 in one process, which the test above shows FSDP matches within 1e-5)
     assert_same_losses(root / "chain", root / "uninterrupted", abs_tol=1e-5)

@@ -112,6 +112,7 @@ def _sharded_worker(rank: int, init_file: str, results: str) -> None:
         )
     total = sum(t.numel() for n, t in whole.items() if n != "lm_head.weight")
     Path(results, f"{rank}.txt").write_text(f"{local} {total}")
+    ctx.barrier()  # both ranks done before either tears the group down (as training does)
     shutdown(ctx)
 
 
