@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_playground.core.devices import Precision
+from ml_playground.core.lazy_types import is_fsdp_module
 from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, Index, Mask, sequential_windows
+from ml_playground.models.core.inference import grad_off
 from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
@@ -24,11 +25,6 @@ EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss
 
 class EvaluationInterrupted(Exception):  # noqa: N818 (a control-flow signal, not an error)
     """A stop was asked for during an evaluation; the result is dropped, the run stops at the step it has."""
-
-
-def grad_off(sharded: bool) -> contextlib.AbstractContextManager[object]:
-    """Inference mode, or (an FSDP model, which reuses buffers training writes to) plain ``no_grad``."""
-    return torch.no_grad() if sharded else torch.inference_mode()
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,6 @@ def evaluate_split(
     max_targets: int | None = None,
     token_bytes: npt.NDArray[np.int64] | None = None,
     interrupted: Callable[[], bool] | None = None,
-    sharded: bool = False,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
 
@@ -60,12 +55,12 @@ def evaluate_split(
     large models); the whole split is the default. ``token_bytes`` (bytes per id, ``core.token_bytes``)
     adds bits per byte: the targets' losses in bits over the bytes they decode to, special tokens left out.
     ``interrupted`` is asked before every batch; when it says yes, ``EvaluationInterrupted`` is raised, so a
-    stop signal is honoured within one batch instead of after a whole split. ``sharded`` (an FSDP
-    model, whose every forward pass is a collective): each rank makes as many forward passes as the
-    busiest one, running the model on a spare window where it has none left.
+    stop signal is honoured within one batch instead of after a whole split. An FSDP model (every
+    forward pass a collective): each rank makes as many forward passes as the busiest one, running
+    the model on a spare window where it has none left.
     """
-
-    with grad_off(sharded):
+    sharded = is_fsdp_module(model)
+    with grad_off(model):
         was_training = model.training
         model.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # (loss * tokens, tokens, nats of byte-carrying targets, bytes)
@@ -118,11 +113,9 @@ def evaluate_split(
         return SplitLoss(float(sums[0] / sums[1]), int(sums[1]), bits_per_byte, int(sums[3]))
 
 
-def estimate_loss(
-    model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision, *, sharded: bool = False
-) -> float:
+def estimate_loss(model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision) -> float:
     """Mean loss over ``iters`` fixed random batches (the same batches at every evaluation)."""
-    with grad_off(sharded):
+    with grad_off(model):
         was_training = model.training
         model.eval()
         losses = []

@@ -252,10 +252,8 @@ def _train_locked(
     evaluation = EvaluationHook(
         interval=tc.eval_interval,
         at_start=tc.eval_at_start,
-        evaluate_val=lambda: _val_loss(
-            model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted, sharded=sharded
-        ),
-        estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision, sharded=sharded),
+        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted),
+        estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
     )
     hooks: list[Hook] = [
         evaluation,
@@ -437,8 +435,6 @@ def _val_loss(
     dist: DistributedContext,
     max_targets: int | None,
     interrupted: Callable[[], bool] | None = None,
-    *,
-    sharded: bool = False,
 ) -> tuple[float, int]:
     result = evaluate_split(
         model,
@@ -450,6 +446,5 @@ def _val_loss(
         index=dataset.val_index,
         max_targets=max_targets,
         interrupted=interrupted,
-        sharded=sharded,
     )
     return result.loss, result.tokens

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ml_playground.core.lazy_types import is_fsdp_module
 from ml_playground.models.core.model import GPT, KVCache
@@ -66,11 +67,14 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def grad_off(model: nn.Module) -> torch.no_grad | torch.inference_mode:
+    """Inference mode, or plain ``no_grad`` for an FSDP model: it keeps buffers that training writes to again."""
+    return torch.no_grad() if is_fsdp_module(model) else torch.inference_mode()
+
+
 def generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     """Yield each new token (B, 1) as it is drawn, for a prompt of ids (B, T0)."""
-    # An FSDP-sharded model (sampling during training) keeps buffers that training writes to again.
-    grad_off = torch.no_grad() if is_fsdp_module(model) else torch.inference_mode()
-    return grad_off(_generate_stream)(model, prompt, params)
+    return grad_off(model)(_generate_stream)(model, prompt, params)
 
 
 class _Context:
