@@ -11,7 +11,7 @@ COV_ARGS := --cov=ml_playground --cov-branch --cov-report=term --cov-report=json
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --all-groups --locked
+	$(UV) sync --all-groups --locked --compile-bytecode
 	$(MAKE) --no-print-directory rank-files
 	$(MAKE) --no-print-directory models
 	$(MAKE) --no-print-directory browser

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from ml_playground.configuration import experiment_config_path, list_experiments, load_config
 from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.allocator import keep_freed_memory
 from ml_playground.core.errors import ConfigError, UserError
 
 # Commands import their machinery lazily: `prepare` never loads PyTorch (about 650 MB of RSS for the CUDA build).
@@ -387,6 +388,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     console = Console(highlight=False, soft_wrap=True)
     try:
         return COMMANDS[args.command](args, console)

@@ -5,6 +5,12 @@ with a few Newton-Schulz iterations. It is meant for the matrices inside the tra
 embeddings, the output head, norms and biases stay on AdamW, as in modded-nanogpt. On the
 char-level Shakespeare speedrun it reaches the target loss in about half the steps of AdamW.
 
+``GroupedMuon`` is ``torch.optim.Muon`` (its constructor, defaults and state) with a step that
+orthogonalises all matrices of one shape in one batched Newton-Schulz iteration instead of one matrix
+at a time: a 4-layer model has four shapes and sixteen matrices, and on 2 CPU cores the per-matrix loop
+took 16 of a 64 ms training step (measured with the profiler; batched, the step's optimizer share is
+about 6 ms). Same arithmetic in the same bfloat16 as ``torch.optim.Muon``; sums may round differently.
+
 Both run as one ``torch.optim.Optimizer``: the loop, gradient clipping, the grad scaler and the
 checkpoint see one object. Each parameter group carries ``lr_ratio``, its learning rate relative
 to ``train.optim.learning_rate``, so the one schedule drives both.
@@ -12,6 +18,7 @@ to ``train.optim.learning_rate``, so the one schedule drives both.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,6 +40,69 @@ def adamw_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_ratio": 1.0},
         {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr_ratio": 1.0},
     ]
+
+
+def orthogonalise(
+    updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> torch.Tensor:
+    """Newton-Schulz on a stack of same-shape matrices (N, rows, cols) in bfloat16, as ``torch.optim.Muon``
+    does for one: each matrix scaled to Frobenius norm 1, then ``steps`` quintic iterations."""
+    a, b, c = coefficients
+    tall = updates.size(-2) > updates.size(-1)
+    x = updates.to(torch.bfloat16)
+    x = x.mT if tall else x
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        polynomial = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, polynomial, x, beta=a)
+    return x.mT if tall else x
+
+
+class GroupedMuon(torch.optim.Muon):
+    """``torch.optim.Muon`` whose step orthogonalises same-shape matrices together (module docstring)."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            buffers = []
+            for param, grad in zip(params, grads, strict=True):
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                buffers.append(state["momentum_buffer"])
+            momentum = group["momentum"]
+            torch._foreach_lerp_(buffers, grads, 1 - momentum)  # pyright: ignore[reportPrivateImportUsage]
+            updates = torch._foreach_lerp(grads, buffers, momentum) if group["nesterov"] else buffers  # pyright: ignore[reportPrivateImportUsage]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])  # pyright: ignore[reportPrivateImportUsage]
+            by_shape: dict[torch.Size, list[int]] = {}
+            for i, param in enumerate(params):
+                by_shape.setdefault(param.shape, []).append(i)
+            for shape, members in by_shape.items():
+                stacked = torch.stack([updates[i] for i in members])
+                orthogonal = orthogonalise(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                rate = adjusted_lr(group["lr"], group["adjust_lr_fn"], shape)
+                torch._foreach_add_([params[i] for i in members], list(orthogonal.unbind(0)), alpha=-rate)  # pyright: ignore[reportPrivateImportUsage]
+        return loss
+
+
+def adjusted_lr(lr: float, rule: str | None, shape: torch.Size) -> float:
+    """Muon's learning rate for a matrix of ``shape`` under ``adjust_lr_fn`` (as ``torch.optim.Muon``)."""
+    fan_out, fan_in = shape[:2]
+    if rule is None or rule == "original":
+        return lr * math.sqrt(max(1.0, fan_out / fan_in))
+    if rule == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(fan_out, fan_in))
+    return lr * math.sqrt(fan_out / fan_in)  # "spectral_unclamped", the last rule torch.optim.Muon accepts
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -87,7 +157,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) 
     if optim.name == "adamw":
         return torch.optim.AdamW(adamw_groups(named, optim.weight_decay), **adamw_options)
     hidden = [p for n, p in named if is_hidden_matrix(n, p)]
-    muon = torch.optim.Muon(
+    muon = GroupedMuon(
         [{"params": hidden, "lr_ratio": optim.muon_learning_rate / optim.learning_rate}],
         lr=optim.muon_learning_rate,
         momentum=optim.muon_momentum,

@@ -9,7 +9,7 @@ import torch
 
 from ml_playground.configuration.models import OptimConfig
 from ml_playground.models.core.model import GPT, GPTConfig, cross_entropy
-from ml_playground.training.optim import MuonWithAdamW, build_optimizer
+from ml_playground.training.optim import GroupedMuon, MuonWithAdamW, build_optimizer
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +124,32 @@ def test_closure_is_evaluated() -> None:
     assert optimizer.step(closure) == pytest.approx(before)
     with torch.no_grad():
         assert float(loss()) != before  # the step moved the weights
+
+
+@pytest.mark.parametrize("rule", ["original", "match_rms_adamw", "spectral_unclamped", None])
+@pytest.mark.parametrize(("weight_decay", "nesterov"), [(0.0, True), (0.1, False)])
+def test_grouped_muon_steps_like_torch_muon(rule: str | None, weight_decay: float, nesterov: bool) -> None:
+    """Same-shape matrices orthogonalised in one batch give torch.optim.Muon's steps, matrix by matrix."""
+    torch.manual_seed(4)
+    shapes = [(48, 16), (48, 16), (16, 16), (16, 64), (16, 16), (64, 16)]  # tall, square and wide, repeated
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    grouped = GroupedMuon(ours, lr=0.02, weight_decay=weight_decay, nesterov=nesterov, adjust_lr_fn=rule)
+    reference = torch.optim.Muon(theirs, lr=0.02, weight_decay=weight_decay, nesterov=nesterov, adjust_lr_fn=rule)
+    for step in range(3):
+        for a, b in zip(ours, theirs, strict=True):
+            a.grad = torch.randn_like(a) * (step + 1)
+            b.grad = a.grad.clone()
+        ours[2].grad = None if step == 1 else ours[2].grad  # a matrix without a gradient is left alone
+        theirs[2].grad = ours[2].grad
+        grouped.step()
+        reference.step()  # type: ignore[no-untyped-call]
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert grouped.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+
+
+def test_grouped_muon_with_nothing_to_step_changes_nothing() -> None:
+    param = torch.nn.Parameter(torch.ones(4, 4))
+    assert GroupedMuon([param], lr=0.1).step() is None
+    assert torch.equal(param, torch.ones(4, 4))
