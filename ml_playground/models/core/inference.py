@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ml_playground.core.lazy_types import is_fsdp_module
+from ml_playground.models.core.decode import DecodeStep
 from ml_playground.models.core.model import GPT, KVCache
 
 
@@ -89,6 +90,7 @@ class _Context:
         self.start = max(self.keep, prompt.size(1) - (self.block - self.keep))
         self.use_kv_cache = use_kv_cache
         self.cache: KVCache | None = None
+        self.decode_step = DecodeStep(model) if use_kv_cache and DecodeStep.applies(model) else None
 
     def next_logits(self) -> torch.Tensor:
         """Logits (B, V) for the token after ``tokens``."""
@@ -101,6 +103,8 @@ class _Context:
         elif self.cache is None or self.cache.length + 1 > block or self.cache.length != length - 1:
             self.cache = KVCache(model.config.n_layer, capacity=block)
             logits = model(_window(self.tokens, keep, self.start), self.cache)
+        elif self.decode_step is not None:
+            logits = self.decode_step(self.tokens[:, -1:], self.cache)
         else:
             logits = model(self.tokens[:, -1:], self.cache)
         last: torch.Tensor = logits[:, -1, :]
