@@ -27,12 +27,16 @@ TRIM_THRESHOLD = 1024 * 2**20  # the heap's free top is handed back only past th
 @functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; whether it took effect."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):  # pragma: no cover (macOS, Windows)
         return False
+    return set_thresholds(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def set_thresholds(library: str) -> bool:
+    """``mallopt`` of the C library ``library``; False where it cannot be loaded or has no ``mallopt`` (musl)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # no glibc (musl has no mallopt)
+        mallopt = ctypes.CDLL(library).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mmap_set = any(mallopt(M_MMAP_THRESHOLD, threshold) for threshold in MMAP_THRESHOLDS)

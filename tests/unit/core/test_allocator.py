@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ml_playground.core.allocator import keep_freed_memory
+from ml_playground.core.allocator import keep_freed_memory, set_thresholds
 
 # Like a training step: sixteen 2 MiB activations live at once, then all freed; 50 times. Prints the
 # minor page faults the 50 rounds took.
@@ -45,3 +45,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
 
 def test_setting_is_made_once_per_process() -> None:
     assert keep_freed_memory() is keep_freed_memory()
+
+
+def test_a_c_library_that_cannot_be_loaded_is_left_alone() -> None:
+    assert not set_thresholds("libdoes-not-exist.so")
