@@ -45,7 +45,7 @@ rank-files:
 
 # Linux without a GPU: the same lock, then PyTorch swapped for the CPU-only wheel (about 200 MB instead of several GB).
 setup-cpu: setup
-	$(UV) pip install --reinstall-package torch --index-url https://download.pytorch.org/whl/cpu "torch==$$($(UV) run python -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(UV) pip install --compile-bytecode --reinstall-package torch --index-url https://download.pytorch.org/whl/cpu "torch==$$($(UV) run python -c 'import torch; print(torch.__version__.split("+")[0])')"
 
 test:
 	@mkdir -p $(COVERAGE_DIR)
