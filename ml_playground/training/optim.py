@@ -42,6 +42,14 @@ def adamw_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
     ]
 
 
+def evaluate_closure(closure: Callable[[], float] | None) -> float | None:
+    """The loss of ``Optimizer.step``'s optional closure, computed with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def orthogonalise(
     updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
 ) -> torch.Tensor:
@@ -64,10 +72,7 @@ class GroupedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -121,10 +126,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         self.muon.step()  # type: ignore[no-untyped-call]
         self.adamw.step()
         return loss
