@@ -23,7 +23,7 @@ from ml_playground.models.core.kernels import linear
 from ml_playground.models.core.model import GPT, Block, KVCache, LayerNorm, apply_rotary, rotary_tables
 from ml_playground.models.core.model import Linear as ModelLinear
 
-Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # F.linear's signature
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class DecodeStep:
         self.head = model.lm_head.weight
         self.blocks = [_block(block) for block in model.blocks]
         kernels = {layer.kernel for layer in model.modules() if isinstance(layer, ModelLinear)}
-        self.linear: Linear = F.linear if kernels <= {"aten"} else self._onednn_linear
+        self.product: Product = F.linear if kernels <= {"aten"} else self._onednn_linear
 
     @staticmethod
     def applies(model: GPT) -> bool:
@@ -82,7 +82,7 @@ class DecodeStep:
             raise ValueError(f"sequence of {position + 1} tokens exceeds block_size {self.config.block_size}")
         B = idx.size(0)
         C, H, D = self.width[0], self.config.n_head, self.head_dim
-        linear = self.linear
+        product = self.product
         x = F.embedding(idx, self.wte)
         rotary = None
         if self.wpe is not None:
@@ -91,15 +91,15 @@ class DecodeStep:
             rotary = rotary_tables(D, position, 1, self.config.rope_base, idx.device)
         for layer, block in enumerate(self.blocks):
             h = F.layer_norm(x, self.width, *block.ln_1, 1e-5)
-            q, k, v = linear(h, *block.qkv).view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = product(h, *block.qkv).view(B, 1, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
             if self.config.qk_norm:
                 q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             k, v = cache.extend(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v)
-            x = x + linear(y.transpose(1, 2).reshape(B, 1, C), *block.proj)
-            h = linear(F.layer_norm(x, self.width, *block.ln_2, 1e-5), *block.fc)
+            x = x + product(y.transpose(1, 2).reshape(B, 1, C), *block.proj)
+            h = product(F.layer_norm(x, self.width, *block.ln_2, 1e-5), *block.fc)
             h = F.relu(h).square() if self.relu2 else F.gelu(h)
-            x = x + linear(h, *block.mlp_proj)
-        return linear(F.layer_norm(x, self.width, *self.ln_f, 1e-5), self.head, None)
+            x = x + product(h, *block.mlp_proj)
+        return product(F.layer_norm(x, self.width, *self.ln_f, 1e-5), self.head, None)
