@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
-from ml_playground.models.core.kernel_choice import MARGIN, Workload, choose_kernel, measure, pick_linear_kernel
-from ml_playground.models.core.kernels import LinearKernel, onednn_available
+from ml_playground.models.core.kernel_choice import (
+    CACHE_FILE,
+    MARGIN,
+    Workload,
+    choose_kernel,
+    measure,
+    pick_linear_kernel,
+)
+from ml_playground.models.core.kernels import LinearKernel, linear, onednn_available
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +37,7 @@ def test_the_choice_is_measured_once_per_machine_and_shape_then_read_from_the_ca
     # cached: a later, different measurement is not taken
     assert choose_kernel(decoding, cache_dir=tmp_path, measure_fn=fixed(9.0, 1.0, calls)) == "aten"
     assert calls == [decoding, training]
-    cached = json.loads((tmp_path / "linear_kernels.json").read_text())
+    cached = json.loads((tmp_path / CACHE_FILE).read_text())
     assert {entry["kernel"] for entry in cached.values()} == {"aten", "onednn"}
     assert any(key.endswith("384 x 1 decode") for key in cached)
 
@@ -41,7 +49,7 @@ def test_a_near_tie_stays_on_the_default(tmp_path: Path) -> None:
 
 
 def test_a_damaged_or_unwritable_cache_only_costs_a_measurement(tmp_path: Path) -> None:
-    (tmp_path / "linear_kernels.json").write_text("{not json")
+    (tmp_path / CACHE_FILE).write_text("{not json")
     calls: list[Workload] = []
     assert choose_kernel(Workload(64, 8, False), cache_dir=tmp_path, measure_fn=fixed(3.0, 1.0, calls)) == "onednn"
     blocked = tmp_path / "file"
@@ -70,3 +78,19 @@ def test_measure_times_both_kernels_on_the_block_products(training: bool) -> Non
     seconds = measure(Workload(16, 8, training), repeats=2)
     assert set(seconds) == {"aten", "onednn"}
     assert all(value > 0 for value in seconds.values())
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN linear operator")
+def test_measure_backpropagates_a_dense_gradient_as_training_does() -> None:
+    # A stride-0 gradient (what ``out.sum().backward()`` passes) sends MKL's product down a slow path that
+    # no training step takes, and once made this machine pick the slower kernel.
+    strides: list[tuple[int, ...]] = []
+
+    def recording(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: LinearKernel) -> Tensor:
+        out = linear(x, weight, bias, kernel)
+        out.register_hook(lambda grad: strides.append(grad.stride()))  # type: ignore[no-untyped-call]
+        return out
+
+    measure(Workload(16, 8, training=True), repeats=1, product=recording)
+    assert len(strides) == 2 * 3 * 2  # warm-up and one repeat, three products, two kernels
+    assert all(0 not in stride for stride in strides)
