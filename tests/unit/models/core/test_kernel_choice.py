@@ -86,7 +86,7 @@ def test_measure_backpropagates_a_dense_gradient_as_training_does() -> None:
     # no training step takes, and once made this machine pick the slower kernel.
     strides: list[tuple[int, ...]] = []
 
-    def recording(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, kernel: LinearKernel) -> Tensor:
+    def recording(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: LinearKernel) -> Tensor:
         out = linear(x, weight, bias, kernel)
         out.register_hook(lambda grad: strides.append(grad.stride()))  # type: ignore[no-untyped-call]
         return out
