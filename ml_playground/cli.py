@@ -162,7 +162,7 @@ def cmd_prepare(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_train(config: ExperimentConfig, args: argparse.Namespace, console: Console) -> int:
-    from ml_playground.training.trainer import train
+    from ml_playground.commands.train import train
 
     result = train(config, fresh=args.fresh, quiet=args.quiet, console=console, environ=os.environ)
     if not result.is_main:
@@ -316,7 +316,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
-    from ml_playground.export.runner import ExportRequest, default_out_dir, run_export
+    from ml_playground.commands.export import ExportRequest, default_out_dir, run_export
 
     config = _load(args)
     fmt = args.format or config.export.format

@@ -139,8 +139,8 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, shakespeare_text: str
 
     from rich.console import Console
 
+    from ml_playground.commands.train import train
     from ml_playground.data_pipeline.preparer import prepare
-    from ml_playground.training.trainer import train
 
     root = tmp_path_factory.mktemp("trained_tiny")
     corpus = root / "corpus.txt"

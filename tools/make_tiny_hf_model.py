@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from ml_playground.finetune.tiny import build_tiny_causal_lm
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
 
 def _texts(path: Path) -> Iterator[str]:

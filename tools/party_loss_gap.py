@@ -23,7 +23,7 @@ from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.header import END_TOKEN, format_header
 from ml_playground.data_pipeline.meta import read_meta
 from ml_playground.data_pipeline.speeches import iter_records
-from ml_playground.families.gpt import model_from_checkpoint
+from ml_playground.families.gpt.family import model_from_checkpoint
 from ml_playground.training.checkpointing.service import CheckpointService
 
 TEXT_TOKENS = 180

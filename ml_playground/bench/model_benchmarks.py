@@ -16,12 +16,13 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
-from ml_playground.export.gguf_writer import write_gguf
-from ml_playground.models.core.inference import SamplingParams, generate
-from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
-from ml_playground.models.core.kernels import LinearKernel, linear, onednn_available
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.generation import generate
+from ml_playground.families.gpt.gguf import write_gguf
+from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
+from ml_playground.families.gpt.kernels import LinearKernel, linear, onednn_available
+from ml_playground.families.gpt.model import GPT, GPTConfig
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def linear_kernels(sizes: BenchSizes) -> BenchResult:
         "train tokens/s, linear kernel onednn vs aten", tokens / onednn_s, "tokens/s",
         "our model with F.linear (MKL on x86)", tokens / aten_s,
         note=f"linear_kernel = auto measured this machine at start-up and picked {picked} "
-        "(models/core/kernel_choice.py)",
+        "(families/gpt/kernel_choice.py)",
     )  # fmt: skip
 
 

@@ -20,11 +20,12 @@ import torch
 from ml_playground.bench.harness import BenchResult
 from ml_playground.bench.model_benchmarks import BenchSizes
 from ml_playground.configuration.models import ExperimentConfig, PrepareConfig, TrainConfig
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel
-from ml_playground.models.core.inference import SamplingParams, generate_stream
-from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.generation import generate_stream
+from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
+from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.sampling.runner import stream_decode
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n"

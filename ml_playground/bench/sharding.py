@@ -38,7 +38,8 @@ def _peak_rss() -> int:
 
 def worker(strategy: str, out_dir: Path, n_layer: int, n_embd: int) -> None:
     from ml_playground.configuration.models import OptimConfig
-    from ml_playground.models.core.model import GPT, GPTConfig, cross_entropy
+    from ml_playground.core.losses import cross_entropy
+    from ml_playground.families.gpt.model import GPT, GPTConfig
     from ml_playground.training.distributed import context_from_env, init_process_group, shutdown, wrap_model
     from ml_playground.training.optim import build_optimizer
 

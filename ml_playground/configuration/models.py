@@ -375,5 +375,5 @@ class ExperimentConfig(Section):
 
 
 # The families: one config class above and one line here each (implementations are imported on first use).
-register_family("gpt", GptModelConfig, "ml_playground.families.gpt:FAMILY")
-register_family("hf_lora", HfLoraModelConfig, "ml_playground.families.hf_lora:FAMILY")
+register_family("gpt", GptModelConfig, "ml_playground.families.gpt.family:FAMILY")
+register_family("hf_lora", HfLoraModelConfig, "ml_playground.families.hf_lora.family:FAMILY")

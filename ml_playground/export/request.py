@@ -14,6 +14,10 @@ ExportFormat = Literal["hf", "gguf", "ollama"]
 GgufType = Literal["f32", "f16", "q8_0"]
 
 
+class ExportError(UserError):
+    """The checkpoint cannot be expressed in the requested format."""
+
+
 @dataclass(frozen=True)
 class ExportRequest:
     format: ExportFormat

@@ -20,10 +20,10 @@ from torch import nn
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import ConfigError
 from ml_playground.core.logging_protocol import MetricsLogger
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset
 from ml_playground.export.request import ExportRequest, ExportResult
-from ml_playground.models.core.inference import SamplingParams
 from ml_playground.training.distributed import DistributedContext
 from ml_playground.training.ema import EMA
 

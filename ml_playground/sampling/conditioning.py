@@ -9,11 +9,11 @@ from typing import Any
 
 from ml_playground.configuration.models import SampleConfig
 from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.sampling_rules import ContrastPrompt
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.speeches import read_conditions
 from ml_playground.families.base import InferenceModel
-from ml_playground.models.core.inference import ContrastPrompt
 
 
 def closest(value: str, known: list[str], n: int = 5) -> list[str]:

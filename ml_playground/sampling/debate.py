@@ -11,8 +11,8 @@ from pathlib import Path
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.errors import ConfigError
+from ml_playground.core.sampling_rules import ContrastPrompt
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_header
-from ml_playground.models.core.inference import ContrastPrompt
 from ml_playground.sampling.conditioning import check_known, dataset_conditions
 from ml_playground.sampling.runner import load_generator, stream_decode
 

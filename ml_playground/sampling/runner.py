@@ -12,11 +12,11 @@ import torch
 from ml_playground.configuration.models import ExperimentConfig, SampleConfig
 from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.errors import ConfigError, UserError
+from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.families.base import InferenceModel
+from ml_playground.families.gpt.model import GPT
 from ml_playground.families.registry import family_of
-from ml_playground.models.core.inference import ContrastPrompt, SamplingParams
-from ml_playground.models.core.model import GPT
 from ml_playground.sampling.conditioning import header_in_view, model_conditions, party_contrast, sample_fields
 from ml_playground.sampling.decoding import TextStream
 

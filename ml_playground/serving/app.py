@@ -26,8 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
+from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.families.base import InferenceModel
-from ml_playground.models.core.inference import ContrastPrompt, SamplingParams
 from ml_playground.sampling.conditioning import header_in_view, party_contrast
 from ml_playground.serving.engine import (
     Delta,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ml_playground.core.errors import UserError
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.base import InferenceModel
-from ml_playground.models.core.inference import SamplingParams
 from ml_playground.sampling.decoding import FinishReason, TextStream
 
 

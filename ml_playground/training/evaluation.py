@@ -15,9 +15,9 @@ from torch import nn
 
 from ml_playground.core.devices import Precision
 from ml_playground.core.lazy_types import is_fsdp_module
+from ml_playground.core.losses import cross_entropy
+from ml_playground.core.sampling_rules import grad_off
 from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, Index, Mask, sequential_windows
-from ml_playground.models.core.inference import grad_off
-from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
 EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss

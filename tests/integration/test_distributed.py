@@ -16,12 +16,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.sampling.runner import load_model
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
-from ml_playground.training.trainer import train
 from tests.conftest import REPO_ROOT, tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,16 +12,17 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.commands.export import ExportRequest, run_export
+from ml_playground.commands.train import train
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import CheckpointError, UserError
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import BpeTokenizer, TiktokenTokenizer, load_tokenizer
 from ml_playground.data_pipeline.preparer import prepare
-from ml_playground.export.hf import ExportError
 from ml_playground.export.hf_tokenizer import to_pretrained_tokenizer
-from ml_playground.export.runner import ExportRequest, run_export
-from ml_playground.models.core.inference import SamplingParams, generate
+from ml_playground.export.request import ExportError
+from ml_playground.families.gpt.generation import generate
 from ml_playground.sampling.runner import load_generator
-from ml_playground.training.trainer import train
 from tests.conftest import ConfigFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -15,9 +15,9 @@ import torch
 
 from ml_playground.core.errors import UserError
 from ml_playground.core.gguf_import import hf_folder_for
-from ml_playground.export.gguf_hf import read_back, write_hf_gguf
-from ml_playground.finetune.hub import load_pretrained_model, load_pretrained_tokenizer
-from ml_playground.finetune.tiny import build_tiny_causal_lm
+from ml_playground.families.hf_lora.gguf import read_back, write_hf_gguf
+from ml_playground.families.hf_lora.hub import load_pretrained_model, load_pretrained_tokenizer
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,12 +117,12 @@ def test_a_gguf_file_is_a_base_model_to_fine_tune_sample_and_export(
 
     from rich.console import Console
 
+    from ml_playground.commands.export import run_export
+    from ml_playground.commands.train import train
     from ml_playground.configuration import experiment_config_path, load_config
     from ml_playground.data_pipeline.preparer import prepare
     from ml_playground.export.request import ExportRequest
-    from ml_playground.export.runner import run_export
     from ml_playground.sampling.runner import load_model, sample
-    from ml_playground.training.trainer import train
 
     _, model, tokenizer, _ = tiny
     base = tmp_path / "base-f32.gguf"

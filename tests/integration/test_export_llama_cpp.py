@@ -11,13 +11,14 @@ import torch
 from llama_cpp import Llama
 from rich.console import Console
 
+from ml_playground.commands.export import ExportRequest, run_export
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.data_pipeline.preparer import prepare
-from ml_playground.export.runner import ExportRequest, run_export
-from ml_playground.models.core.inference import SamplingParams, generate
+from ml_playground.families.gpt.generation import generate
 from ml_playground.sampling.runner import Generator, load_generator
-from ml_playground.training.trainer import train
 from tests.conftest import TINY_MODEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -12,12 +12,12 @@ import torch
 from llama_cpp import Llama
 from rich.console import Console
 
+from ml_playground.commands.export import ExportRequest, default_out_dir, run_export
+from ml_playground.commands.train import train
 from ml_playground.core.errors import CheckpointError
 from ml_playground.data_pipeline.preparer import prepare
-from ml_playground.export.gguf_writer import _tensor
-from ml_playground.export.runner import ExportRequest, default_out_dir, run_export
+from ml_playground.families.gpt.gguf import _tensor
 from ml_playground.sampling.runner import load_generator
-from ml_playground.training.trainer import train
 from tests.conftest import ConfigFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

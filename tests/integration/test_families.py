@@ -17,23 +17,23 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from ml_playground.commands.export import run_export
+from ml_playground.commands.train import train
 from ml_playground.configuration.families import FamilyConfig, register_family, unregister_family
 from ml_playground.configuration.loading import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import ConfigError
+from ml_playground.core.sampling_rules import SamplingParams, next_token
 from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.evaluation.runner import evaluate_checkpoint
 from ml_playground.export.request import ExportRequest, ExportResult
-from ml_playground.export.runner import run_export
 from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup
 from ml_playground.families.registry import family_of
-from ml_playground.models.core.inference import SamplingParams, next_token
 from ml_playground.sampling.runner import sample
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.trainer import train
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration

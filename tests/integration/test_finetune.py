@@ -20,15 +20,15 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import CheckpointError, ConfigError, UserError
 from ml_playground.data_pipeline.batches import open_dataset
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.evaluation.runner import evaluate_checkpoint
-from ml_playground.finetune.tiny import build_tiny_causal_lm
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 from ml_playground.sampling.runner import sample
-from ml_playground.training.trainer import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -233,7 +233,7 @@ def test_serve_chats_through_the_models_chat_template(
 ) -> None:
     import openai
 
-    from ml_playground.models.core.inference import SamplingParams
+    from ml_playground.core.sampling_rules import SamplingParams
     from ml_playground.sampling.runner import load_model, stream_decode
     from tests.serving_helpers import ServerProcess
 
@@ -312,9 +312,9 @@ def test_export_merges_the_adapters_into_gguf_and_a_modelfile_that_stops_where_t
 ) -> None:
     from llama_cpp import Llama
 
+    from ml_playground.commands.export import run_export
     from ml_playground.export.request import ExportRequest
-    from ml_playground.export.runner import run_export
-    from ml_playground.finetune.export import check_consistency
+    from ml_playground.families.hf_lora.export import check_consistency
     from ml_playground.sampling.runner import load_model
 
     out = tmp_path / "ollama"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.devices import Precision
@@ -17,11 +18,10 @@ from ml_playground.core.errors import CheckpointError, ConfigError, DataError, U
 from ml_playground.data_pipeline.batches import open_dataset
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.families.base import BuildContext
-from ml_playground.finetune.setup import finetune_setup, model_shape
-from ml_playground.finetune.tiny import build_tiny_causal_lm
+from ml_playground.families.hf_lora.setup import finetune_setup, model_shape
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 from ml_playground.sampling.runner import sample
 from ml_playground.training.distributed import DistributedContext
-from ml_playground.training.trainer import train
 from tests.integration.test_finetune import EXPERIMENT, overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

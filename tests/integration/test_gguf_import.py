@@ -14,6 +14,8 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.commands.export import run_export
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import ConfigError
@@ -21,10 +23,8 @@ from ml_playground.core.gguf_import import DONE_MARKER, hf_folder_for
 from ml_playground.core.hub import load_pretrained_tokenizer
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.export.request import ExportRequest
-from ml_playground.export.runner import run_export
-from ml_playground.finetune.hub import load_pretrained_model
+from ml_playground.families.hf_lora.hub import load_pretrained_model
 from ml_playground.sampling.runner import load_model
-from ml_playground.training.trainer import train
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -19,13 +19,13 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.commands.export import run_export
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.export.request import ExportRequest
-from ml_playground.export.runner import run_export
 from ml_playground.sampling.runner import load_model, sampling_params, stream_decode
-from ml_playground.training.trainer import train
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_model, pytest.mark.timeout(1800)]

@@ -12,12 +12,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import CheckpointError
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.trainer import train
 from tests.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -175,8 +175,8 @@ def test_a_float16_run_resumes_with_its_loss_scale(tmp_path: Path, shakespeare_s
 
     from rich.console import Console
 
+    from ml_playground.commands.train import train
     from ml_playground.configuration.loading import experiment_config_path, load_config
-    from ml_playground.training.trainer import train
 
     def run(name: str, max_iters: int) -> Path:
         overrides = [*tiny_overrides(tmp_path, shakespeare_slice), f"train.out_dir='{tmp_path / name}'"]

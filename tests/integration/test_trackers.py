@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from ml_playground.commands.train import train
 from ml_playground.data_pipeline.preparer import prepare
-from ml_playground.training.trainer import train
 from tests.conftest import ConfigFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,13 +11,13 @@ import torch
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ml_playground.commands.train import train
 from ml_playground.core.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError, UserError
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.evaluation.runner import evaluate_checkpoint
 from ml_playground.sampling.runner import sample
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.run_lock import RunLock
-from ml_playground.training.trainer import train
 from tests.conftest import ConfigFactory
 
 pytestmark = pytest.mark.integration
@@ -206,7 +206,7 @@ def test_eval_refuses_a_checkpoint_from_another_dataset(tiny_config: ConfigFacto
 
 def test_compile_true_trains_through_the_compiled_model(tiny_config: ConfigFactory) -> None:
     """This PyTorch compiles on the CPU, so the compiled path must be the one that ran (Dynamo counts the
-    graphs it compiled); the eager fallback is tested with a failing compiler in tests/unit/training/test_trainer.py."""
+    graphs it compiled); the eager fallback is tested with a failing compiler in tests/unit/commands/test_train.py."""
     from torch._dynamo.utils import counters
 
     config = tiny_config("train.max_iters=4", "train.model.compile=true", "train.eval_interval=4")
@@ -219,8 +219,8 @@ def test_compile_true_trains_through_the_compiled_model(tiny_config: ConfigFacto
 
 
 def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: ConfigFactory) -> None:
-    from ml_playground.models.core.kernel_choice import Workload, pick_linear_kernel
-    from ml_playground.models.core.model import Linear
+    from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
+    from ml_playground.families.gpt.model import Linear
     from ml_playground.training.context import TrainingContext
     from ml_playground.training.hooks.base import Hook
     from ml_playground.training.optim import MuonWithAdamW

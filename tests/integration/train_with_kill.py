@@ -14,11 +14,11 @@ import signal
 import sys
 from pathlib import Path
 
+from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.training.checkpointing.service import write_file_durably
 from ml_playground.training.context import TrainingContext
 from ml_playground.training.hooks.base import Hook
-from ml_playground.training.trainer import train
 
 
 class KillAfterStep(Hook):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ml_playground.core.logging_protocol import MetricsLogger
-from ml_playground.models.core.inference import SamplingParams
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.training.context import TrainingContext
 from ml_playground.training.hooks.base import EvalResult, Hook
 

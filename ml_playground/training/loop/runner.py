@@ -14,8 +14,8 @@ from torch import nn
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.core.lazy_types import is_dtensor
+from ml_playground.core.losses import cross_entropy
 from ml_playground.data_pipeline.batches import BatchSampler
-from ml_playground.models.core.model import cross_entropy
 from ml_playground.training.context import LoopState, StepMetrics, TrainingContext
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 from ml_playground.training.ema import EMA

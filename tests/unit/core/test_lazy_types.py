@@ -21,7 +21,7 @@ def test_classes_of_modules_not_imported_match_nothing_and_are_not_imported() ->
 
 def test_a_command_that_does_not_shard_does_not_import_fsdp() -> None:
     code = (
-        "import sys, ml_playground.training.trainer, ml_playground.families.gpt, ml_playground.cli;"
+        "import sys, ml_playground.commands.train, ml_playground.families.gpt.family, ml_playground.cli;"
         "print('torch.distributed.fsdp' in sys.modules, 'torch.distributed.tensor' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -15,8 +15,8 @@ from ml_playground.core.token_bytes import byte_level_alphabet, token_byte_lengt
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import SPECIAL_TOKENS
-from ml_playground.finetune.tiny import build_tiny_causal_lm
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.model import GPT, GPTConfig
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 from ml_playground.training.evaluation import evaluate_split
 
 pytestmark = pytest.mark.unit

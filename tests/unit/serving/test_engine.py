@@ -6,10 +6,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel
-from ml_playground.models.core.inference import SamplingParams, generate_stream
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.generation import generate_stream
+from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.serving.engine import (
     Delta,
     Done,

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ml_playground.core.errors import ConfigError
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ml_playground.configuration.models import OptimConfig
-from ml_playground.models.core.model import GPT, GPTConfig, cross_entropy
+from ml_playground.core.losses import cross_entropy
+from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.training.optim import GroupedMuon, MuonWithAdamW, build_optimizer
 
 pytestmark = pytest.mark.unit

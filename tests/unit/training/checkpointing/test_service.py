@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ml_playground.core.errors import CheckpointError
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.rng import capture_rng, restore_rng
 from ml_playground.training.checkpointing.service import (
     MANIFEST,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from ml_playground.core.devices import Precision
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.data_pipeline.batches import BatchSampler
-from ml_playground.families.gpt import text_generator
-from ml_playground.models.core.inference import SamplingParams
-from ml_playground.models.core.model import GPT, GPTConfig
+from ml_playground.families.gpt.family import text_generator
+from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.rng import capture_rng
 from ml_playground.training.checkpointing.service import CheckpointPayload, CheckpointService
 from ml_playground.training.context import LoopState, StepMetrics, TrainingContext

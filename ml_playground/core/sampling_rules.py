@@ -1,0 +1,79 @@
+"""The sampling rules every family decodes with: settings, filtering, drawing a token, condition guidance.
+
+Families produce next-token logits their own way (our GPT with its KV cache, a Hugging Face model with
+its own); what happens to those logits is the same everywhere, so an answer does not depend on which
+family wrote it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ml_playground.core.lazy_types import is_fsdp_module
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+    use_kv_cache: bool = True
+    keep_prefix: int = 0  # prompt tokens that stay in view when the window moves (at most half a block)
+    guidance: float = 0.0  # condition guidance weight (0: off); needs ``contrast``
+    contrast: tuple[ContrastPrompt, ...] = ()  # the prompt under each known condition, the asked one included
+
+
+@dataclass(frozen=True)
+class ContrastPrompt:
+    """The prompt as it would read under another condition (another party in the header)."""
+
+    ids: tuple[int, ...]
+    keep_prefix: int = 0
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Mask (to -inf) all but the top-k tokens and outside the top-p nucleus; (B, V) -> (B, V)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already cover top_p; the first always stays.
+        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from the last-position logits (B, V) -> (B, 1)."""
+    if params.temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def grad_off(model: nn.Module) -> torch.no_grad | torch.inference_mode:
+    """Inference mode, or plain ``no_grad`` for an FSDP model: it keeps buffers that training writes to again."""
+    return torch.no_grad() if is_fsdp_module(model) else torch.inference_mode()
+
+
+def guided_logits(asked: torch.Tensor, alternatives: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """Condition guidance: ``log p(x|c) + w * (log p(x|c) - log p(x))``, ``p(x)`` the mean over the conditions.
+
+    ``alternatives`` are the next-token logits under every condition the model knows (the asked one
+    included); their average in probability is the model's unconditioned prediction, so the added
+    term is ``log p(c|x)`` up to a constant: tokens that are evidence for the asked condition gain.
+    """
+    lp = torch.log_softmax(asked.float(), dim=-1)
+    stacked = torch.stack([torch.log_softmax(a.float(), dim=-1) for a in alternatives])
+    marginal = torch.logsumexp(stacked, dim=0) - math.log(len(alternatives))
+    return lp + weight * (lp - marginal)

@@ -1,0 +1,120 @@
+"""``linear_kernel = "auto"``: oneDNN or PyTorch's default, measured on this machine for this model's shapes.
+
+Which library multiplies faster depends on the CPU and on the shape: on the AMD EPYC of earlier
+benchmarks oneDNN trained 1.3x faster; on this Intel Xeon MKL trains the 128-wide model's block products
+1.18x faster (whole training steps 1.1x) and decodes one token 1.8x faster (its matrix-vector path).
+So ``auto`` times both on the three products of a transformer block (``C -> 3C``, ``C -> 4C``,
+``4C -> C``) at the rows the model will run (batch x block for training, forward and backward with a
+dense upstream gradient; one row for decoding, forward only), once per machine, and keeps the
+answer in ``<cache>/linear_kernels_v2.json`` keyed by CPU, PyTorch, threads and shape (``v2``: the
+first file holds choices measured with a stride-0 gradient, which misled them). oneDNN must be
+``MARGIN`` faster to be chosen, so a near tie stays on the default instead of flipping between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ml_playground.core.atomic import atomic_write_text
+from ml_playground.core.machine import cpu_facts, user_cache_dir
+from ml_playground.families.gpt.kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
+
+MARGIN = 1.15
+MAX_ROWS = 4096  # more rows change nothing in which kernel wins, only how long the measurement takes
+CACHE_FILE = "linear_kernels_v2.json"
+
+
+@dataclass(frozen=True)
+class Workload:
+    width: int  # n_embd
+    rows: int  # tokens per product: batch x block when training, 1 when decoding
+    training: bool
+
+    def key(self) -> str:
+        cpu, _ = cpu_facts()
+        mode = "train" if self.training else "decode"
+        return (
+            f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {self.width} x {self.rows} {mode}"
+        )
+
+
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, LinearKernel], torch.Tensor]
+
+
+def measure(workload: Workload, repeats: int = 7, product: Product = linear) -> dict[LinearKernel, float]:
+    """Median seconds of the block's three products (with their gradients when training) on each kernel."""
+    width, rows = workload.width, min(workload.rows, MAX_ROWS)
+    generator = torch.Generator().manual_seed(0)
+    shapes = ((width, 3 * width), (width, 4 * width), (4 * width, width))
+    weights = [torch.randn(out, inp, generator=generator, requires_grad=workload.training) for inp, out in shapes]
+    inputs = [torch.randn(rows, inp, generator=generator, requires_grad=workload.training) for inp, _ in shapes]
+    # A dense upstream gradient, as a real backward pass has: ``out.sum().backward()`` would pass a
+    # stride-0 expanded tensor, which MKL's product handles on a slow path and oneDNN's copy hides.
+    upstream = [torch.randn(rows, out, generator=generator) for _, out in shapes]
+
+    def run(kernel: LinearKernel) -> None:
+        with torch.set_grad_enabled(workload.training):
+            for x, weight, grad in zip(inputs, weights, upstream, strict=True):
+                out = product(x, weight, None, kernel)
+                if workload.training:
+                    out.backward(grad)  # type: ignore[no-untyped-call]
+
+    kernels: tuple[LinearKernel, ...] = ("aten", "onednn")
+    times: dict[LinearKernel, list[float]] = {"aten": [], "onednn": []}
+    for kernel in kernels:
+        run(kernel)  # warm-up: oneDNN builds its primitive on the first call
+    for _ in range(repeats):
+        for kernel in kernels:  # alternating: drift hits both alike
+            started = time.perf_counter()
+            run(kernel)
+            times[kernel].append(time.perf_counter() - started)
+    return {kernel: statistics.median(values) for kernel, values in times.items()}
+
+
+def choose_kernel(
+    workload: Workload,
+    *,
+    cache_dir: Path | None = None,
+    measure_fn: Callable[[Workload], dict[LinearKernel, float]] = measure,
+) -> LinearKernel:
+    """The faster kernel for ``workload`` here, from the cache or measured now (and then cached)."""
+    path = (cache_dir or user_cache_dir()) / CACHE_FILE
+    key = workload.key()
+    try:
+        cached = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    entry = cached.get(key) if isinstance(cached, dict) else None
+    if isinstance(entry, dict) and entry.get("kernel") in ("aten", "onednn"):
+        chosen: LinearKernel = entry["kernel"]
+        return chosen
+    seconds = measure_fn(workload)
+    chosen = "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
+    cached = cached if isinstance(cached, dict) else {}
+    cached[key] = {"kernel": chosen, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cached, indent=1, sort_keys=True))
+    except OSError:  # a read-only home: measured again next time, nothing else lost
+        pass
+    return chosen
+
+
+def pick_linear_kernel(
+    setting: LinearKernelSetting,
+    device: torch.device,
+    workload: Workload,
+    *,
+    available: bool | None = None,
+    chooser: Callable[[Workload], LinearKernel] = choose_kernel,
+) -> LinearKernel:
+    """``train.model.linear_kernel`` for ``workload``: ``auto`` measures where oneDNN is a choice at all."""
+    resolved = resolve_linear_kernel(setting, device, available=available)
+    return chooser(workload) if setting == "auto" and resolved == "onednn" else resolved

@@ -1,0 +1,297 @@
+"""A GPT in the nanoGPT lineage: pre-norm blocks, causal self-attention, tied embeddings.
+
+Read top to bottom: config, attention, MLP, block, model. Shapes: B batch, T time, C channels,
+H heads, D = C / H head width. The optional ``kv_cache`` lets generation feed one token at a
+time; without it the model is exactly the plain training path.
+
+Header-conditioned text (``<|party|>SPD<|year|>…<|text|>…<|end|>``) may add a *condition
+embedding*: every position after a ``condition_marker`` token (``<|party|>``) gets a learned vector
+for the token that follows the marker, until the ``condition_reset`` token (``<|end|>``). The
+conditions are read from the token ids themselves, so data, batches and prompts stay plain text;
+what changes is that each position sees the party directly instead of having to find it by
+attention (the party is worth about 0.01 nats per token, too little gradient for a small model
+to learn that attention within minutes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_playground.families.gpt.kernels import LinearKernel, linear
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    # Options from modern recipes, each off by default (the plain nanoGPT path):
+    rotary: bool = False  # rotary position embeddings (Su et al., 2021) instead of learned ones
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    activation: str = "gelu"  # or "relu2": ReLU squared (So et al., 2021)
+    tie_weights: bool = True  # share the token embedding with the output head
+    rope_base: float = 10000.0
+    condition_marker: int | None = None  # id of the token (<|party|>) whose next token is a condition
+    condition_reset: int | None = None  # id of the token (<|end|>) after which no condition holds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's cannot drop only the bias)."""
+
+    def __init__(self, width: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose product may run on oneDNN; see ``kernels``."""
+
+    kernel: LinearKernel = "aten"
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # the name nn.Linear uses
+        return linear(input, self.weight, self.bias, self.kernel)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far.
+
+    Buffers for ``capacity`` positions are allocated on first use and filled in place, so a
+    generation step copies only the new token's keys and values.
+    """
+
+    def __init__(self, n_layer: int, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.lengths = [0] * n_layer
+        self.last_token: torch.Tensor | None = None  # (B,) for condition embeddings
+        self.condition: torch.Tensor | None = None  # (B,) the condition holding after the cached tokens
+
+    @property
+    def length(self) -> int:
+        return self.lengths[0]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.lengths[layer], self.lengths[layer] + k.size(2)
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None or end > keys.size(2):
+            capacity = max(end, self.capacity or 0)
+            shape = (k.size(0), k.size(1), capacity, k.size(3))
+            new_keys, new_values = k.new_empty(shape), v.new_empty(shape)
+            if keys is not None and values is not None:
+                new_keys[:, :, :start], new_values[:, :, :start] = keys[:, :, :start], values[:, :, :start]
+            keys, values = new_keys, new_values
+            self.keys[layer], self.values[layer] = keys, values
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self.lengths[layer] = end
+        return keys[:, :, :end], values[:, :, :end]
+
+
+def rotary_tables(
+    head_dim: int, start: int, length: int, base: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of each position's rotation angles, (T, D/2) each."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(start, start + length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of the head dimension by the position's angle; x is (B, H, T, D)."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout  # attention weights and residual output; skipped when 0
+        self.qk_norm = config.qk_norm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        shape: tuple[int, int],
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``x`` holds the (B*T, C) tokens of ``shape`` (B, T); returns (B*T, C)."""
+        (B, T), C = shape, x.size(-1)
+        # (B*T, 3C) -> 3 x (B, H, T, D) views. Split on the channels rather than unbind a permuted
+        # (B, T, 3, H, D): the same strides forward, but backward then joins the three gradients with
+        # one cat instead of a stack and a copy (1-2% of a default training step).
+        head_dim = C // self.n_head
+        q, k, v = (part.view(B, T, self.n_head, head_dim).transpose(1, 2) for part in self.qkv(x).split(C, dim=-1))
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        past = k.size(2) - T
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        elif T == 1:  # one new query may see every cached key: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            # New queries sit at positions past..past+T-1 and may see every key up to their own.
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(B * T, C))
+        return F.dropout(out, self.dropout, self.training) if self.dropout else out
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.relu2 = config.activation == "relu2"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc(x)
+        hidden = F.relu(hidden).square() if self.relu2 else F.gelu(hidden)
+        out: torch.Tensor = self.proj(hidden)
+        return F.dropout(out, self.dropout, self.training) if self.dropout else out
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        shape: tuple[int, int],
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), shape, cache, layer, rotary)
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = None if config.rotary else nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, config.bias)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
+        # one row per token that can follow the marker, plus a zero row for "no condition"
+        conditioned = config.condition_marker is not None
+        self.wce = (
+            nn.Embedding(config.vocab_size + 1, config.n_embd, padding_idx=config.vocab_size) if conditioned else None
+        )
+        self.apply(self._init_weights)
+        if self.wce is not None:
+            nn.init.zeros_(self.wce.weight)  # starts as the unconditioned model
+        # GPT-2's scaled init of the residual projections: the residual stream grows with depth.
+        for name, param in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def use_linear_kernel(self, kernel: LinearKernel) -> GPT:
+        """Run every linear layer's product on ``kernel`` (see ``kernels``); returns the model."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.kernel = kernel
+        return self
+
+    def num_parameters(self, exclude_embeddings: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.wpe.weight.numel() if exclude_embeddings and self.wpe is not None else total
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T); with a cache, ``idx`` continues the cached tokens."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        x = self.wte(idx)
+        if self.wce is not None:
+            x = x + self.wce(self.condition_ids(idx, cache))
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            head_dim = self.config.n_embd // self.config.n_head
+            rotary = rotary_tables(head_dim, start, T, self.config.rope_base, idx.device)
+        # The blocks see the tokens as one (B*T, C) matrix: each linear layer is then a single product
+        # with no reshapes around it, which saves two autograd nodes per layer (1-2% of a default
+        # training step); only attention views them as (B, H, T, D).
+        x = self.drop(x).view(B * T, -1)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, (B, T), cache, layer, rotary)
+        logits: torch.Tensor = self.lm_head(self.ln_f(x))
+        return logits.view(B, T, -1)
+
+    def condition_ids(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) the condition of each position: the token after the last marker, or ``vocab_size`` (none).
+
+        A position right after the marker starts the condition (the condition token itself already
+        has it); the position after the reset token ends it. With a cache, the state of the cached
+        tokens carries over.
+        """
+        marker, reset, none = self.config.condition_marker, self.config.condition_reset, self.config.vocab_size
+        if marker is None:
+            return torch.full_like(idx, none)
+        B, T = idx.shape
+        before = cache.last_token if cache is not None and cache.last_token is not None else idx.new_full((B,), -1)
+        carry = cache.condition if cache is not None and cache.condition is not None else idx.new_full((B,), none)
+        previous = torch.cat([before[:, None], idx[:, :-1]], dim=1)
+        events = torch.full_like(idx, -1)
+        if reset is not None:
+            events = torch.where(previous == reset, none, events)
+        events = torch.where(previous == marker, idx, events)
+        positions = torch.arange(T, device=idx.device).expand(B, T)
+        last = torch.where(events >= 0, positions, -1).cummax(dim=1).values
+        conditions = torch.where(last >= 0, events.gather(1, last.clamp(min=0)), carry[:, None])
+        if cache is not None:
+            cache.last_token, cache.condition = idx[:, -1], conditions[:, -1]
+        return conditions

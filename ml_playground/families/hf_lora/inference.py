@@ -1,0 +1,112 @@
+"""A fine-tuned model for inference: base + adapters (``adapters/best|last`` or a folder), or ``merged``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
+from ml_playground.core.devices import resolve_precision
+from ml_playground.core.errors import CheckpointError
+from ml_playground.core.gguf_import import hf_folder_for
+from ml_playground.core.tokenizer import PretrainedTokenizer
+from ml_playground.families.base import ChatMessages, InferenceModel
+from ml_playground.families.hf_lora.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
+from ml_playground.families.hf_lora.generation import stream_tokens
+from ml_playground.families.hf_lora.hub import load_pretrained_model, load_pretrained_tokenizer
+from ml_playground.families.hf_lora.lora import load_adapters
+from ml_playground.families.hf_lora.modules import LogitsOnly
+from ml_playground.training.checkpointing.service import CheckpointService
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def resolve_weights(config: ExperimentConfig, which: str) -> tuple[str, Path | None]:
+    """('merged', folder) | ('adapters', folder) | ('base', None), refusing a bare base when adapters are required."""
+    out = config.train.out_dir
+    if which == "merged":
+        folder = out / MERGED_DIR
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(
+                "no merged model yet (train with train.model.save_merged_on_best = true)", path=folder
+            )
+        return "merged", folder
+    folder = out / ADAPTERS_DIR / which if which in ("best", "last") else Path(which).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        return "adapters", folder
+    if config.sample.require_adapters:
+        raise CheckpointError(
+            "no LoRA adapters here (train first, or set sample.require_adapters = false to sample the base model)",
+            path=folder,
+        )
+    return "base", None
+
+
+def chat_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[ChatMessages], list[int]] | None:
+    """``messages -> ids`` through the tokenizer's chat template (with the generation prompt), or None."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def encode(messages: ChatMessages) -> list[int]:
+        encoded: Any = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=True
+        )  # a list of ids, or (transformers 5) a BatchEncoding holding them
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return [int(i) for i in ids]
+
+    return encode
+
+
+def load_lora_model(
+    config: ExperimentConfig, settings: HfLoraModelConfig, which: str
+) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase, str]:
+    """(model in eval mode, tokenizer, a description of what was loaded)."""
+    precision = resolve_precision(config.train.device, config.train.dtype)
+    kind, folder = resolve_weights(config, which)
+    cache = config.prepare.cache_dir
+    model: PreTrainedModel | PeftModel
+    if kind == "merged":
+        assert folder is not None
+        model = load_pretrained_model(str(folder), revision=None, dtype=precision.dtype, key="sample.checkpoint")
+        tokenizer = load_pretrained_tokenizer(str(folder), key="sample.checkpoint")
+        described = f"merged model {folder}"
+    else:
+        key = "train.model.base_model"
+        model = load_pretrained_model(
+            settings.base_model, revision=settings.revision, dtype=precision.dtype, key=key, cache_dir=cache
+        )
+        if kind == "adapters":
+            assert folder is not None
+            check_adapters_match(folder, settings.base_model, hf_folder_for(settings.base_model, cache, key))
+            model = load_adapters(model, folder)
+            tokenizer = load_pretrained_tokenizer(str(folder), key="sample.checkpoint")
+            described = f"{settings.base_model} + adapters {folder}"
+        else:
+            tokenizer = load_pretrained_tokenizer(settings.base_model, settings.revision, key=key, cache_dir=cache)
+            described = f"{settings.base_model} without adapters"
+    nn.Module.to(model, precision.device)  # transformers wraps .to in a decorator its stubs type oddly
+    model.eval()
+    return model, tokenizer, described
+
+
+def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, which: str) -> InferenceModel:
+    model, tokenizer, described = load_lora_model(config, settings, which)
+    pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
+    eos = tokenizer.eos_token_id
+    return InferenceModel(
+        module=LogitsOnly(model),
+        tokenizer=PretrainedTokenizer(tokenizer, described),
+        context_length=settings.block_size,
+        stream=lambda prompt, params: stream_tokens(model, prompt, params),
+        step=int(pointer["step"]) if pointer is not None else -1,
+        checkpoint=described,
+        device=next(model.parameters()).device,
+        stop_ids=frozenset({eos}) if isinstance(eos, int) else frozenset(),
+        stop_in_text=False,
+        chat_ids=chat_encoder(tokenizer),
+    )

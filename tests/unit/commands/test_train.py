@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from ml_playground.commands.train import move_aside
+from ml_playground.families.gpt.family import maybe_compile
+from ml_playground.families.gpt.model import GPT, GPTConfig
+
+pytestmark = pytest.mark.unit
+
+
+def test_compile_falls_back_to_eager_with_one_warning() -> None:
+    model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False)
+    broken_backend = functools.partial(torch.compile, backend="no_such_backend")
+    assert maybe_compile(model, True, console, compiler=broken_backend) is None
+    assert buffer.getvalue().startswith("warning: torch.compile is not available here (")
+    assert buffer.getvalue().count("\n") == 1
+    assert maybe_compile(model, False, console) is None
+
+
+def test_move_aside_only_moves_a_non_empty_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert move_aside(run) is None
+    run.mkdir()
+    assert move_aside(run) is None
+    (run / "metrics.jsonl").write_text("{}")
+    moved = move_aside(run)
+    assert moved is not None
+    assert (moved / "metrics.jsonl").read_text() == "{}"
+    assert not run.exists()

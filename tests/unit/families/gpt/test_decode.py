@@ -1,0 +1,68 @@
+"""The one-token decoding path computes exactly what ``GPT.forward`` computes with a cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml_playground.core.sampling_rules import SamplingParams
+from ml_playground.families.gpt.decode import DecodeStep
+from ml_playground.families.gpt.generation import generate
+from ml_playground.families.gpt.kernels import LinearKernel, onednn_available
+from ml_playground.families.gpt.model import GPT, GPTConfig, KVCache
+
+pytestmark = pytest.mark.unit
+
+SHAPES = {
+    "nanoGPT": GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=2, n_embd=32),
+    "modern, biased, dropout": GPTConfig(
+        vocab_size=50, block_size=24, n_layer=3, n_head=4, n_embd=32, dropout=0.2, bias=True,
+        rotary=True, qk_norm=True, activation="relu2", tie_weights=False,
+    ),
+}  # fmt: skip
+KERNELS: list[LinearKernel] = ["aten", "onednn"] if onednn_available() else ["aten"]
+
+
+def model_of(config: GPTConfig, kernel: LinearKernel = "aten") -> GPT:
+    torch.manual_seed(0)
+    return GPT(config).use_linear_kernel(kernel).eval()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_logits_equal_the_module_path_bit_for_bit(shape: str, kernel: LinearKernel) -> None:
+    model = model_of(SHAPES[shape], kernel)
+    step = DecodeStep(model)
+    assert DecodeStep.applies(model)
+    tokens = torch.randint(50, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ours, theirs = KVCache(model.config.n_layer, capacity=24), KVCache(model.config.n_layer, capacity=24)
+        model(tokens[:, :5], ours)
+        model(tokens[:, :5], theirs)
+        for t in range(5, 19):
+            assert torch.equal(step(tokens[:, t : t + 1], ours), model(tokens[:, t : t + 1], theirs)), t
+        assert ours.length == theirs.length == 19
+
+
+def test_a_full_cache_is_refused_like_the_module_path() -> None:
+    model = model_of(SHAPES["nanoGPT"])
+    cache = KVCache(model.config.n_layer, capacity=24)
+    with torch.inference_mode():
+        model(torch.zeros((1, 24), dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="exceeds block_size 24"):
+            DecodeStep(model)(torch.zeros((1, 1), dtype=torch.long), cache)
+
+
+def test_only_eval_models_without_a_condition_embedding_take_it() -> None:
+    assert not DecodeStep.applies(model_of(SHAPES["nanoGPT"]).train())
+    conditioned = GPTConfig(vocab_size=50, block_size=24, n_layer=1, n_head=2, n_embd=16, condition_marker=3)
+    assert not DecodeStep.applies(model_of(conditioned))
+
+
+def test_generation_past_the_block_matches_uncached_generation() -> None:
+    """Greedy tokens with the decoding path (cache refilled when the window slides) equal the uncached ones."""
+    model = model_of(SHAPES["modern, biased, dropout"])
+    prompt = torch.tensor([[1, 2, 3]])
+    cached = generate(model, prompt, SamplingParams(max_new_tokens=60, temperature=0.0, use_kv_cache=True))
+    uncached = generate(model, prompt, SamplingParams(max_new_tokens=60, temperature=0.0, use_kv_cache=False))
+    assert torch.equal(cached, uncached)
