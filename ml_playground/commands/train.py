@@ -329,7 +329,7 @@ def _train_locked(
         dist=dist,
     )
     ctx = loop.new_context(LoopState())
-    state_map = training_state_map(config, setup, optimizer, scaler, ctx, sharded=sharded)
+    state_map = training_state_map(config, setup, optimizer, scaler, ctx, sharded=sharded, world_size=dist.world_size)
     try:
         if loaded is not None:  # a checkpoint that does not fit is refused here: the loggers still close
             state_map.restore(loaded)
@@ -367,6 +367,7 @@ def training_state_map(
     ctx: TrainingContext,
     *,
     sharded: bool = False,
+    world_size: int = 1,
 ) -> StateMap:
     """Every stateful part of the run, in the order a resume restores them.
 
@@ -396,6 +397,22 @@ def training_state_map(
                 "resume with the optimizer it was trained with, or start over with --fresh"
             ) from None
 
+    # what decides the batches: the global batch (a resume may change the process count and keep it), the
+    # accumulation and the window length; checkpoints from before these were saved are not checked
+    batches_now = {
+        "global_batch": tc.data.batch_size * world_size,
+        "grad_accum_steps": tc.data.grad_accum_steps,
+        "block_size": tc.sequence_length,
+    }
+    batch_keys = {
+        "global_batch": "train.data.batch_size",
+        "grad_accum_steps": "train.data.grad_accum_steps",
+        "block_size": "train.model.block_size",
+    }
+
+    def save_sampler() -> dict[str, Any]:
+        return {"seed": tc.seed, "next_step": ctx.state.step + 1, **batches_now}
+
     def load_scaler(state: Any) -> None:
         if scaler.is_enabled() and state:  # empty: saved by a run without float16, whose scale starts fresh
             scaler.load_state_dict(state)
@@ -409,6 +426,19 @@ def training_state_map(
                 f"was trained with train.seed = {state['seed']} (now {tc.seed}): its batches after the resume would "
                 "not be the ones it would have seen; resume with that seed, or start over with --fresh"
             )
+        if tc.data.allow_changed_batches:
+            return
+        for name, now in batches_now.items():
+            saved = int(state.get(name, now))
+            if saved != now:
+                what = f"{batch_keys[name]} = {saved} (now {now})"
+                if name == "global_batch":
+                    what = f"a global batch of {saved} sequences ({batch_keys[name]} x processes; now {now})"
+                raise CheckpointError(
+                    f"was trained with {what}: the batches after the resume would differ from an uninterrupted "
+                    f"run's; resume with {batch_keys[name]} as it was, set train.data.allow_changed_batches = true "
+                    "to accept the change, or start over with --fresh"
+                )
 
     parts = {
         "model": StatePart("model", setup.trainable_state, setup.load_trainable),
@@ -422,7 +452,7 @@ def training_state_map(
         "rng": StatePart("training", capture_rng, restore_rng),
         "loop": StatePart("json", lambda: ctx.state.to_dict(), load_loop),
         "hooks": StatePart("json", ctx.hook_states, ctx.load_hook_states, required=False),
-        "sampler": StatePart("json", lambda: {"seed": tc.seed, "next_step": ctx.state.step + 1}, check_sampler),
+        "sampler": StatePart("json", save_sampler, check_sampler),
     }
     return StateMap(parts)
 

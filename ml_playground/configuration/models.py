@@ -111,6 +111,11 @@ class PrepareConfig(Section):
 class DataConfig(Section):
     batch_size: int = Field(default=12, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)
+    allow_changed_batches: bool = Field(
+        default=False,
+        description="Resume a checkpoint trained with another batch_size, grad_accum_steps or block size. The "
+        "batches after the resume then differ from those of an uninterrupted run; off: such a resume is refused.",
+    )
 
 
 class LoraConfig(Section):

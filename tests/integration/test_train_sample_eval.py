@@ -98,6 +98,30 @@ def test_fresh_moves_the_old_run_aside(tiny_config: ConfigFactory) -> None:
     assert len([p for p in config.train.out_dir.parent.iterdir() if p.name.startswith("run.old-")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("override", "refusal"),
+    [
+        ("train.data.batch_size=7", r"a global batch of 4 sequences \(train\.data\.batch_size x processes; now 7\)"),
+        ("train.data.grad_accum_steps=2", r"train\.data\.grad_accum_steps = 1 \(now 2\)"),
+    ],
+)
+def test_resume_with_other_batches_is_refused_unless_allowed(
+    tiny_config: ConfigFactory, override: str, refusal: str
+) -> None:
+    config = tiny_config("train.max_iters=10")
+    assert config.train.data.batch_size == 4  # what tiny_config trains with, read by the first case
+    prepare(config.prepare)
+    train(config, console=quiet_console())
+    with pytest.raises(CheckpointError, match="was trained with " + refusal) as info:
+        train(tiny_config("train.max_iters=15", override), console=quiet_console())
+    assert "allow_changed_batches" in str(info.value)
+    assert "\n" not in str(info.value)
+    result = train(
+        tiny_config("train.max_iters=15", override, "train.data.allow_changed_batches=true"), console=quiet_console()
+    )
+    assert (result.resumed_from_step, result.step) == (10, 15)
+
+
 def test_resume_with_another_model_shape_is_refused(tiny_config: ConfigFactory) -> None:
     config = tiny_config("train.max_iters=10")
     prepare(config.prepare)
