@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from ml_playground.data_pipeline.sources.records import (
     SpeechRecord,
     from_protocol_speech,
     keep,
+    keep_speech,
     read_csv_file,
     read_speech_txt,
     year_of,
@@ -59,11 +60,25 @@ def build_corpus(
     if config.conditioning == "header" or config.format in RECORD_FORMATS:
         return _record_corpus(config, sources, csv_files or [])
     if config.format == "jsonl":
-        return _jsonl_corpus(sources)
+        return _jsonl_corpus(sources, config)
     if config.format == "bundestag_xml":
-        speeches = list(iter_xml_speeches(config, sources, ReadStats()))
-        return Corpus(render_speeches(speeches), [s.as_record() for s in speeches])
+        stats = ReadStats()
+        speeches = _kept_speeches(iter_xml_speeches(config, sources, stats), config, stats)
+        if not any(s.kind == "speech" for s in speeches):
+            raise DataError("no speeches left after reading and filtering", key="prepare.filters")
+        return Corpus(render_speeches(speeches), [s.as_record() for s in speeches], details=_dropped(stats))
     return _bundestag_corpus(config, sources)
+
+
+def _kept_speeches(speeches: Iterable[Speech], config: PrepareConfig, stats: ReadStats) -> list[Speech]:
+    """The speeches ``prepare.filters`` keeps (the reasons for the others counted in ``stats``)."""
+    return [s for speech in speeches if (s := keep_speech(speech, config.filters, stats)) is not None]
+
+
+def _dropped(stats: ReadStats) -> list[str]:
+    if not stats.dropped:
+        return []
+    return ["dropped by prepare.filters: " + ", ".join(f"{why} {n:,}" for why, n in sorted(stats.dropped.items()))]
 
 
 def iter_xml_speeches(config: PrepareConfig, sources: list[SourceText], stats: ReadStats) -> Iterator[Speech]:
@@ -117,7 +132,7 @@ def iter_speech_records(
     elif config.format == "speech_txt":
         yield from (read_speech_txt(source.path, source.text) for source in sources)
     elif config.format == "jsonl":
-        yield from (_jsonl_record(record) for record in _jsonl_corpus(sources).records or [])
+        yield from (_jsonl_record(record) for record in _jsonl_records(sources))
     elif config.format == "bundestag_xml":
         yield from (from_protocol_speech(speech) for speech in iter_xml_speeches(config, sources, stats))
     else:
@@ -143,7 +158,21 @@ def _record_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: 
     return Corpus(text, None, warnings, details, kept)
 
 
-def _jsonl_corpus(sources: list[SourceText]) -> Corpus:
+def _jsonl_corpus(sources: list[SourceText], config: PrepareConfig) -> Corpus:
+    """The records ``prepare.filters`` keeps, their texts one after another."""
+    stats = ReadStats()
+    records: list[dict[str, Any]] = []
+    for record in _jsonl_records(sources):
+        kept = keep(_jsonl_record(record), config.filters, stats)
+        if kept is not None:
+            records.append({**record, "text": kept.text})
+    if not records:
+        raise DataError("no records left after filtering", key="prepare.filters")
+    text = "".join(f"{record['text']}\n\n" for record in records)
+    return Corpus(text, records, details=[f"records: {len(records):,}", *_dropped(stats)])
+
+
+def _jsonl_records(sources: list[SourceText]) -> list[dict[str, Any]]:
     """One JSON object per line with at least a ``text`` string (a speeches.jsonl qualifies)."""
     records: list[dict[str, Any]] = []
     for source in sources:
@@ -160,14 +189,14 @@ def _jsonl_corpus(sources: list[SourceText]) -> Corpus:
                 records.append(record)
     if not records:
         raise DataError("no records with text", key="prepare.input_path")
-    text = "".join(f"{record['text']}\n\n" for record in records)
-    return Corpus(text, records, details=[f"records: {len(records):,}"])
+    return records
 
 
 def _bundestag_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpus:
     parts: list[str] = []
     speeches: list[Speech] = []
     warnings: list[str] = []
+    stats = ReadStats()
     dropped: Counter[str] = Counter()
     for source in sources:
         try:
@@ -180,11 +209,14 @@ def _bundestag_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpu
             warnings.append(f"{source.path}: not a plenary protocol ({exc.message}); used as plain text")
             parts.append(source.text.strip() + "\n\n")
             continue
-        speeches.extend(protocol.speeches)
+        kept = _kept_speeches(protocol.speeches, config, stats) if protocol.speeches else []
+        speeches.extend(kept)
         dropped.update(protocol.dropped_lines)
-        parts.append(render_speeches(protocol.speeches))
+        parts.append(render_speeches(kept))
     spoken = [s for s in speeches if s.kind == "speech"]
     if sources and not spoken and not any(p.strip() for p in parts):
+        if stats.dropped:
+            raise DataError("no speeches left after filtering", key="prepare.filters")
         raise DataError("no speeches found in these protocols", key="prepare.input_path")
     parties = Counter(s.party for s in spoken if s.party)
     details = [
@@ -193,5 +225,6 @@ def _bundestag_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpu
         "parties: " + (", ".join(f"{party} {count}" for party, count in parties.most_common()) or "none"),
         "dropped lines: "
         + (", ".join(f"{what} {count:,}" for what, count in sorted(dropped.items()) if count) or "none"),
+        *_dropped(stats),
     ]
     return Corpus("".join(parts), [s.as_record() for s in speeches], warnings, details)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ml_playground.configuration.models import PrepareConfig
+from ml_playground.configuration.models import FiltersConfig, PrepareConfig
 from ml_playground.core.atomic import atomic_open, atomic_write_text
 from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
@@ -120,8 +120,11 @@ def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitId
         pretrained = PretrainedTokenizer.from_pretrained(
             config.hf_tokenizer, key="prepare.hf_tokenizer", cache_dir=config.cache_dir
         )
-        if corpus.records is not None:
-            return (pretrained, *_pack_split(config, corpus.records, pretrained))
+        records = corpus.records
+        if records is None and corpus.speech_records is not None and config.conditioning != "header":
+            records = [record.as_dict() for record in corpus.speech_records]
+        if records is not None:
+            return (pretrained, *_pack_split(config, records, pretrained))
         tokenizer = pretrained
     else:
         # char vocabularies see the whole text (a character only in val would be unencodable), unless
@@ -299,6 +302,15 @@ def check_settings(config: PrepareConfig) -> None:
     """Combinations the config model cannot see as wrong on its own."""
     if config.format == "text" and config.conditioning == "header":
         raise ConfigError("conditioning = 'header' needs records (a format other than 'text')", key="prepare.format")
+    if config.format == "text" and config.filters != FiltersConfig():
+        raise ConfigError(
+            "format 'text' has no records to filter; use a format with records (jsonl, csv, bundestag, ...)",
+            key="prepare.filters",
+        )
+    if config.format == "text" and config.template is not None:
+        raise ConfigError(
+            "format 'text' has no records to put a template before; use a format with records", key="prepare.template"
+        )
     if config.tokenizer != "hf" and config.template is not None:
         raise ConfigError(
             "a template needs tokenizer = 'hf' (records are packed with its EOS token)", key="prepare.template"

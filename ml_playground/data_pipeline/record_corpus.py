@@ -17,7 +17,6 @@ record), so a prompt that names only a party is as familiar to the model as one 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import json
 from collections import Counter
@@ -35,7 +34,7 @@ from ml_playground.core.tokenizer import BpeTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_example, format_header
 from ml_playground.data_pipeline.sources.bundestag import Speech
-from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, from_protocol_speech, keep
+from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, from_protocol_speech, keep, keep_speech
 from ml_playground.data_pipeline.speeches import (
     CONDITIONS_FILE,
     CSV_FILE,
@@ -210,11 +209,10 @@ def write_speech_table_and_corpus(
         writer: csv.DictWriter[str] = csv.DictWriter(table, fieldnames=list[str](SPEECH_COLUMNS))
         writer.writeheader()
         for speech in speeches:
-            record = keep(from_protocol_speech(speech), config.filters, stats)
-            if record is None:
+            kept = keep_speech(speech, config.filters, stats)
+            if kept is None:
                 continue
-            if record.text != speech.text:  # drop_interjections took (...) lines out
-                speech = dataclasses.replace(speech, text=record.text)
+            speech = kept
             row = speech.as_record()
             jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
             writer.writerow(row)
@@ -223,7 +221,8 @@ def write_speech_table_and_corpus(
                 count += 1
                 characters += len(speech.text)
                 parties[speech.party or "(none)"] += 1
-                decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
+                year = from_protocol_speech(speech).year
+                decades[f"{year // 10 * 10}s" if year else "(unknown)"] += 1
         if count == 0:
             raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
     summary = _summary(parties, decades, stats, count)

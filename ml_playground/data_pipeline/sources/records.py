@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import hashlib
 import re
 import sys
@@ -122,6 +123,14 @@ def keep(record: SpeechRecord, filters: FiltersConfig, stats: ReadStats) -> Spee
             stats.dropped[reason] += 1
             return None
     return record
+
+
+def keep_speech(speech: Speech, filters: FiltersConfig, stats: ReadStats) -> Speech | None:
+    """``keep`` for a protocol speech: the speech as kept (its (...) lines out under drop_interjections), or None."""
+    record = keep(from_protocol_speech(speech), filters, stats)
+    if record is None:
+        return None
+    return speech if record.text == speech.text else dataclasses.replace(speech, text=record.text)
 
 
 def from_protocol_speech(speech: Speech) -> SpeechRecord:
