@@ -39,7 +39,7 @@ from ml_playground.training.checkpointing.service import (
     write_file_durably,
 )
 from ml_playground.training.checkpointing.state import StateMap, StatePart
-from ml_playground.training.context import LoopState, TrainingContext
+from ml_playground.training.context import Hook, LoopState, TrainingContext
 from ml_playground.training.distributed import (
     DistributedContext,
     context_from_env,
@@ -48,7 +48,6 @@ from ml_playground.training.distributed import (
     shutdown,
 )
 from ml_playground.training.evaluation import estimate_loss, evaluate_split
-from ml_playground.training.hooks.base import Hook
 from ml_playground.training.hooks.checkpointing import CheckpointHook
 from ml_playground.training.hooks.early_stopping import EarlyStoppingHook
 from ml_playground.training.hooks.evaluation import EvaluationHook
@@ -174,9 +173,9 @@ def train(
             if dist.is_main:
                 service.remove_partial()
             dist.barrier()
-            result = _train_locked(
-                config, dataset, precision, service, console, quiet, extra_hooks, install_signal_handlers, dist
-            )
+            run = build_run(config, dataset, precision, service, console, quiet, extra_hooks, dist)
+            restore_run(run, console)
+            result = run_to_end(run, console, install_signal_handlers)
             # every rank done (rank 0 may still be writing): a rank that tears its process group down while
             # another still uses it can abort in gloo's destructors ("terminate called without an active
             # exception", seen under fsdp); not on error paths, where a dead rank would make this wait time out
@@ -186,7 +185,22 @@ def train(
         shutdown(dist)
 
 
-def _train_locked(
+@dataclass
+class Run:
+    """Everything one training run is made of, built and not yet started."""
+
+    config: ExperimentConfig
+    loop: TrainingLoop
+    ctx: TrainingContext
+    state_map: StateMap
+    logger: CompositeLogger
+    checkpoint_hook: CheckpointHook
+    stop_signal: StopSignal
+    loaded: LoadedCheckpoint | None
+    dist: DistributedContext
+
+
+def build_run(
     config: ExperimentConfig,
     dataset: TokenDataset,
     precision: Precision,
@@ -194,13 +208,13 @@ def _train_locked(
     console: Console,
     quiet: bool,
     extra_hooks: Sequence[Hook],
-    install_signal_handlers: bool,
     dist: DistributedContext,
-) -> TrainResult:
+) -> Run:
+    """The model (from its family), optimizer, batches, loggers, hooks and the loop; the checkpoint to resume."""
     tc = config.train
     configure_torch(config)
     setup = family_of(config).build_for_training(BuildContext(config, dataset, precision, console, dist))
-    model, ema = setup.model, setup.ema
+    model = setup.model
     sharded = is_sharded(model)  # fsdp: forward passes, evaluations and state gathers involve every rank
     optimizer = build_optimizer(model, tc.optim, precision.device)
     loaded = service.load_latest_intact()
@@ -249,14 +263,16 @@ def _train_locked(
     stop_signal = StopSignal()
     # a single process stops inside an evaluation; ranks would disagree on where (and wait on each other)
     interrupted = None if dist.enabled else (lambda: stop_signal.received is not None)
-    evaluation = EvaluationHook(
-        interval=tc.eval_interval,
-        at_start=tc.eval_at_start,
-        evaluate_val=lambda: _val_loss(model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted),
-        estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
-    )
+    # the loop calls hooks by HookPhase (evaluation and the rest, then the checkpoint, then logging)
     hooks: list[Hook] = [
-        evaluation,
+        EvaluationHook(
+            interval=tc.eval_interval,
+            at_start=tc.eval_at_start,
+            evaluate_val=lambda: _val_loss(
+                model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted
+            ),
+            estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
+        ),
         EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
     ]
     if tc.sample_during_training.every_evals and (dist.is_main or sharded):  # sharded: every rank generates
@@ -274,14 +290,8 @@ def _train_locked(
     if setup.make_hooks is not None:
         hooks.extend(setup.make_hooks(logger, service))
     hooks.extend(extra_hooks)
-    main_only: list[Hook] = [
-        LoggingHook(
-            logger=logger, log_interval=tc.log_interval, metrics_path=metrics_path, plot_path=tc.out_dir / "loss.png"
-        )
-    ]
     config_dump = config.model_dump(mode="json")
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.needs_grad_scaler)
-
     conditions = read_conditions(dataset.dataset_dir) if dataset.meta.get("conditioning") == "header" else None
 
     def build_payload(ctx: TrainingContext) -> CheckpointPayload:
@@ -304,7 +314,14 @@ def _train_locked(
     if dist.is_main or sharded:
         hooks.append(checkpoint_hook)
     if dist.is_main:  # only rank 0 logs
-        hooks.extend(main_only)
+        hooks.append(
+            LoggingHook(
+                logger=logger,
+                log_interval=tc.log_interval,
+                metrics_path=metrics_path,
+                plot_path=tc.out_dir / "loss.png",
+            )
+        )
     loop = TrainingLoop(
         model=model,
         optimizer=optimizer,
@@ -321,7 +338,7 @@ def _train_locked(
         grad_accum_steps=tc.data.grad_accum_steps,
         grad_clip=tc.optim.grad_clip,
         hooks=hooks,
-        ema=ema,
+        ema=setup.ema,
         scaler=scaler if scaler.is_enabled() else None,
         stop_signal=stop_signal,
         forward=setup.forward,
@@ -330,22 +347,36 @@ def _train_locked(
     )
     ctx = loop.new_context(LoopState())
     state_map = training_state_map(config, setup, optimizer, scaler, ctx, sharded=sharded, world_size=dist.world_size)
+    return Run(config, loop, ctx, state_map, logger, checkpoint_hook, stop_signal, loaded, dist)
+
+
+def restore_run(run: Run, console: Console) -> None:
+    """Put the checkpoint's state back, part by part in ``RESTORE_ORDER``; one that does not fit is refused."""
     try:
-        if loaded is not None:  # a checkpoint that does not fit is refused here: the loggers still close
-            state_map.restore(loaded)
-            say(console, f"resuming from {loaded.path} (step {ctx.state.step})")
-        if dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
-            torch.manual_seed(tc.seed + 1_000_003 * (dist.rank + 1) + ctx.state.step)
+        if run.loaded is not None:
+            run.state_map.restore(run.loaded)
+            say(console, f"resuming from {run.loaded.path} (step {run.ctx.state.step})")
+        if run.dist.enabled:  # each rank its own dropout stream, reproducible from seed, rank and step
+            torch.manual_seed(run.config.train.seed + 1_000_003 * (run.dist.rank + 1) + run.ctx.state.step)
+    except BaseException:
+        run.logger.close()
+        raise
+
+
+def run_to_end(run: Run, console: Console, install_signal_handlers: bool) -> TrainResult:
+    """Train to ``train.max_iters`` (or a stop); the loggers are closed whatever happens."""
+    tc, ctx = run.config.train, run.ctx
+    try:
         if ctx.state.step >= tc.max_iters:
             say(console, f"already trained to step {ctx.state.step} (train.max_iters = {tc.max_iters}); nothing to do")
         elif install_signal_handlers:
-            with stop_signal:
-                loop.run(ctx)
+            with run.stop_signal:
+                run.loop.run(ctx)
         else:
-            loop.run(ctx)
+            run.loop.run(ctx)
     finally:
-        logger.close()  # also on errors (NaN loss, failed checkpoint write): flush what was logged
-    best = checkpoint_hook.best_val_loss
+        run.logger.close()  # also on errors (NaN loss, failed checkpoint write): flush what was logged
+    best = run.checkpoint_hook.best_val_loss
     return TrainResult(
         out_dir=tc.out_dir,
         step=ctx.state.step,
@@ -354,8 +385,8 @@ def _train_locked(
         best_val_loss=best if best != float("inf") else None,
         last_val_loss=ctx.last_eval.val_loss if ctx.last_eval is not None else None,
         elapsed_s=ctx.state.elapsed_s,
-        resumed_from_step=resumed_from,
-        is_main=dist.is_main,
+        resumed_from_step=run.loaded.step if run.loaded is not None else None,
+        is_main=run.dist.is_main,
     )
 
 
@@ -443,17 +474,15 @@ def training_state_map(
     parts = {
         "model": StatePart("model", setup.trainable_state, setup.load_trainable),
         "optimizer": StatePart("training", save_optimizer, load_optimizer),
-    }
-    if setup.ema is not None:
-        ema = setup.ema
-        parts["ema"] = StatePart("ema", ema.state_dict, ema.load_state_dict, required=False)
-    parts |= {
         "scaler": StatePart("training", scaler.state_dict, load_scaler, required=False),
         "rng": StatePart("training", capture_rng, restore_rng),
         "loop": StatePart("json", lambda: ctx.state.to_dict(), load_loop),
         "hooks": StatePart("json", ctx.hook_states, ctx.load_hook_states, required=False),
         "sampler": StatePart("json", save_sampler, check_sampler),
     }
+    if setup.ema is not None:
+        ema = setup.ema
+        parts["ema"] = StatePart("ema", ema.state_dict, ema.load_state_dict, required=False)
     return StateMap(parts)
 
 

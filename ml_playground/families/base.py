@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ml_playground.configuration.families import FamilyConfig
     from ml_playground.configuration.models import ExperimentConfig
     from ml_playground.training.checkpointing.service import CheckpointService
-    from ml_playground.training.hooks.base import Hook
+    from ml_playground.training.context import Hook
 
 TokenStream = Callable[[torch.Tensor, SamplingParams], Iterator[torch.Tensor]]
 """(prompt ids (1, T0), params) -> each new token (1, 1) as it is drawn."""

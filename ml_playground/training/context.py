@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import IntEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,18 +23,53 @@ class EvalResult:
     ema_val_loss: float | None = None
 
 
-class Hook(Protocol):
-    """What the context calls on its hooks (``hooks/base.py`` has the base class that implements it)."""
+class HookPhase(IntEnum):
+    """When a hook hears an event, relative to the others; within a phase, in the order they were given.
 
-    state_key: str | None
+    A checkpoint stores every hook's state, so the hooks that change state on an evaluation (early
+    stopping's patience, the sampler's counter) must hear it before the checkpoint hook writes, and the
+    log should report a checkpoint that is on disk.
+    """
 
-    def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None: ...
+    OBSERVE = 0  # evaluation, early stopping, sampling, a family's own hooks, callers' hooks
+    PERSIST = 1  # the checkpoint hook
+    REPORT = 2  # logging
 
-    def on_checkpoint_saved(self, ctx: TrainingContext, path: Path) -> None: ...
 
-    def state_dict(self) -> dict[str, Any]: ...
+class Hook:
+    """The events the loop emits; a hook overrides the ones it needs and the loop knows none by name.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    A hook that keeps state across a resume (best loss, patience counter) names it with ``state_key``.
+    """
+
+    state_key: str | None = None
+    phase: HookPhase = HookPhase.OBSERVE
+
+    def on_train_start(self, ctx: TrainingContext) -> None:
+        """Called once before the first step (also after a resume)."""
+
+    def on_step_end(self, ctx: TrainingContext) -> None:
+        """Called after each optimizer step."""
+
+    def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+        """Called when an evaluation hook reports a result."""
+
+    def on_checkpoint_saved(self, ctx: TrainingContext, path: Path) -> None:
+        """Called after a checkpoint folder is complete on disk."""
+
+    def on_train_end(self, ctx: TrainingContext) -> None:
+        """Called once when the loop ends: max_iters reached or a stop requested."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def in_phase_order(hooks: Sequence[Hook]) -> list[Hook]:
+    """The hooks as the loop calls them: by phase, and in the given order within one."""
+    return sorted(hooks, key=lambda hook: hook.phase)
 
 
 @dataclass
@@ -79,7 +115,7 @@ class TrainingContext:
         self.ema = ema
         self.state = state
         self.max_iters = max_iters
-        self.hooks = hooks
+        self.hooks = in_phase_order(hooks)
         self.last_step: StepMetrics | None = None
         self.last_eval: EvalResult | None = None
         self.stop_reason: str | None = None

@@ -245,8 +245,7 @@ def test_compile_true_trains_through_the_compiled_model(tiny_config: ConfigFacto
 def test_linear_kernel_and_optimizer_settings_reach_the_training(tiny_config: ConfigFactory) -> None:
     from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
     from ml_playground.families.gpt.model import Linear
-    from ml_playground.training.context import TrainingContext
-    from ml_playground.training.hooks.base import Hook
+    from ml_playground.training.context import Hook, TrainingContext
     from ml_playground.training.optim import MuonWithAdamW
 
     seen: dict[str, object] = {}

@@ -17,8 +17,7 @@ from pathlib import Path
 from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.training.checkpointing.service import write_file_durably
-from ml_playground.training.context import TrainingContext
-from ml_playground.training.hooks.base import Hook
+from ml_playground.training.context import Hook, TrainingContext
 
 
 class KillAfterStep(Hook):

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import CheckpointError
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.context import TrainingContext
-from ml_playground.training.hooks.base import Hook
+from ml_playground.training.context import Hook, TrainingContext
 
 if TYPE_CHECKING:
     from peft import PeftModel

@@ -32,7 +32,7 @@ from ml_playground.families.hf_lora.hub import load_pretrained_model
 from ml_playground.families.hf_lora.lora import apply_lora, load_adapters, parameter_counts
 from ml_playground.families.hf_lora.modules import LogitsOnly
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.hooks.base import Hook
+from ml_playground.training.context import Hook
 from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
 
 

@@ -19,6 +19,11 @@ from ml_playground.training.checkpointing.service import CheckpointPayload, Load
 
 Store = Literal["model", "ema", "training", "json"]
 
+# The order a resume restores the parts in, and a checkpoint saves them. The model comes before the
+# optimizer (whose state refers to the parameters), the EMA after both; the RNG state after every part
+# whose loading could draw random numbers; the sampler last, as it only checks the run's settings.
+RESTORE_ORDER = ("model", "optimizer", "ema", "scaler", "rng", "loop", "hooks", "sampler")
+
 
 @dataclass(frozen=True)
 class StatePart:
@@ -33,7 +38,10 @@ class StateMap:
         single = [store for store in ("model", "ema") if sum(p.store == store for p in parts.values()) > 1]
         if single:
             raise ValueError(f"at most one part may live in {single[0]!r}")
-        self.parts = dict(parts)
+        unknown = sorted(set(parts) - set(RESTORE_ORDER))
+        if unknown:
+            raise ValueError(f"state part {unknown[0]!r} has no place in RESTORE_ORDER")
+        self.parts = {name: parts[name] for name in RESTORE_ORDER if name in parts}
 
     def payload(
         self,
@@ -62,7 +70,7 @@ class StateMap:
         )
 
     def restore(self, loaded: LoadedCheckpoint) -> None:
-        """Every part from ``loaded``, in the map's order (model before optimizer, RNG near the end)."""
+        """Every part from ``loaded``, in ``RESTORE_ORDER``."""
         training = loaded.training_state or {}
         for name, part in self.parts.items():
             value: Any

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ml_playground.training.checkpointing.service import CheckpointPayload, CheckpointService
-from ml_playground.training.context import TrainingContext
-from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.context import EvalResult, Hook, HookPhase, TrainingContext
 
 
 class CheckpointHook(Hook):
+    phase = HookPhase.PERSIST
     state_key = "checkpointing"
 
     def __init__(

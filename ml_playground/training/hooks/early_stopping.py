@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ml_playground.training.context import TrainingContext
-from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.context import EvalResult, Hook, TrainingContext
 
 
 class EarlyStoppingHook(Hook):

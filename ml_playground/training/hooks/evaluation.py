@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ml_playground.training.context import TrainingContext
+from ml_playground.training.context import EvalResult, Hook, TrainingContext
 from ml_playground.training.evaluation import EvaluationInterrupted
-from ml_playground.training.hooks.base import EvalResult, Hook
 
 SplitEvaluator = Callable[[], tuple[float, int]]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ml_playground.core.logging_protocol import MetricsLogger
-from ml_playground.training.context import TrainingContext
-from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.context import EvalResult, Hook, HookPhase, TrainingContext
 from ml_playground.training.plots import plot_losses
 
 
 class LoggingHook(Hook):
+    phase = HookPhase.REPORT
+
     def __init__(
         self,
         *,

@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.sampling_rules import SamplingParams
-from ml_playground.training.context import TrainingContext
-from ml_playground.training.hooks.base import EvalResult, Hook
+from ml_playground.training.context import EvalResult, Hook, TrainingContext
 
 
 class SampleHook(Hook):

@@ -16,10 +16,9 @@ from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.core.lazy_types import is_dtensor
 from ml_playground.core.losses import cross_entropy
 from ml_playground.data_pipeline.batches import BatchSampler
-from ml_playground.training.context import LoopState, StepMetrics, TrainingContext
+from ml_playground.training.context import Hook, LoopState, StepMetrics, TrainingContext, in_phase_order
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 from ml_playground.training.ema import EMA
-from ml_playground.training.hooks.base import Hook
 from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.signals import StopSignal
 
@@ -53,7 +52,7 @@ class TrainingLoop:
         self.max_iters = max_iters
         self.grad_accum_steps = grad_accum_steps
         self.grad_clip = grad_clip
-        self.hooks = list(hooks)
+        self.hooks = in_phase_order(hooks)
         self.ema = ema
         self.stop_signal = stop_signal
         self.forward = forward if forward is not None else model

@@ -10,7 +10,7 @@ import torch
 
 from ml_playground.core.errors import CheckpointError
 from ml_playground.training.checkpointing.service import LoadedCheckpoint
-from ml_playground.training.checkpointing.state import StateMap, StatePart
+from ml_playground.training.checkpointing.state import RESTORE_ORDER, StateMap, StatePart
 
 pytestmark = pytest.mark.unit
 
@@ -48,3 +48,20 @@ def test_a_missing_part_or_a_refusal_names_the_checkpoint(tmp_path: Path) -> Non
         refusing.restore(LoadedCheckpoint(tmp_path, {}, {}, None, {"loop": {}}, {}))
     with pytest.raises(ValueError, match="at most one part may live in 'model'"):
         StateMap({"a": StatePart("model", dict, refuse), "b": StatePart("model", dict, refuse)})
+
+
+def test_parts_restore_in_the_stated_order_whatever_order_they_are_given(tmp_path: Path) -> None:
+    restored: list[str] = []
+
+    def part(name: str, store: Any) -> StatePart:
+        return StatePart(store, dict, lambda _: restored.append(name))
+
+    stores = {"model": "model", "ema": "ema", "loop": "json", "hooks": "json", "sampler": "json"}
+    given = ["sampler", "rng", "ema", "loop", "optimizer", "hooks", "scaler", "model"]
+    state_map = StateMap({name: part(name, stores.get(name, "training")) for name in given})
+    training = {name: {} for name in ("optimizer", "scaler", "rng")}
+    state = {name: {} for name in ("loop", "hooks", "sampler")}
+    state_map.restore(LoadedCheckpoint(tmp_path, {}, {"w": torch.ones(1)}, {"w": torch.ones(1)}, state, training))
+    assert restored == list(RESTORE_ORDER)
+    with pytest.raises(ValueError, match="'extra' has no place in RESTORE_ORDER"):
+        StateMap({"extra": part("extra", "json")})

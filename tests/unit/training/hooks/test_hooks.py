@@ -15,9 +15,16 @@ from ml_playground.families.gpt.family import text_generator
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.rng import capture_rng
 from ml_playground.training.checkpointing.service import CheckpointPayload, CheckpointService
-from ml_playground.training.context import LoopState, StepMetrics, TrainingContext
+from ml_playground.training.context import (
+    EvalResult,
+    Hook,
+    HookPhase,
+    LoopState,
+    StepMetrics,
+    TrainingContext,
+    in_phase_order,
+)
 from ml_playground.training.ema import EMA
-from ml_playground.training.hooks.base import EvalResult
 from ml_playground.training.hooks.checkpointing import CheckpointHook
 from ml_playground.training.hooks.early_stopping import EarlyStoppingHook
 from ml_playground.training.hooks.evaluation import EvaluationHook
@@ -308,3 +315,35 @@ def test_an_evaluation_cut_short_by_a_stop_is_dropped() -> None:
     assert results == []
     assert len(asked) == 3  # it stopped at the first batch after the signal, not at the end of the split
     assert model.training
+
+
+def test_hooks_are_called_by_phase_then_in_the_given_order() -> None:
+    """A checkpoint stores every hook's state, so it must hear an evaluation after the hooks that change it."""
+    heard: list[str] = []
+
+    class Named(Hook):
+        def __init__(self, name: str, phase: HookPhase) -> None:
+            self.name, self.phase = name, phase
+
+        def on_eval_end(self, ctx: TrainingContext, result: EvalResult) -> None:
+            heard.append(self.name)
+
+    given = [
+        Named("log", HookPhase.REPORT),
+        Named("checkpoint", HookPhase.PERSIST),
+        Named("early stop", HookPhase.OBSERVE),
+        Named("sample", HookPhase.OBSERVE),
+    ]
+    assert (EarlyStoppingHook.phase, CheckpointHook.phase, LoggingHook.phase) == tuple(HookPhase)
+    assert [hook.name for hook in in_phase_order(given)] == ["early stop", "sample", "checkpoint", "log"]  # type: ignore[attr-defined]
+    model = torch.nn.Linear(2, 2)
+    ctx = TrainingContext(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        ema=None,
+        state=LoopState(),
+        max_iters=1,
+        hooks=given,
+    )
+    ctx.emit_eval(EvalResult(step=0, val_loss=1.0, val_tokens=1))
+    assert heard == ["early stop", "sample", "checkpoint", "log"]

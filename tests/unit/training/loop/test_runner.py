@@ -13,9 +13,8 @@ from ml_playground.core.devices import Precision
 from ml_playground.core.errors import TrainingDivergedError
 from ml_playground.data_pipeline.batches import BatchSampler
 from ml_playground.families.gpt.model import GPT, GPTConfig
-from ml_playground.training.context import LoopState, TrainingContext
+from ml_playground.training.context import EvalResult, Hook, LoopState, TrainingContext
 from ml_playground.training.ema import EMA
-from ml_playground.training.hooks.base import EvalResult, Hook
 from ml_playground.training.loop.runner import TrainingLoop
 from ml_playground.training.loop.scheduler import LrSchedule
 from ml_playground.training.signals import StopSignal
