@@ -15,7 +15,6 @@ from functools import cache
 import numpy as np
 import numpy.typing as npt
 
-from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 
 
@@ -34,43 +33,5 @@ def byte_level_alphabet() -> dict[str, int]:
 
 
 def token_byte_lengths(tokenizer: Tokenizer) -> npt.NDArray[np.int64]:
-    """Bytes per id, ``(vocab_size,)``; 0 for special tokens."""
-    lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
-    if isinstance(tokenizer, CharTokenizer):
-        for index, char in enumerate(tokenizer.chars):
-            lengths[index] = len(char.encode("utf-8"))
-    elif isinstance(tokenizer, BpeTokenizer):
-        special = set(tokenizer.backend.get_added_tokens_decoder())
-        for token, index in tokenizer.backend.get_vocab(with_added_tokens=False).items():
-            if index not in special:
-                lengths[index] = len(token)  # one alphabet character per byte
-    elif isinstance(tokenizer, TiktokenTokenizer):
-        encoding = tokenizer.encoding
-        special = {encoding.encode_single_token(token) for token in encoding.special_tokens_set}
-        for index in range(min(encoding.n_vocab, len(lengths))):
-            if index not in special:
-                try:
-                    lengths[index] = len(encoding.decode_single_token_bytes(index))
-                except KeyError:  # a hole in the ranks
-                    lengths[index] = 0
-    elif isinstance(tokenizer, PretrainedTokenizer):
-        lengths = _pretrained_lengths(tokenizer, lengths)
-    else:  # any other tokenizer: decode each id on its own
-        for index in range(len(lengths)):
-            lengths[index] = len(tokenizer.decode([index]).encode("utf-8"))
-    return lengths
-
-
-def _pretrained_lengths(tokenizer: PretrainedTokenizer, lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Byte-level vocabularies by their alphabet; others (SentencePiece) by decoding each id."""
-    hf = tokenizer.tokenizer
-    alphabet = byte_level_alphabet()
-    special = set(hf.all_special_ids)
-    for index, token in enumerate(hf.convert_ids_to_tokens(list(range(len(lengths))))):
-        if index in special or token is None:
-            continue
-        if all(char in alphabet for char in token):
-            lengths[index] = len(token)
-        else:
-            lengths[index] = len(tokenizer.decode([index]).encode("utf-8"))
-    return lengths
+    """Bytes per id, ``(vocab_size,)``; 0 for special tokens (each tokenizer knows its own)."""
+    return tokenizer.token_byte_lengths()

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import tiktoken
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HfTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ml_playground.core.atomic import atomic_write_bytes, atomic_write_text
 from ml_playground.core.errors import DataError, UserError
@@ -45,12 +45,42 @@ OFFICIAL_RANK_FILES = {
 }
 # gpt2 and r50k_base are the same ranks, split pattern and special token.
 _SAME_RANKS = {"gpt2": "r50k_base"}
+ENDOFTEXT = "<|endoftext|>"
+END_OF_RECORD = "<|end|>"  # a header-conditioned record's end (data_pipeline/header.py names the markers)
 
 
 UNKNOWN_CHAR = "\ufffd"
 
 
-class CharTokenizer:
+class _Defaults:
+    """What most tokenizers answer alike; each class overrides what it knows better."""
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None
+
+    @property
+    def chat_template(self) -> str | None:
+        return None
+
+    @property
+    def unknown_symbol(self) -> str | None:
+        return None
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def token_id(self, token: str) -> int | None:
+        return None
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def characters_outside(self, text: str) -> set[str]:
+        return set()
+
+
+class CharTokenizer(_Defaults):
     """One id per character, vocabulary sorted so that the ids are stable for a given corpus.
 
     With ``unknown`` set (a character in the vocabulary), characters outside the vocabulary
@@ -111,6 +141,27 @@ class CharTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
+    @property
+    def unknown_symbol(self) -> str | None:
+        return self.unknown
+
+    def characters_outside(self, text: str) -> set[str]:
+        return set(text) - set(self.chars)
+
+    def stop_texts(self) -> list[str]:
+        return []
+
+    def token_byte_lengths(self) -> npt.NDArray[np.int64]:
+        return np.array([len(char.encode("utf-8")) for char in self.chars], dtype=np.int64)
+
+    def to_backend(self) -> HfTokenizer:
+        """One token per character (a word-level vocabulary split into single characters)."""
+        vocab = {char: index for index, char in enumerate(self.chars)}
+        backend = HfTokenizer(models.WordLevel(vocab=vocab, unk_token=self.unknown))
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        return backend
+
     def save(self, directory: Path) -> None:
         spec: dict[str, Any] = {"kind": "char", "chars": self.chars}
         if self.unknown is not None:
@@ -118,7 +169,7 @@ class CharTokenizer:
         atomic_write_text(directory / SPEC_FILE, json.dumps(spec, ensure_ascii=False))
 
 
-class BpeTokenizer:
+class BpeTokenizer(_Defaults):
     """Byte-level BPE trained on the corpus with Hugging Face ``tokenizers``: any text round-trips."""
 
     def __init__(self, tokenizer: HfTokenizer) -> None:
@@ -175,9 +226,26 @@ class BpeTokenizer:
         return self._tokenizer
 
     def token_id(self, token: str) -> int | None:
-        """The id of a whole token (for example a special token), or None."""
         found = self._tokenizer.token_to_id(token)
         return int(found) if found is not None else None
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(encoding.ids) for encoding in self._tokenizer.encode_batch_fast(list(texts))]
+
+    def stop_texts(self) -> list[str]:
+        """A header-conditioned vocabulary's end of speech."""
+        return [END_OF_RECORD] if self.token_id(END_OF_RECORD) is not None else []
+
+    def token_byte_lengths(self) -> npt.NDArray[np.int64]:
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        special = set(self._tokenizer.get_added_tokens_decoder())
+        for token, index in self._tokenizer.get_vocab(with_added_tokens=False).items():
+            if index not in special:
+                lengths[index] = len(token)  # one alphabet character per byte
+        return lengths
+
+    def to_backend(self) -> HfTokenizer:
+        return self._tokenizer
 
     def save(self, directory: Path) -> None:
         atomic_write_text(directory / BPE_FILE, self._tokenizer.to_str())
@@ -210,7 +278,7 @@ def split_for_batch_encoding(text: str, piece_chars: int = 1 << 16) -> list[str]
     return pieces
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(_Defaults):
     """A tiktoken encoding, by name (fetched once into a cache) or from a local rank file."""
 
     def __init__(self, encoding: tiktoken.Encoding, name: str, ranks: bytes | None = None) -> None:
@@ -300,6 +368,48 @@ class TiktokenTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding.decode(list(ids))
 
+    def token_id(self, token: str) -> int | None:
+        try:
+            return int(self._encoding.encode_single_token(token))
+        except KeyError:
+            return None
+
+    def stop_texts(self) -> list[str]:
+        return [ENDOFTEXT] if ENDOFTEXT in self._encoding.special_tokens_set else []
+
+    def token_byte_lengths(self) -> npt.NDArray[np.int64]:
+        encoding = self._encoding
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        special = {encoding.encode_single_token(token) for token in encoding.special_tokens_set}
+        for index in range(encoding.n_vocab):
+            if index not in special:
+                try:
+                    lengths[index] = len(encoding.decode_single_token_bytes(index))
+                except KeyError:  # a hole in the ranks
+                    lengths[index] = 0
+        return lengths
+
+    def to_backend(self) -> HfTokenizer:
+        """tiktoken's ranks, split pattern and special tokens through ``transformers``' converter."""
+        import base64
+        import tempfile
+
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        encoding = self._encoding
+        with tempfile.TemporaryDirectory() as tmp:
+            ranks = Path(tmp) / "ranks.tiktoken"
+            lines = (
+                f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in encoding._mergeable_ranks.items()
+            )
+            ranks.write_text("".join(lines), encoding="ascii")
+            specials = sorted(encoding._special_tokens, key=encoding._special_tokens.__getitem__)
+            converter = TikTokenConverter(  # type: ignore[no-untyped-call]
+                vocab_file=str(ranks), pattern=encoding._pat_str, extra_special_tokens=specials
+            )
+            converted: HfTokenizer = converter.converted()
+        return converted
+
     def save(self, directory: Path) -> None:
         spec: dict[str, Any] = {"kind": "tiktoken", "encoding": self.name}
         if self._ranks is not None:
@@ -308,7 +418,7 @@ class TiktokenTokenizer:
         atomic_write_text(directory / SPEC_FILE, json.dumps(spec))
 
 
-class PretrainedTokenizer:
+class PretrainedTokenizer(_Defaults):
     """A Hugging Face ``transformers`` tokenizer (a base model's own), saved with ``save_pretrained``.
 
     ``encode`` adds no special tokens: the data pipeline places BOS/EOS itself.
@@ -351,6 +461,44 @@ class PretrainedTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    @property
+    def chat_template(self) -> str | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) and template else None
+
+    def token_id(self, token: str) -> int | None:
+        found = self.tokenizer.convert_tokens_to_ids(token)
+        unknown = self.tokenizer.unk_token_id
+        return (
+            int(found) if isinstance(found, int) and (found != unknown or token == self.tokenizer.unk_token) else None
+        )
+
+    def stop_texts(self) -> list[str]:
+        eos = self.tokenizer.eos_token
+        return [eos] if isinstance(eos, str) and eos else []
+
+    def token_byte_lengths(self) -> npt.NDArray[np.int64]:
+        """Byte-level vocabularies by their alphabet; others (SentencePiece) by decoding each id."""
+        from ml_playground.core.token_bytes import byte_level_alphabet
+
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        alphabet = byte_level_alphabet()
+        special = set(self.tokenizer.all_special_ids)
+        for index, token in enumerate(self.tokenizer.convert_ids_to_tokens(list(range(len(lengths))))):
+            if index in special or token is None:
+                continue
+            if all(char in alphabet for char in token):
+                lengths[index] = len(token)
+            else:
+                lengths[index] = len(self.decode([index]).encode("utf-8"))
+        return lengths
+
+    def to_backend(self) -> HfTokenizer:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise UserError(f"{self.source}: a slow (Python) tokenizer has no `tokenizers` backend to export")
+        return HfTokenizer.from_str(backend.to_str())
 
     def save(self, directory: Path) -> None:
         """The tokenizer's own files go to ``hf/`` (its ``tokenizer.json`` is not our spec file)."""

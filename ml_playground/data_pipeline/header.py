@@ -11,10 +11,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ml_playground.core.tokenizer import END_OF_RECORD
+from ml_playground.core.tokenizer_protocol import Tokenizer
+
 FIELDS = ("speaker", "party", "year", "topic")
 FIELD_TOKENS = {field: f"<|{field}|>" for field in FIELDS}
 TEXT_TOKEN = "<|text|>"
-END_TOKEN = "<|end|>"
+END_TOKEN = END_OF_RECORD
 SPECIAL_TOKENS = (*FIELD_TOKENS.values(), TEXT_TOKEN, END_TOKEN)
 _FIELD_PATTERN = "".join(rf"(?:{re.escape(FIELD_TOKENS[f])}(?P<{f}>[^<]*))?" for f in FIELDS)
 _EXAMPLE = re.compile(
@@ -55,12 +58,8 @@ def parse_example(example: str) -> Conditioned | None:
     return Conditioned(fields, match["text"], match["end"] is not None)
 
 
-def header_stop_ids(tokenizer: object) -> set[int]:
+def header_stop_ids(tokenizer: Tokenizer) -> set[int]:
     """Ids of the header markers in ``tokenizer``: a speech ends at ``<|end|>``, or where a new header starts.
 
     Empty for a tokenizer without them (any dataset prepared without ``conditioning = "header"``)."""
-    from ml_playground.core.tokenizer import BpeTokenizer
-
-    if not isinstance(tokenizer, BpeTokenizer):
-        return set()
     return {i for token in SPECIAL_TOKENS if (i := tokenizer.token_id(token)) is not None}

@@ -290,7 +290,7 @@ def _write_meta(
         "loss_mask": loss_mask,
         "record_index": record_index,
         "conditioning": config.conditioning,
-        "eos_id": getattr(tokenizer, "eos_token_id", None),
+        "eos_id": tokenizer.eos_token_id,
         "sources": _source_entries(sources),
         "settings": _settings_fingerprint(config),
         "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),

@@ -123,9 +123,7 @@ def validation_records(config: PrepareConfig, total: int) -> int:
 
 
 def encode_many(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    if isinstance(tokenizer, BpeTokenizer):
-        return [list(encoding.ids) for encoding in tokenizer.backend.encode_batch_fast(list(texts))]
-    return [tokenizer.encode(text) for text in texts]
+    return tokenizer.encode_batch(texts)
 
 
 def header_fields(record: SpeechRecord, draws: npt.NDArray[np.float64], config: PrepareConfig) -> dict[str, object]:

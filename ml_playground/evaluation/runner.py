@@ -20,7 +20,6 @@ from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.devices import Precision, resolve_precision
 from ml_playground.core.errors import CheckpointError, DataError, UserError
 from ml_playground.core.token_bytes import token_byte_lengths
-from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset, open_dataset
 from ml_playground.families.base import InferenceModel
@@ -147,10 +146,10 @@ def read_eval_text(config: ExperimentConfig, data: Path) -> str:
 def encode_eval_text(tokenizer: Tokenizer, text: str, data: Path) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
     """Ids of ``text``; characters a character vocabulary lacks are counted as its unknown symbol or refused."""
     notes: tuple[str, ...] = ()
-    if isinstance(tokenizer, CharTokenizer):
-        missing = [char for char in set(text) if char not in tokenizer.chars]
+    missing = sorted(tokenizer.characters_outside(text))
+    if missing:
         count = sum(text.count(char) for char in missing)
-        if missing and tokenizer.unknown is None:
+        if tokenizer.unknown_symbol is None:
             raise DataError(
                 f"{count:,} character(s) ({len(missing)} distinct: {''.join(sorted(missing)[:20])!r}) are not in the "
                 "checkpoint's character vocabulary, which has no unknown symbol; they cannot be scored",

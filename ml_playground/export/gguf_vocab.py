@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.export.request import ExportError
 
@@ -28,10 +27,11 @@ def _byte_chars() -> dict[int, str]:
     return bytes_to_unicode()
 
 
-def char_vocab(tokenizer: CharTokenizer) -> GgufVocab:
+def char_vocab(chars: list[str]) -> GgufVocab:
+    """One token per character, with merges that rebuild each multi-byte character from its UTF-8 bytes."""
     mapping = _byte_chars()
     tokens, merges = [], []
-    for char in tokenizer.chars:
+    for char in chars:
         pieces = [mapping[b] for b in char.encode("utf-8")]
         tokens.append("".join(pieces))
         for length in range(1, len(pieces)):  # ((b1 b2) b3) b4: left to right
@@ -59,12 +59,11 @@ def bpe_vocab_from_backend(backend_json: str) -> GgufVocab:
 
 
 def gguf_vocab(tokenizer: Tokenizer) -> GgufVocab:
-    if isinstance(tokenizer, CharTokenizer):
-        return char_vocab(tokenizer)
-    if isinstance(tokenizer, BpeTokenizer):
-        return bpe_vocab_from_backend(tokenizer.backend.to_str())
-    if isinstance(tokenizer, TiktokenTokenizer):
-        from ml_playground.export.hf_tokenizer import tiktoken_backend
-
-        return bpe_vocab_from_backend(tiktoken_backend(tokenizer).to_str())
-    raise ExportError(f"no GGUF tokenizer for a {tokenizer.kind} tokenizer")
+    """A byte-level BPE backend as it is; a vocabulary of single characters rebuilt from bytes."""
+    spec = json.loads(tokenizer.to_backend().to_str())
+    model = spec["model"]
+    if model["type"] == "BPE":
+        return bpe_vocab_from_backend(json.dumps(spec))
+    if model["type"] == "WordLevel" and all(len(token) == 1 for token in model["vocab"]):
+        return char_vocab(sorted(model["vocab"], key=model["vocab"].__getitem__))
+    raise ExportError(f"no GGUF tokenizer for a {tokenizer.kind} tokenizer ({model['type']} model)")

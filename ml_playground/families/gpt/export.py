@@ -9,9 +9,8 @@ import torch
 
 from ml_playground.configuration.models import ExperimentConfig, SampleConfig
 from ml_playground.core.errors import CheckpointError
-from ml_playground.core.tokenizer import BpeTokenizer, load_tokenizer
+from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.data_pipeline.header import END_TOKEN
 from ml_playground.export.hf_tokenizer import to_pretrained_tokenizer
 from ml_playground.export.ollama import modelfile
 from ml_playground.export.request import ExportRequest, ExportResult, refuse_to_overwrite, write_export
@@ -31,11 +30,7 @@ def _checkpoint(config: ExperimentConfig, which: str) -> LoadedCheckpoint:
 
 
 def stop_tokens(tokenizer: Tokenizer) -> list[str]:
-    if isinstance(tokenizer, BpeTokenizer) and tokenizer.token_id(END_TOKEN) is not None:
-        return [END_TOKEN]
-    if tokenizer.kind == "tiktoken":
-        return ["<|endoftext|>"]
-    return []
+    return tokenizer.stop_texts()
 
 
 def write_hf(

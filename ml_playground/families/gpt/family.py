@@ -19,7 +19,7 @@ from ml_playground.core.console import say
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError, ConfigError, DataError
 from ml_playground.core.sampling_rules import SamplingParams
-from ml_playground.core.tokenizer import BpeTokenizer, load_tokenizer
+from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset
 from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS, header_stop_ids
@@ -63,10 +63,7 @@ def condition_tokens(dataset: TokenDataset) -> tuple[int, int]:
             key="train.model.condition_embedding",
         )
     tokenizer = load_tokenizer(dataset.dataset_dir / TOKENIZER_DIR)
-    ids = [
-        tokenizer.token_id(token) if isinstance(tokenizer, BpeTokenizer) else None
-        for token in (FIELD_TOKENS["party"], END_TOKEN)
-    ]
+    ids = [tokenizer.token_id(token) for token in (FIELD_TOKENS["party"], END_TOKEN)]
     if ids[0] is None or ids[1] is None:
         raise DataError("the tokenizer lacks the header markers (run prepare again)", path=dataset.dataset_dir)
     return ids[0], ids[1]

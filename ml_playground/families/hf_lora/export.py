@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
 from ml_playground.core.errors import UserError
 from ml_playground.core.gguf_import import hf_folder_for
-from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
+from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.ollama import modelfile, ollama_template
 from ml_playground.export.request import ExportError, ExportRequest, ExportResult, refuse_to_overwrite, write_export
@@ -83,7 +83,7 @@ def _dataset_eos(config: ExperimentConfig) -> int | None:
         tokenizer = load_tokenizer(config.prepare.dataset_dir / TOKENIZER_DIR, config.prepare.cache_dir)
     except UserError:
         return None  # no dataset beside the run: nothing to compare with
-    return tokenizer.eos_token_id if isinstance(tokenizer, PretrainedTokenizer) else None
+    return tokenizer.eos_token_id
 
 
 def export_lora(

@@ -14,10 +14,12 @@ from ml_playground.core.tokenizer import (
     SPEC_FILE,
     BpeTokenizer,
     CharTokenizer,
+    PretrainedTokenizer,
     TiktokenTokenizer,
     load_tokenizer,
 )
 from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
 pytestmark = pytest.mark.unit
 
@@ -231,3 +233,51 @@ def test_training_in_pieces_learns_the_merges_of_the_whole_text(shakespeare_text
     whole.train_from_iterator([text], trainer)
     assert ours.backend.get_vocab() == whole.get_vocab()
     assert ours.encode_array(text).tolist() == whole.encode(text).ids
+
+
+@pytest.fixture(scope="module")
+def every_tokenizer(
+    bpe: BpeTokenizer, gpt2: TiktokenTokenizer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Tokenizer]:
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), [SAMPLE * 20], vocab_size=300)
+    header_bpe = BpeTokenizer.train([SAMPLE * 20], 300, special_tokens=["<|party|>", "<|end|>"])
+    return {
+        "char": CharTokenizer.train(SAMPLE + "€", min_count=1),
+        "bpe": bpe,
+        "header bpe": header_bpe,
+        "tiktoken": gpt2,
+        "hf": PretrainedTokenizer.from_pretrained(str(folder)),
+    }
+
+
+SAMPLE = "Der Bundestag möge beschließen: Mehr Brücken für alle — sofort! 12,5 % €\n"
+
+
+@pytest.mark.parametrize("name", ["char", "bpe", "header bpe", "tiktoken", "hf"])
+def test_every_tokenizer_answers_the_whole_interface(every_tokenizer: dict[str, Tokenizer], name: str) -> None:
+    """What the package asks of a tokenizer is one method each, consistent with its encode and decode."""
+    tokenizer = every_tokenizer[name]
+    assert isinstance(tokenizer, Tokenizer)
+    ids = tokenizer.encode(SAMPLE)
+    assert tokenizer.encode_batch([SAMPLE, SAMPLE[:10]]) == [ids, tokenizer.encode(SAMPLE[:10])]
+    lengths = tokenizer.token_byte_lengths()
+    assert lengths.shape == (tokenizer.vocab_size,)
+    assert int(lengths[ids].sum()) == len(SAMPLE.encode("utf-8"))  # the denominator of bits per byte
+    assert tokenizer.to_backend().encode(SAMPLE, add_special_tokens=False).ids == ids  # what export writes
+    assert tokenizer.token_id("<|no such token|>") is None
+    assert tokenizer.characters_outside(SAMPLE) == set()
+    for stop in tokenizer.stop_texts():
+        stop_id = tokenizer.token_id(stop)
+        assert stop_id is not None
+        assert lengths[stop_id] == 0  # a stop stands for no text
+    expected_stops = {"char": [], "bpe": [], "header bpe": ["<|end|>"], "tiktoken": ["<|endoftext|>"]}
+    assert tokenizer.stop_texts() == expected_stops.get(name, [tokenizer.decode([tokenizer.eos_token_id or 0])])
+    assert (tokenizer.eos_token_id is not None) == (name == "hf")
+
+
+def test_a_character_vocabulary_names_what_it_lacks() -> None:
+    strict, lenient = CharTokenizer.train("abc"), CharTokenizer.train("abcc", min_count=2)
+    assert strict.characters_outside("abxyz") == {"x", "y", "z"}
+    assert strict.unknown_symbol is None
+    assert lenient.unknown_symbol is not None
+    assert lenient.characters_outside("ab") == {"a", "b"}
