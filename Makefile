@@ -56,9 +56,11 @@ test:
 test-real:
 	$(UV) run pytest -m real_model -s $(PYTEST_STRICT) tests/integration/test_real_model.py
 
+# The same run as `make test` (parallel; perf and real-model tests deselected by pyproject's addopts), with the
+# HTML report too; reports are written even when a test or a gate fails.
 coverage-report:
 	@mkdir -p $(COVERAGE_DIR)
-	$(UV) run pytest -n 0 -m "not perf" $(PYTEST_STRICT) $(COV_ARGS) --cov-report=html:$(COVERAGE_DIR)/htmlcov --cov-fail-under=0; \
+	$(UV) run pytest -n auto --dist worksteal $(PYTEST_STRICT) $(COV_ARGS) --cov-report=html:$(COVERAGE_DIR)/htmlcov --cov-fail-under=0; \
 		status=$$?; echo "HTML: $(COVERAGE_DIR)/htmlcov/index.html  JSON: $(COVERAGE_DIR)/coverage.json"; \
 		$(UV) run python tools/coverage_gate.py; gate=$$?; \
 		exit $$(( status != 0 ? status : gate ))
