@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,20 @@ from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import Corpus, build_corpus, iter_speech_records, iter_xml_speeches
+from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.meta import META_FILE, TOKENIZER_DIR, read_meta
-from ml_playground.data_pipeline.packing import check_template, pack_records
+from ml_playground.data_pipeline.packing import check_template, pack_records, template_header
 from ml_playground.data_pipeline.record_corpus import (
     CORPUS_FILE,
+    DROPOUT_SEED,
     encode_header_records,
+    header_fields,
     validation_records,
     write_record_files,
     write_speech_table_and_corpus,
 )
 from ml_playground.data_pipeline.sources.bundestag_xml import file_sha256, list_xml_inputs
-from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, sniff_file
+from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, SpeechRecord, sniff_file
 from ml_playground.data_pipeline.sources.text import (
     TEXT_SUFFIXES,
     SourceText,
@@ -106,11 +110,12 @@ def build_tokenizer(config: PrepareConfig, train_text: str) -> Tokenizer:
     return TiktokenTokenizer.by_name(name, config.cache_dir)
 
 
-SplitIds = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8] | None]
+SplitIds = tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8] | None, npt.NDArray[np.int64] | None]
+"""A split's token ids, its loss mask and its record index (the last two for records packed with EOS)."""
 
 
 def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitIds, SplitIds]:
-    """Train/val token ids, plus loss masks when records are packed with EOS (Hugging Face tokenizers)."""
+    """Train/val token ids; records are packed with EOS, a loss mask and a record index (Hugging Face tokenizers)."""
     text = corpus.text
     split_at = int(len(text) * (1.0 - config.val_fraction))
     train_text, val_text = text[:split_at], text[split_at:]
@@ -121,7 +126,7 @@ def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitId
             config.hf_tokenizer, key="prepare.hf_tokenizer", cache_dir=config.cache_dir
         )
         records = corpus.records
-        if records is None and corpus.speech_records is not None and config.conditioning != "header":
+        if records is None and corpus.speech_records is not None:  # speakger, csv, speech_txt, conditioned
             records = [record.as_dict() for record in corpus.speech_records]
         if records is not None:
             return (pretrained, *_pack_split(config, records, pretrained))
@@ -131,7 +136,23 @@ def _tokenize(config: PrepareConfig, corpus: Corpus) -> tuple[Tokenizer, SplitId
         # rare characters are cut; BPE merges are learnt from train only.
         vocab_text = train_text if config.tokenizer == "bpe" or config.min_char_count > 1 else text
         tokenizer = build_tokenizer(config, vocab_text)
-    return tokenizer, (tokenizer.encode_array(train_text), None), (tokenizer.encode_array(val_text), None)
+    return tokenizer, (tokenizer.encode_array(train_text), None, None), (tokenizer.encode_array(val_text), None, None)
+
+
+def _record_header(config: PrepareConfig, count: int) -> tuple[Callable[[int, Mapping[str, Any]], str] | None, bool]:
+    """What goes before each record's text, and whether it is kept out of the loss.
+
+    A conditioning header is plain text for a pretrained tokenizer (its markers are not special tokens
+    there), drawn with the same speaker/topic dropout as the GPT family's, and never a target.
+    """
+    if config.conditioning == "header":
+        draws = np.random.default_rng(DROPOUT_SEED).random((count, 2))
+        return (
+            lambda position, record: format_header(header_fields(SpeechRecord(**record), draws[position], config))
+        ), True
+    if config.template is not None:
+        return template_header(config.template), config.mask_template
+    return None, False
 
 
 def _pack_split(
@@ -145,11 +166,13 @@ def _pack_split(
     if eos is None:
         raise DataError("the tokenizer has no end-of-sequence token to separate records", key="prepare.hf_tokenizer")
     n_val = validation_records(config, len(records))
-    packed = [
-        pack_records(part, tokenizer, eos, template=config.template, mask_template=config.mask_template)
-        for part in (records[:-n_val], records[-n_val:])
-    ]
-    return (packed[0].ids, packed[0].mask), (packed[1].ids, packed[1].mask)
+    header, mask_header = _record_header(config, len(records))
+    splits = []
+    for offset, part in ((0, records[:-n_val]), (len(records) - n_val, records[-n_val:])):
+        shifted = (lambda position, record, at=offset: header(at + position, record)) if header else None
+        packed = pack_records(part, tokenizer, eos, header=shifted, mask_header=mask_header)
+        splits.append((packed.ids, packed.mask, packed.index))
+    return splits[0], splits[1]
 
 
 def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
@@ -203,7 +226,7 @@ def _up_to_date(config: PrepareConfig, sources: list[SourceText]) -> bool:
     return not (config.format == "bundestag" and not (config.dataset_dir / JSONL_FILE).is_file())
 
 
-def _write_tokens(path: Path, ids: npt.NDArray[Any], dtype: type[np.unsignedinteger[Any]]) -> None:
+def _write_tokens(path: Path, ids: npt.NDArray[Any], dtype: type[np.integer[Any]]) -> None:
     with atomic_open(path) as handle:
         handle.write(ids.astype(dtype).tobytes())
 
@@ -311,6 +334,11 @@ def check_settings(config: PrepareConfig) -> None:
         raise ConfigError(
             "format 'text' has no records to put a template before; use a format with records", key="prepare.template"
         )
+    if config.conditioning == "header" and config.template is not None:
+        raise ConfigError(
+            "conditioning = 'header' writes its own header before each record; leave prepare.template out",
+            key="prepare.template",
+        )
     if config.tokenizer != "hf" and config.template is not None:
         raise ConfigError(
             "a template needs tokenizer = 'hf' (records are packed with its EOS token)", key="prepare.template"
@@ -401,7 +429,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         return _prepare_xml_protocols(config, sources)
     corpus = build_corpus(config, sources, csv_files)
     text = corpus.text
-    tokenizer, (train_ids, train_mask), (val_ids, val_mask) = _tokenize(config, corpus)
+    tokenizer, (train_ids, train_mask, train_index), (val_ids, val_mask, val_index) = _tokenize(config, corpus)
     if len(val_ids) < 2:
         raise DataError(
             f"validation split has {len(val_ids)} tokens; use more text or a larger prepare.val_fraction",
@@ -422,8 +450,19 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     if train_mask is not None and val_mask is not None:
         _write_tokens(out / "train_mask.bin", train_mask, np.uint8)
         _write_tokens(out / "val_mask.bin", val_mask, np.uint8)
+    if train_index is not None and val_index is not None:
+        _write_tokens(out / "train_index.bin", train_index, np.int64)
+        _write_tokens(out / "val_index.bin", val_index, np.int64)
     _write_meta(
-        config, sources, tokenizer, dtype, len(text), len(train_ids), len(val_ids), loss_mask=train_mask is not None
+        config,
+        sources,
+        tokenizer,
+        dtype,
+        len(text),
+        len(train_ids),
+        len(val_ids),
+        loss_mask=train_mask is not None,
+        record_index=train_index is not None,
     )
     return PrepareReport(
         out,

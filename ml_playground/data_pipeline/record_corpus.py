@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ml_playground.configuration.models import PrepareConfig
-from ml_playground.core.atomic import atomic_open, atomic_open_text, atomic_write_text
+from ml_playground.core.atomic import atomic_open, atomic_open_text
 from ml_playground.core.errors import DataError
 from ml_playground.core.tokenizer import BpeTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
@@ -36,12 +36,11 @@ from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format
 from ml_playground.data_pipeline.sources.bundestag import Speech
 from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, from_protocol_speech, keep, keep_speech
 from ml_playground.data_pipeline.speeches import (
-    CONDITIONS_FILE,
     CSV_FILE,
     JSONL_FILE,
-    RECORDS_FILE,
     REQUIRED_KEYS,
     iter_records,
+    write_records,
 )
 from ml_playground.data_pipeline.streaming import TokenFileWriter, token_dtype
 
@@ -79,39 +78,10 @@ def write_record_files(
     records: Iterator[SpeechRecord], out: Path, config: PrepareConfig, stats: ReadStats
 ) -> RecordSummary:
     """Filter and write ``records.jsonl`` and ``conditions.json``; nothing is held but counters."""
-    parties: Counter[str] = Counter()
-    decades: Counter[str] = Counter()
-    speakers: dict[str, Counter[str]] = {}
-    years: set[int] = set()
-    count = characters = 0
-    with atomic_open_text(out / RECORDS_FILE) as handle:
-        for read in records:
-            record = keep(read, config.filters, stats)
-            if record is None:
-                continue
-            handle.write(json.dumps(record.as_dict(), ensure_ascii=False) + "\n")
-            count += 1
-            characters += len(record.text)
-            parties[record.party or "(none)"] += 1
-            decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
-            if record.year is not None:
-                years.add(record.year)
-            if record.speaker:
-                speakers.setdefault(record.speaker, Counter())[record.party] += 1
-        if count == 0:
-            raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
-    conditions = {
-        "conditioning": config.conditioning,
-        "parties": {party: n for party, n in parties.most_common() if party != "(none)"},
-        "speakers": {
-            name: {"speeches": sum(counts.values()), "party": counts.most_common(1)[0][0]}
-            for name, counts in sorted(speakers.items())
-        },
-        "years": sorted(years),
-    }
-    atomic_write_text(out / CONDITIONS_FILE, json.dumps(conditions, ensure_ascii=False, indent=1))
-    summary = _summary(parties, decades, stats, count)
-    summary.characters = characters
+    kept = (record for read in records if (record := keep(read, config.filters, stats)) is not None)
+    counts = write_records(out, kept, conditioning=config.conditioning)
+    summary = _summary(counts.parties, counts.decades, stats, counts.count)
+    summary.characters = counts.characters
     return summary
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,27 +60,47 @@ def iter_speeches(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
-def write_records(directory: Path, records: Sequence[SpeechRecord], *, conditioning: str) -> None:
+@dataclass
+class RecordCounts:
+    """What ``write_records`` wrote, for the prepare summary."""
+
+    count: int = 0
+    characters: int = 0
+    parties: Counter[str] = field(default_factory=Counter)  # "(none)" for records without a party
+    decades: Counter[str] = field(default_factory=Counter)
+
+
+def write_records(directory: Path, records: Iterable[SpeechRecord], *, conditioning: str) -> RecordCounts:
     """``records.jsonl`` (every speech kept, normalised) and ``conditions.json`` (the known speakers and
-    parties, for checking and completing sampling requests)."""
+    parties, for checking and completing sampling requests), streamed: the one writer of both files."""
+    counts = RecordCounts()
+    speakers: dict[str, Counter[str]] = {}
+    years: set[int] = set()
     with atomic_open_text(directory / RECORDS_FILE) as handle:
         for record in records:
             handle.write(json.dumps(record.as_dict(), ensure_ascii=False) + "\n")
-    speakers: dict[str, Counter[str]] = {}
-    for record in records:
-        if record.speaker:
-            speakers.setdefault(record.speaker, Counter())[record.party] += 1
+            counts.count += 1
+            counts.characters += len(record.text)
+            counts.parties[record.party or "(none)"] += 1
+            counts.decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
+            if record.year is not None:
+                years.add(record.year)
+            if record.speaker:
+                speakers.setdefault(record.speaker, Counter())[record.party] += 1
+        if counts.count == 0:
+            raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
     conditions = {
         "conditioning": conditioning,
-        "parties": dict(Counter(r.party for r in records if r.party).most_common()),
+        "parties": {party: n for party, n in counts.parties.most_common() if party != "(none)"},
         "speakers": {
             name: {"speeches": sum(parties.values()), "party": parties.most_common(1)[0][0]}
             for name, parties in sorted(speakers.items())
         },
-        "years": sorted({r.year for r in records if r.year is not None}),
+        "years": sorted(years),
     }
     with atomic_open_text(directory / CONDITIONS_FILE) as handle:
         handle.write(json.dumps(conditions, ensure_ascii=False, indent=1))
+    return counts
 
 
 def read_conditions(directory: Path) -> dict[str, Any]:

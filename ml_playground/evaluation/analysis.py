@@ -19,11 +19,11 @@ from typing import Any
 
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.atomic import atomic_write_text, atomic_write_with
-from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
-from ml_playground.sampling.conditioning import dataset_conditions, party_contrast
-from ml_playground.sampling.runner import Generator, load_generator, stream_decode
+from ml_playground.sampling.conditioning import party_contrast, require_conditions
+from ml_playground.sampling.runner import Generator, decode_sample, load_generator
 
 MIN_SPEECHES_PER_PARTY = 20  # fewer real speeches make a class the classifier cannot learn
 MAX_PARTIES = 8
@@ -121,18 +121,18 @@ def generate_samples(
         contrast = party_contrast(generator.tokenizer, fields, parties) if config.sample.guidance > 0 else ()
         for index in range(per_party):
             params = generator.params(config.sample, index, keep_prefix=len(prompt), contrast=contrast)
-            text = stream_decode(generator.inference, prompt, params, lambda _: None)
+            text, stopped = decode_sample(generator.inference, prompt, params)
             parsed = parse_example(header + text)
-            keeps = parsed is not None and parsed.finished
+            # finished: at <|end|> (our GPT's header vocabulary) or at the base model's end of text (LoRA)
+            keeps = parsed is not None and (parsed.finished or stopped)
             samples.append(GeneratedSample(party, parsed.text if parsed else text, keeps))
         emit(f"generated {per_party} sample(s) for {party}\n")
     return samples
 
 
 def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str], None] = print) -> AnalysisReport:
-    conditions = dataset_conditions(config.prepare.dataset_dir)
-    if conditions is None:
-        raise ConfigError("analyze needs a header-conditioned dataset (prepare.conditioning = 'header')")
+    generator = load_generator(config)
+    conditions = require_conditions(generator.inference, config.prepare.dataset_dir, "analyze")
     counts: dict[str, int] = conditions["parties"]
     parties = [p for p, n in counts.items() if n >= MIN_SPEECHES_PER_PARTY][:MAX_PARTIES]
     if len(parties) < 2:
@@ -145,7 +145,6 @@ def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str],
     predicted_real = classifier.predict([r.text for r in held_out])
     classifier_accuracy = sum(p == r.party for p, r in zip(predicted_real, held_out, strict=True)) / len(held_out)
     majority_share = Counter(r.party for r in held_out).most_common(1)[0][1] / len(held_out)
-    generator = load_generator(config)
     samples = generate_samples(config, parties, per_party, emit, generator)
     predictions = classifier.predict([s.text or "-" for s in samples])
     samples = [GeneratedSample(s.party, s.text, s.keeps_format, p) for s, p in zip(samples, predictions, strict=True)]

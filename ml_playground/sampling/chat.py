@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
 from ml_playground.families.base import InferenceModel
-from ml_playground.sampling.conditioning import header_in_view, model_conditions, sample_fields
+from ml_playground.sampling.conditioning import header_in_view, model_conditions, refuse_unconditioned, sample_fields
 from ml_playground.sampling.runner import load_model, sampling_params, stream_decode
 
 HELP = "/reset forgets the conversation, /quit ends it"
@@ -74,6 +74,7 @@ def chat(
     sc = config.sample
     header, header_tokens = "", 0
     conditions = model_conditions(model, config.prepare.dataset_dir)
+    refuse_unconditioned(conditions, sample_fields(sc), sc.guidance)
     if conditions is not None:
         header, header_tokens = header_in_view(model.tokenizer, sample_fields(sc), conditions)
     conversation = Conversation(model, header, header_tokens)

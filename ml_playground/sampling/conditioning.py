@@ -62,6 +62,36 @@ def party_contrast(
     return tuple(prompts)
 
 
+def refuse_unconditioned(conditions: Mapping[str, Any] | None, fields: Mapping[str, Any], guidance: float) -> None:
+    """Conditions or guidance asked of a model trained without them: refused alike by every command.
+
+    (``serve`` answers the same refusal with a 400 naming the field.)"""
+    if conditions is not None:
+        return
+    asked = [name for name in ("speaker", "party", "year", "topic") if fields.get(name) is not None]
+    if asked:
+        raise ConfigError(
+            f"{asked[0]} applies to header-conditioned models; this one was trained without conditions",
+            key=f"sample.{asked[0]}",
+        )
+    if guidance > 0:
+        raise ConfigError(
+            "guidance applies to header-conditioned models; this one was trained without conditions",
+            key="sample.guidance",
+        )
+
+
+def require_conditions(model: InferenceModel, dataset_dir: Path, command: str) -> Mapping[str, Any]:
+    """The model's conditions, for commands that only make sense with them (debate, analyze)."""
+    conditions = model_conditions(model, dataset_dir)
+    if conditions is None:
+        raise ConfigError(
+            f"{command} needs a header-conditioned model (prepare.conditioning = 'header'); "
+            f"{model.checkpoint} was trained without conditions"
+        )
+    return conditions
+
+
 def model_conditions(model: InferenceModel, dataset_dir: Path) -> Mapping[str, Any] | None:
     """The conditions a model was trained with: from its checkpoint, or (older checkpoints) its dataset."""
     if model.conditions is not None:

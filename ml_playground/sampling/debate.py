@@ -13,7 +13,7 @@ from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.errors import ConfigError
 from ml_playground.core.sampling_rules import ContrastPrompt
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_header
-from ml_playground.sampling.conditioning import check_known, dataset_conditions
+from ml_playground.sampling.conditioning import check_known, require_conditions
 from ml_playground.sampling.runner import load_generator, stream_decode
 
 SPEAKERS_PER_PARTY = 3
@@ -65,13 +65,11 @@ def run_debate(
         raise ConfigError("--turns must be at least 1")
     if not parties:
         raise ConfigError("--parties needs at least one party")
-    conditions = dataset_conditions(config.prepare.dataset_dir)
-    if conditions is None:
-        raise ConfigError("debate needs a header-conditioned dataset (prepare.conditioning = 'header')")
+    generator = load_generator(config)
+    conditions = require_conditions(generator.inference, config.prepare.dataset_dir, "debate")
     for party in parties:
         check_known("party", party, list(conditions["parties"]), "--parties")
     pool = speakers_by_party(conditions["speakers"], parties)
-    generator = load_generator(config)
     tokenizer = generator.tokenizer
     transcript: list[int] = []
     held: list[Turn] = []

@@ -15,9 +15,14 @@ from ml_playground.core.errors import ConfigError, UserError
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.families.base import InferenceModel
-from ml_playground.families.gpt.model import GPT
 from ml_playground.families.registry import family_of
-from ml_playground.sampling.conditioning import header_in_view, model_conditions, party_contrast, sample_fields
+from ml_playground.sampling.conditioning import (
+    header_in_view,
+    model_conditions,
+    party_contrast,
+    refuse_unconditioned,
+    sample_fields,
+)
 from ml_playground.sampling.decoding import TextStream
 
 
@@ -50,6 +55,17 @@ def stream_decode(
     Generation ends early at any of ``stop_ids`` (default: the model's own); the stop token's text is
     part of the result where the family says so (a header-conditioned GPT's ``<|end|>``), not otherwise
     (a pretrained model's end-of-text)."""
+    return decode_sample(model, prompt_ids, params, emit, stop_ids)[0]
+
+
+def decode_sample(
+    model: InferenceModel,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    emit: Callable[[str], None] = lambda _: None,
+    stop_ids: Collection[int] | None = None,
+) -> tuple[str, bool]:
+    """``stream_decode``, and whether the text ended at a stop token (rather than at ``max_new_tokens``)."""
     stops = model.stop_ids if stop_ids is None else stop_ids
     text = TextStream(model.tokenizer, stops, model.stop_in_text)
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
@@ -58,9 +74,10 @@ def stream_decode(
             emit(delta)
         if text.finish_reason is not None:
             break
+    stopped = text.finish_reason == "stop"
     if rest := text.finish():
         emit(rest)
-    return text.text
+    return text.text, stopped
 
 
 def sampling_params(
@@ -98,13 +115,6 @@ class Generator:
     inference: InferenceModel
 
     @property
-    def model(self) -> GPT:
-        module = self.inference.module
-        if not isinstance(module, GPT):
-            raise UserError(f"this command needs a train.model.kind = 'gpt' experiment ({self.inference.checkpoint})")
-        return module
-
-    @property
     def tokenizer(self) -> Tokenizer:
         return self.inference.tokenizer
 
@@ -128,9 +138,7 @@ class Generator:
 
 
 def load_generator(config: ExperimentConfig) -> Generator:
-    generator = Generator(load_model(config))
-    _ = generator.model  # refuses another family here, not mid-command
-    return generator
+    return Generator(load_model(config))
 
 
 def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text: str) -> tuple[str, list[int], int]:
@@ -142,6 +150,7 @@ def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text:
             raise ConfigError("the model has no chat template; set sample.chat = false", key="sample.chat")
         return prompt_text, model.chat_ids([{"role": "user", "content": prompt_text}]), 0
     conditions = model_conditions(model, config.prepare.dataset_dir)
+    refuse_unconditioned(conditions, sample_fields(sc), sc.guidance)
     if conditions is not None:
         header, keep_prefix = header_in_view(model.tokenizer, sample_fields(sc), conditions)
         prompt_text = header + prompt_text.strip()

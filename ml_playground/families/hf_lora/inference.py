@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,26 @@ def load_lora_model(
     return model, tokenizer, described
 
 
+def checkpoint_conditions(config: ExperimentConfig, which: str) -> dict[str, Any] | None:
+    """The conditions a header-conditioned run recorded in its checkpoint's manifest (None: unconditioned)."""
+    if which not in ("best", "last"):
+        return None
+    service = CheckpointService(config.train.out_dir)
+    try:
+        manifest = json.loads((service.resolve(which) / "manifest.json").read_text("utf-8"))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    conditions = manifest.get("conditions")
+    return conditions if isinstance(conditions, dict) else None
+
+
+def context_length(model: nn.Module, block_size: int) -> int:
+    """The base model's own context (``max_position_embeddings``), not the training block size."""
+    config = getattr(model, "config", None)
+    length = getattr(config, "max_position_embeddings", None)
+    return int(length) if isinstance(length, int) and length > 0 else block_size
+
+
 def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, which: str) -> InferenceModel:
     model, tokenizer, described = load_lora_model(config, settings, which)
     pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
@@ -101,7 +122,7 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
     return InferenceModel(
         module=LogitsOnly(model),
         tokenizer=PretrainedTokenizer(tokenizer, described),
-        context_length=settings.block_size,
+        context_length=context_length(model, settings.block_size),
         stream=lambda prompt, params: stream_tokens(model, prompt, params),
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
@@ -109,4 +130,5 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         stop_ids=frozenset({eos}) if isinstance(eos, int) else frozenset(),
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),
+        conditions=checkpoint_conditions(config, which),
     )

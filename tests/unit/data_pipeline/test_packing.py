@@ -4,7 +4,7 @@ import pytest
 
 from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import CharTokenizer
-from ml_playground.data_pipeline.packing import check_template, pack_records, render_header
+from ml_playground.data_pipeline.packing import check_template, pack_records, render_header, template_header
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +17,7 @@ EOS = TOKENIZER.vocab_size  # an id past the characters, as a real tokenizer's s
 
 
 def test_each_record_is_header_text_eos_and_eos_is_always_a_target() -> None:
-    packed = pack_records(RECORDS, TOKENIZER, EOS, template="{speaker} ({party}):\n", mask_template=True)
+    packed = pack_records(RECORDS, TOKENIZER, EOS, header=template_header("{speaker} ({party}):\n"), mask_header=True)
     header = TOKENIZER.encode("Jürgen Hardt (CDU/CSU):\n")
     body = TOKENIZER.encode("Danke.")
     first = len(header) + len(body) + 1
@@ -28,10 +28,12 @@ def test_each_record_is_header_text_eos_and_eos_is_always_a_target() -> None:
     )
     assert packed.mask[packed.ids == EOS].all()
     assert (packed.ids == EOS).sum() == 2
+    second = len("Dr. Frauke Petry ():\n")
+    assert packed.index.tolist() == [[0, len(header), first], [first, second, second + len("Ja.") + 1]]
 
 
 def test_unmasked_headers_and_no_template() -> None:
-    packed = pack_records(RECORDS, TOKENIZER, EOS, template="{speaker}:\n", mask_template=False)
+    packed = pack_records(RECORDS, TOKENIZER, EOS, header=template_header("{speaker}:\n"), mask_header=False)
     assert packed.mask.all()
     bare = pack_records(RECORDS, TOKENIZER, EOS)
     assert bare.ids.tolist() == [*TOKENIZER.encode("Danke."), EOS, *TOKENIZER.encode("Ja."), EOS]
