@@ -25,6 +25,7 @@ def write_stdout(text: str) -> None:
 
 
 EXIT_USER_ERROR = 2
+API_KEY_VARIABLE = "ML_PLAYGROUND_API_KEY"  # the serve key, kept out of config files
 SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -351,6 +352,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         host=args.host,
         port=args.port,
         checkpoint=args.checkpoint,
+        api_key=os.environ.get(API_KEY_VARIABLE) or None,
     )
     return 0
 

@@ -350,6 +350,15 @@ class ServeConfig(Section):
     max_concurrent: int = Field(default=8, ge=1, description="Streams decoded at once, one token each in turn.")
     queue_size: int = Field(default=64, ge=0, description="Requests that may wait for a slot; more get 503.")
     shutdown_grace_s: float = Field(default=30.0, ge=0.0, description="How long in-flight streams may finish.")
+    api_key: str | None = Field(
+        default=None,
+        description="Clients must send 'Authorization: Bearer KEY' (401 otherwise; /health stays open). The "
+        "environment variable ML_PLAYGROUND_API_KEY sets it too, and keeps it out of the config file.",
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get a 413.")
+    queue_timeout_s: float = Field(
+        default=60.0, gt=0.0, description="A request that waited this long for a slot gets a 503."
+    )
 
 
 class ExperimentConfig(Section):

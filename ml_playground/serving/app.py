@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -39,7 +39,17 @@ from ml_playground.serving.engine import (
     GenerationRequest,
     Job,
 )
-from ml_playground.serving.schemas import ChatRequest, CompletionRequest, GenerationFields
+from ml_playground.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ml_playground.serving.metrics import ServerMetrics
+from ml_playground.serving.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    GenerationFields,
+    Prompt,
+    TokenizeRequest,
+)
+from ml_playground.serving.scoring import TokenScores, score_tokens
 
 DISCONNECT_POLL_S = 0.5
 
@@ -69,6 +79,11 @@ class Served:
     engine: Engine
     conditions: Mapping[str, Any] | None = None  # a header-conditioned dataset's known speakers and parties
     created: int = field(default_factory=lambda: int(time.time()))
+    api_key: str | None = None  # serve.api_key or ML_PLAYGROUND_API_KEY: clients send it as a bearer token
+    metrics: ServerMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.engine.load)
 
     def describe(self) -> dict[str, Any]:
         conditions = None
@@ -91,20 +106,22 @@ class Served:
         }
 
 
+def _check_model(served: Served, model: str | None) -> None:
+    if model is not None and model != served.name:
+        raise ApiError(404, f"model {model!r} is not served here (this server serves {served.name!r})", param="model")
+
+
 def _check_common(served: Served, fields: GenerationFields) -> int:
     """The checks every request gets; returns ``max_tokens``."""
-    if fields.model is not None and fields.model != served.name:
-        raise ApiError(
-            404, f"model {fields.model!r} is not served here (this server serves {served.name!r})", param="model"
-        )
+    _check_model(served, fields.model)
     limit = served.config.serve.max_tokens_limit
-    asked = fields.max_tokens or fields.max_completion_tokens
+    asked = fields.max_tokens if fields.max_tokens is not None else fields.max_completion_tokens
     if asked is not None and asked > limit:
         raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limit}", param="max_tokens")
     if fields.conditions and served.conditions is None:
         name = next(iter(fields.conditions))
         raise ApiError(400, f"{name} applies to header-conditioned experiments; {served.name} is not one", param=name)
-    return asked or min(served.config.sample.max_new_tokens, limit)
+    return asked if asked is not None else min(served.config.sample.max_new_tokens, limit)
 
 
 def _encode(served: Served, text: str, param: str) -> list[int]:
@@ -147,9 +164,30 @@ def _params(
     )
 
 
-def completion_request(served: Served, body: CompletionRequest) -> GenerationRequest:
+def _check_ids(served: Served, ids: list[int], param: str) -> list[int]:
+    vocab = served.model.tokenizer.vocab_size
+    outside = [i for i in ids if not 0 <= i < vocab]
+    if outside:
+        raise ApiError(
+            400, f"{param} holds token id {outside[0]}, outside the vocabulary (0 to {vocab - 1})", param=param
+        )
+    if len(ids) > served.model.context_length:
+        raise ApiError(
+            400, f"{param} is {len(ids)} tokens; the model's context is {served.model.context_length}", param=param
+        )
+    return ids
+
+
+def completion_request(
+    served: Served, body: CompletionRequest, prompt: str | list[int] | None = None
+) -> GenerationRequest:
+    """The generation for one prompt of the request (``prompt``: one of ``body.prompts``; None: the first)."""
     max_tokens = _check_common(served, body)
-    text = served.config.sample.prompt if body.prompt_text is None else body.prompt_text
+    if isinstance(prompt, list):
+        params = _params(served, body, max(max_tokens, 1))
+        return GenerationRequest(_check_ids(served, prompt, "prompt"), params, tuple(body.stop_strings))
+    text = prompt if prompt is not None else body.prompt_text
+    text = served.config.sample.prompt if text is None else text
     keep_prefix = 0
     contrast: tuple[ContrastPrompt, ...] = ()
     if served.conditions is not None:
@@ -167,7 +205,7 @@ def completion_request(served: Served, body: CompletionRequest) -> GenerationReq
             400, f"guidance applies to header-conditioned experiments; {served.name} is not one", param="guidance"
         )
     ids = _encode(served, text, "prompt")
-    params = _params(served, body, max_tokens, keep_prefix, contrast)
+    params = _params(served, body, max(max_tokens, 1), keep_prefix, contrast)
     return GenerationRequest(ids, params, tuple(body.stop_strings))
 
 
@@ -190,9 +228,14 @@ def chat_request(served: Served, body: ChatRequest) -> GenerationRequest:
 class JobEvents:
     """A submitted job's events on the event loop (the engine delivers them from its thread)."""
 
-    def __init__(self, engine: Engine, request: GenerationRequest) -> None:
+    def __init__(self, engine: Engine, request: GenerationRequest, metrics: ServerMetrics | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.metrics = metrics
+        self.started = time.monotonic()
+        self.first = True
+        if metrics is not None:
+            metrics.prompt_tokens.inc(len(request.prompt_ids))
         try:
             self.job: Job = engine.submit(request, self._deliver)
         except EngineBusyError as exc:
@@ -201,6 +244,12 @@ class JobEvents:
             raise ApiError(503, exc.message, kind="server_shutting_down") from None
 
     def _deliver(self, event: Event) -> None:
+        if self.metrics is not None:
+            if isinstance(event, Delta) and self.first:
+                self.first = False
+                self.metrics.time_to_first_token.observe(time.monotonic() - self.started)
+            elif isinstance(event, Done):
+                self.metrics.generated_tokens.inc(event.completion_tokens)
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
         except RuntimeError:  # the event loop is gone: the server stopped
@@ -232,7 +281,7 @@ class JobEvents:
                 elif isinstance(event, Done):
                     return "".join(parts), event
                 else:
-                    raise ApiError(500, event.message)
+                    raise ApiError(event.status, event.message, kind="server_busy" if event.status == 503 else None)
         finally:
             self.job.cancel()
 
@@ -284,6 +333,100 @@ async def _completion_stream(served: Served, events: JobEvents, include_usage: b
     yield _sse("[DONE]")
 
 
+def _token_text(served: Served, token: int) -> str:
+    return served.model.tokenizer.decode([token])
+
+
+def legacy_logprobs(served: Served, scores: TokenScores, first: int, offset: int) -> dict[str, Any]:
+    """OpenAI's completions shape for the tokens from ``first`` on; ``offset``: where the first one's text starts."""
+    tokens = [_token_text(served, token) for token in scores.ids[first:]]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    tops = [
+        None if top is None else {_token_text(served, token): value for token, value in top}
+        for top in scores.top[first:]
+    ]
+    return {
+        "tokens": tokens,
+        "token_logprobs": scores.logprobs[first:],
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(served: Served, scores: TokenScores, first: int) -> dict[str, Any]:
+    """OpenAI's chat shape for the completion's tokens (from ``first`` on)."""
+
+    def entry(token: int, value: float) -> dict[str, Any]:
+        text = _token_text(served, token)
+        return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+    content = []
+    for token, value, top in zip(scores.ids[first:], scores.logprobs[first:], scores.top[first:], strict=True):
+        assert value is not None  # a completion token always has one: the prompt precedes it
+        content.append({**entry(token, value), "top_logprobs": [entry(t, v) for t, v in top or []]})
+    return {"content": content}
+
+
+async def _score(served: Served, ids: list[int], top: int) -> TokenScores:
+    _check_ids(served, ids, "prompt")
+    try:
+        future = served.engine.call(lambda: score_tokens(served.model, ids, top))
+    except EngineClosedError as exc:
+        raise ApiError(503, exc.message, kind="server_shutting_down") from None
+    return await asyncio.wrap_future(future)
+
+
+async def _choice(
+    served: Served, body: CompletionRequest, index: int, prompt: Prompt | None, request: Request
+) -> tuple[dict[str, Any], int, int]:
+    """One prompt's choice in the completions shape, with (prompt tokens, completion tokens)."""
+    generation = completion_request(served, body, prompt)
+    prompt_ids = generation.prompt_ids
+    prompt_text = served.model.tokenizer.decode(prompt_ids)
+    text, completion_ids, finish = "", [], "length"
+    if body.max_tokens != 0:
+        text, done = await JobEvents(served.engine, generation, served.metrics).collect(request)
+        completion_ids, finish = list(done.token_ids), done.finish_reason
+    logprobs = None
+    if body.logprobs is not None:
+        scores = await _score(served, prompt_ids + completion_ids, body.logprobs)
+        first, offset = (0, 0) if body.echo else (len(prompt_ids), len(prompt_text))
+        logprobs = legacy_logprobs(served, scores, first, offset)
+    choice = {
+        "index": index,
+        "text": (prompt_text if body.echo else "") + text,
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
+    return choice, len(prompt_ids), len(completion_ids)
+
+
+async def scored_completions(served: Served, body: CompletionRequest, request: Request) -> JSONResponse:
+    """Several prompts, echo, logprobs: every prompt's choice, decoded side by side in the engine."""
+    given = body.prompts
+    prompts: list[Prompt | None] = [None] if given is None else list(given)
+    results = await asyncio.gather(*(_choice(served, body, i, p, request) for i, p in enumerate(prompts)))
+    prompt_tokens = sum(r[1] for r in results)
+    completion_tokens = sum(r[2] for r in results)
+    return JSONResponse(
+        {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": served.name,
+            "choices": [r[0] for r in results],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
+
+
 def _page() -> str:
     return resources.files("ml_playground.serving").joinpath("static", "index.html").read_text("utf-8")
 
@@ -313,6 +456,27 @@ def create_app(served: Served) -> FastAPI:
         traceback.print_exception(exc, file=sys.stderr)
         return error_response(500, f"internal error ({type(exc).__name__}); see the server's log")
 
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """The API key (all but /health and the page), then the request's status counted by endpoint."""
+        path = request.url.path
+        response: Response
+        if served.api_key is not None and path not in OPEN_PATHS:
+            sent = request.headers.get("authorization", "")
+            if not secrets.compare_digest(sent.encode(), f"Bearer {served.api_key}".encode()):
+                message = "missing or wrong API key: send it as 'Authorization: Bearer KEY'"
+                response = error_response(401, message, kind="authentication_error")
+                served.metrics.requests.labels(path, "401").inc()
+                return response
+        response = await call_next(request)
+        endpoint = path if path in KNOWN_PATHS else "other"
+        served.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(served.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse(_page())
@@ -330,7 +494,7 @@ def create_app(served: Served) -> FastAPI:
         body: GenerationFields, generation: GenerationRequest, request: Request, *, chat: bool
     ) -> Response:
         """One path for both endpoints: a stream of chunks, or the whole answer in OpenAI's shape."""
-        events = JobEvents(served.engine, generation)
+        events = JobEvents(served.engine, generation, served.metrics)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             stream = _completion_stream(served, events, include_usage, chat=chat)
@@ -339,6 +503,10 @@ def create_app(served: Served) -> FastAPI:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": done.finish_reason}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
+            if isinstance(body, ChatRequest) and body.logprobs:
+                ids = [*generation.prompt_ids, *done.token_ids]
+                scores = await _score(served, ids, body.top_logprobs or 0)
+                choice["logprobs"] = chat_logprobs(served, scores, len(generation.prompt_ids))
         else:
             choice["text"] = text
         return JSONResponse(
@@ -354,10 +522,104 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
+        if not body.is_plain:
+            return await scored_completions(served, body, request)
         return await respond(body, completion_request(served, body), request, chat=False)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        _check_model(served, body.model)
+        try:
+            ids = served.model.tokenizer.encode(body.prompt)
+        except UserError as exc:
+            raise ApiError(400, f"prompt cannot be encoded: {exc.message}", param="prompt") from None
+        return {"tokens": ids, "count": len(ids), "max_model_len": served.model.context_length}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        _check_model(served, body.model)
+        vocab = served.model.tokenizer.vocab_size
+        outside = [i for i in body.tokens if not 0 <= i < vocab]
+        if outside:
+            raise ApiError(
+                400, f"tokens holds id {outside[0]}, outside the vocabulary (0 to {vocab - 1})", param="tokens"
+            )
+        return {"prompt": served.model.tokenizer.decode(body.tokens)}
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
         return await respond(body, chat_request(served, body), request, chat=True)
 
-    return app
+    return BodyLimit(app, served.config.serve.max_body_bytes, served.metrics)  # type: ignore[return-value]
+
+
+OPEN_PATHS = frozenset({"/health", "/"})
+DRAIN_LIMIT_FACTOR = 16
+KNOWN_PATHS = frozenset(
+    {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}
+)
+
+
+class BodyLimit:
+    """Reads a request's body before the app does and answers 413 when it is over ``limit`` bytes.
+
+    Content-Length is checked first; a chunked body is counted as it arrives. Either way the app
+    never sees a body over the limit, and the client gets OpenAI's JSON error.
+    """
+
+    def __init__(self, app: Any, limit: int, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:  # the FastAPI app's attributes (routes, state) stay reachable
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(scope, receive, send, more_body=True)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._too_large(scope, receive, send, more_body=message.get("more_body", False))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Any, receive: Any, send: Any, *, more_body: bool) -> None:
+        """``more_body``: whether the client is still sending; what it sends is read and dropped (up to a bound),
+        so that it reads the answer cleanly."""
+        left = DRAIN_LIMIT_FACTOR * self.limit
+        message: dict[str, Any] = {"more_body": more_body}
+        while message.get("more_body", False) and left > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            left -= len(message.get("body", b""))
+        path = scope.get("path", "")
+        self.metrics.requests.labels(path if path in KNOWN_PATHS else "other", "413").inc()
+        response = error_response(413, f"the request body is over this server's limit of {self.limit:,} bytes")
+        await response(scope, receive, send)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -21,6 +24,8 @@ from ml_playground.core.errors import UserError
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.base import InferenceModel
 from ml_playground.sampling.decoding import FinishReason, TextStream
+
+T = TypeVar("T")
 
 
 class EngineBusyError(UserError):
@@ -48,11 +53,13 @@ class Done:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()  # the completion's tokens (a dropped stop token left out)
 
 
 @dataclass(frozen=True)
 class Failed:
     message: str
+    status: int = 500  # 503: it waited longer than the queue's limit
 
 
 Event = Delta | Done | Failed
@@ -65,21 +72,30 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: Iterator[torch.Tensor] | None = None
     text: TextStream | None = None
+    submitted: float = field(default_factory=time.monotonic)
+    on_cancel: Callable[[Job], None] | None = None
 
     def cancel(self) -> None:
-        """The client went away: the job leaves its slot at its next turn."""
-        self.cancelled.set()
+        """The client went away: a waiting job gives up its place at once, a running one at its next turn."""
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel(self)
 
 
 class Engine:
     """Decodes up to ``max_concurrent`` streams in turn; up to ``queue_size`` more wait for a slot."""
 
-    def __init__(self, model: InferenceModel, max_concurrent: int = 8, queue_size: int = 64) -> None:
+    def __init__(
+        self, model: InferenceModel, max_concurrent: int = 8, queue_size: int = 64, queue_timeout_s: float = 60.0
+    ) -> None:
         self.model = model
         self.max_concurrent = max_concurrent
         self.queue_size = queue_size
+        self.queue_timeout_s = queue_timeout_s
         self._waiting: deque[Job] = deque()
         self._active: deque[Job] = deque()
+        self._tasks: deque[tuple[Callable[[], object], Future[object]]] = deque()
         self._stepping = 0
         self._closed = False
         self._ending = False
@@ -89,7 +105,7 @@ class Engine:
         self._worker.start()
 
     def submit(self, request: GenerationRequest, deliver: Callable[[Event], None]) -> Job:
-        job = Job(request, deliver)
+        job = Job(request, deliver, on_cancel=self._withdraw)
         with self._cond:
             if self._closed:
                 raise EngineClosedError("the server is shutting down")
@@ -99,6 +115,29 @@ class Engine:
             self._waiting.append(job)
             self._cond.notify()
         return job
+
+    def call(self, task: Callable[[], T]) -> Future[T]:
+        """Run ``task`` on the engine's thread between two decoding steps (the model has one owner)."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                raise EngineClosedError("the server is shutting down")
+            self._tasks.append((task, future))  # type: ignore[arg-type]
+            self._cond.notify()
+        return future
+
+    def _withdraw(self, job: Job) -> None:
+        with self._cond:
+            if job in self._waiting:
+                self._waiting.remove(job)
+
+    def _expired(self) -> list[Job]:
+        """Waiting jobs past the queue's time limit, taken out of the queue (call with the lock held)."""
+        now = time.monotonic()
+        late = [job for job in self._waiting if now - job.submitted > self.queue_timeout_s]
+        for job in late:
+            self._waiting.remove(job)
+        return late
 
     def load(self) -> tuple[int, int]:
         """(streams being decoded, requests waiting)."""
@@ -131,10 +170,23 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._active or self._waiting or self._stopped):
+                while not (self._active or self._waiting or self._tasks or self._stopped):
                     self._cond.wait()
                 if self._stopped:
+                    for _, future in self._tasks:
+                        future.cancel()
                     return
+                task = self._tasks.popleft() if self._tasks else None
+            if task is not None:
+                self._run_task(*task)
+                continue
+            with self._cond:
+                late = self._expired()
+            for job in late:
+                job.deliver(Failed(f"waited over {self.queue_timeout_s:g} s for a slot; try again", status=503))
+            with self._cond:
+                if not (self._active or self._waiting):
+                    continue
                 while self._waiting and len(self._active) < self.max_concurrent:
                     self._active.append(self._waiting.popleft())
                 job = self._active.popleft()
@@ -147,6 +199,15 @@ class Engine:
                     self._active.append(job)
             if not finished and ending:
                 self._end(job, "length")
+
+    @staticmethod
+    def _run_task(task: Callable[[], object], future: Future[object]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(task())
+        except Exception as exc:  # the caller hears of it through the future
+            future.set_exception(exc)
 
     def _step(self, job: Job) -> bool:
         """One token for ``job``; True when it has ended."""
@@ -179,5 +240,6 @@ class Engine:
         if text is not None and text.finish_reason is None and (rest := text.finish()):
             job.deliver(Delta(rest))
         generated = text.tokens if text is not None else 0
-        job.deliver(Done(reason, len(job.request.prompt_ids), generated))
+        ids = tuple(text.ids) if text is not None else ()
+        job.deliver(Done(reason, len(job.request.prompt_ids), generated, ids))
         return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -74,20 +74,80 @@ class GenerationFields(Strict):
         return {name: value for name, value in fields.items() if value is not None}
 
 
+Prompt = str | list[int]
+
+
 class CompletionRequest(GenerationFields):
-    prompt: str | list[str] | None = None
+    """``prompt``: a string, a list of strings, a list of token ids or a list of token-id lists (one choice each)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] | None = None
+    max_tokens: int | None = Field(default=None, ge=0, description="0 with echo: score the prompt only.")
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="Top alternatives per token (0-5).")
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("one prompt per request (a list of exactly one string, or a string)")
+    def _not_empty(cls, value: str | list[str] | list[int] | list[list[int]] | None) -> object:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list; give at least one prompt")
+        if isinstance(value, list) and any(isinstance(item, list) and not item for item in value):
+            raise ValueError("an empty list of token ids; give at least one token")
         return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> CompletionRequest:
+        if self.echo and self.stream:
+            raise ValueError("echo cannot be combined with stream")
+        if self.logprobs is not None and self.stream:
+            raise ValueError("logprobs cannot be combined with stream")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens = 0 generates nothing; it needs echo (score the prompt)")
+        return self
+
+    @property
+    def prompts(self) -> list[Prompt] | None:
+        """Each prompt on its own: a string or a list of token ids (None: the experiment's sample.prompt)."""
+        if self.prompt is None:
+            return None
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        ids = [item for item in self.prompt if isinstance(item, int)]
+        if len(ids) == len(self.prompt):
+            return [ids]
+        return [item for item in self.prompt if not isinstance(item, int)]
+
+    @property
+    def is_plain(self) -> bool:
+        """One prompt given as text (or none), no echo, no logprobs: the streaming path takes it."""
+        prompts = self.prompts
+        one_text = prompts is None or (len(prompts) == 1 and isinstance(prompts[0], str))
+        return one_text and not self.echo and self.logprobs is None
 
     @property
     def prompt_text(self) -> str | None:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+        prompts = self.prompts
+        return prompts[0] if prompts and isinstance(prompts[0], str) else None
 
 
 class ChatRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=5, description="With logprobs: alternatives per token.")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> ChatRequest:
+        if self.logprobs and self.stream:
+            raise ValueError("logprobs cannot be combined with stream")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs = true")
+        return self
+
+
+class TokenizeRequest(Strict):
+    model: str | None = None
+    prompt: str
+
+
+class DetokenizeRequest(Strict):
+    model: str | None = None
+    tokens: list[int] = Field(min_length=1)

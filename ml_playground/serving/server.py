@@ -2,14 +2,16 @@
 
 Uvicorn (with FastAPI on Starlette) because it is the ASGI server most Python model servers run on,
 streams server-sent events without a thread per client, and shuts down gracefully: on SIGINT/SIGTERM
-it stops listening and lets in-flight requests finish. Here new requests get a 503 meanwhile, and
-streams still running when ``serve.shutdown_grace_s`` is over are ended cleanly (a last chunk, then
-``[DONE]``) before the process exits.
+it stops listening and lets in-flight requests finish. Here the server keeps listening first: new
+requests get a 503 while in-flight streams finish, streams still running when
+``serve.shutdown_grace_s`` is over are ended cleanly (a last chunk, then ``[DONE]``), and only then
+does uvicorn stop.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -21,6 +23,8 @@ from ml_playground.sampling.runner import load_model
 from ml_playground.serving.app import Served, create_app
 from ml_playground.serving.engine import Engine
 
+DRAIN_POLL_S = 0.05
+
 
 class GracefulServer(uvicorn.Server):
     """Uvicorn's server, telling the engine when a shutdown starts and printing where it listens."""
@@ -29,7 +33,7 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.served = served
         self.announce = announce
-        self._grace_timer: threading.Timer | None = None
+        self._drain: threading.Thread | None = None
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets)  # type: ignore[arg-type]
@@ -43,20 +47,37 @@ class GracefulServer(uvicorn.Server):
         )
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: keep listening and answer new requests with 503 while in-flight streams finish (at most
+        ``serve.shutdown_grace_s``), then stop. A second signal stops at once."""
         engine = self.served.engine
+        if self._drain is not None:
+            engine.finish_all()
+            super().handle_exit(sig, frame)
+            return
         engine.close()
-        if self._grace_timer is None:
-            grace = max(0.0, self.served.config.serve.shutdown_grace_s - 0.5)
-            self._grace_timer = threading.Timer(grace, engine.finish_all)
-            self._grace_timer.daemon = True
-            self._grace_timer.start()
-        super().handle_exit(sig, frame)
+        grace = self.served.config.serve.shutdown_grace_s
+
+        def drain() -> None:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and engine.load() != (0, 0):
+                time.sleep(DRAIN_POLL_S)
+            engine.finish_all()
+            time.sleep(DRAIN_POLL_S)  # the last chunks reach their clients
+            uvicorn.Server.handle_exit(self, sig, frame)  # now uvicorn stops (and re-raises the signal at exit)
+
+        self._drain = threading.Thread(target=drain, name="ml_playground-drain", daemon=True)
+        self._drain.start()
 
 
-def build_served(config: ExperimentConfig, name: str, checkpoint: str | None = None) -> Served:
-    model = load_model(config, checkpoint or config.serve.checkpoint)
-    engine = Engine(model, config.serve.max_concurrent, config.serve.queue_size)
-    return Served(name, config, model, engine, model_conditions(model, config.prepare.dataset_dir))
+def build_served(
+    config: ExperimentConfig, name: str, checkpoint: str | None = None, api_key: str | None = None
+) -> Served:
+    """``api_key``: what the caller read from the environment; ``serve.api_key`` wins when both are set."""
+    sc = config.serve
+    model = load_model(config, checkpoint or sc.checkpoint)
+    engine = Engine(model, sc.max_concurrent, sc.queue_size, sc.queue_timeout_s)
+    conditions = model_conditions(model, config.prepare.dataset_dir)
+    return Served(name, config, model, engine, conditions, api_key=sc.api_key or api_key)
 
 
 def serve(
@@ -67,8 +88,9 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     checkpoint: str | None = None,
+    api_key: str | None = None,
 ) -> None:
-    served = build_served(config, name, checkpoint)
+    served = build_served(config, name, checkpoint, api_key)
     uv_config = uvicorn.Config(
         create_app(served),
         host=host or config.serve.host,

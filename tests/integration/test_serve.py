@@ -188,13 +188,22 @@ def test_sigterm_lets_a_running_stream_finish_and_exits_cleanly(
     trained_tiny: tuple[ExperimentConfig, list[str]],
 ) -> None:
     _, overrides = trained_tiny
-    with ServerProcess("shakespeare", [*overrides, *SERVE]) as running:
-        body = {"prompt": "First", "max_tokens": LIMIT, "seed": 2, "stream": True}
+    long = 4000  # a stream that outlasts the request sent during the drain
+    with ServerProcess("shakespeare", [*overrides, *SERVE, f"serve.max_tokens_limit={long}"]) as running:
+        body = {"prompt": "First", "max_tokens": long, "seed": 2, "stream": True}
         with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=60) as response:
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
             running.process.send_signal(signal.SIGTERM)
+            refused = httpx.post(f"{running.url}/v1/completions", json={"prompt": "a", "max_tokens": 2}, timeout=10)
+            for _ in range(20):  # the signal may reach the server a moment after the request
+                if refused.status_code == 503:
+                    break
+                time.sleep(0.05)
+                refused = httpx.post(f"{running.url}/v1/completions", json={"prompt": "a", "max_tokens": 2}, timeout=10)
             rest = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+        assert refused.status_code == 503  # still listening while the stream finishes: a JSON answer, not a refusal
+        assert refused.json()["error"]["type"] == "server_shutting_down"
         assert rest[-1] == "[DONE]"
         assert json.loads(rest[-2])["choices"][0]["finish_reason"] == "length"
         assert running.process.wait(30) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down

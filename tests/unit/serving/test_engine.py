@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -155,3 +157,72 @@ def test_shutting_down_refuses_new_requests_and_ends_running_streams_cleanly(mod
             assert len(sink.text) < 100_000
     finally:
         engine.stop()
+
+
+def test_a_waiting_job_that_is_cancelled_gives_up_its_place_at_once(model: InferenceModel) -> None:
+    gate = threading.Event()
+
+    def held(prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
+        gate.wait(30)  # the one slot stays taken until the test lets go
+        yield from generate_stream(model.module, prompt, params)  # type: ignore[arg-type]
+
+    slow = dataclasses.replace(model, stream=held)
+    engine = Engine(slow, max_concurrent=1, queue_size=1)
+    try:
+        first, second = Collected(), Collected()
+        request = GenerationRequest(TOKENIZER.encode("ab"), SamplingParams(max_new_tokens=3))
+        engine.submit(request, first)
+        deadline = time.monotonic() + 10
+        while engine.load() != (1, 0) and time.monotonic() < deadline:  # the first one holds the slot
+            time.sleep(0.01)
+        queued = engine.submit(request, second)
+        with pytest.raises(EngineBusyError):
+            engine.submit(request, Collected())
+        queued.cancel()
+        assert engine.load()[1] == 0  # synchronously: the place is free before the slot is
+        third = Collected()
+        engine.submit(request, third)  # accepted: the queue place was given up
+        gate.set()
+        assert isinstance(first.wait(), Done)
+        assert isinstance(third.wait(), Done)
+        assert second.events == []
+    finally:
+        gate.set()
+        engine.stop()
+
+
+def test_a_request_that_waits_past_the_limit_is_answered_503(model: InferenceModel) -> None:
+    gate = threading.Event()
+
+    def held(prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
+        gate.wait(30)
+        yield from generate_stream(model.module, prompt, params)  # type: ignore[arg-type]
+
+    slow = dataclasses.replace(model, stream=held)
+    engine = Engine(slow, max_concurrent=1, queue_size=2, queue_timeout_s=0.2)
+    try:
+        request = GenerationRequest(TOKENIZER.encode("ab"), SamplingParams(max_new_tokens=2))
+        engine.submit(request, Collected())
+        late = Collected()
+        engine.submit(request, late)
+        threading.Timer(0.6, gate.set).start()
+        ended = late.wait()
+        assert isinstance(ended, Failed)
+        assert ended.status == 503
+        assert "waited over 0.2 s" in ended.message
+    finally:
+        gate.set()
+        engine.stop()
+
+
+def test_a_task_runs_on_the_engine_thread_between_steps(model: InferenceModel) -> None:
+    engine = Engine(model)
+    try:
+        assert engine.call(lambda: threading.current_thread().name).result(10) == "ml_playground-engine"
+        failing = engine.call(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(10)
+    finally:
+        engine.stop()
+    with pytest.raises(EngineClosedError):
+        engine.call(lambda: None)
