@@ -352,10 +352,6 @@ class TiktokenTokenizer(_Defaults):
         return "tiktoken"
 
     @property
-    def encoding(self) -> tiktoken.Encoding:
-        return self._encoding
-
-    @property
     def vocab_size(self) -> int:
         return int(self._encoding.n_vocab)
 

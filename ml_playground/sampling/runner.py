@@ -15,6 +15,7 @@ from ml_playground.core.errors import ConfigError, UserError
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.families.base import InferenceModel
+from ml_playground.families.gpt.model import GPT
 from ml_playground.families.registry import family_of
 from ml_playground.sampling.conditioning import (
     header_in_view,
@@ -113,6 +114,14 @@ class Generator:
     """A from-scratch GPT ready to generate (debate and analyze work on header-conditioned GPTs)."""
 
     inference: InferenceModel
+
+    @property
+    def model(self) -> GPT:
+        """The GPT module, for callers that need our own model (export checks); other families are refused."""
+        module = self.inference.module
+        if not isinstance(module, GPT):
+            raise UserError(f"this needs a train.model.kind = 'gpt' experiment ({self.inference.checkpoint})")
+        return module
 
     @property
     def tokenizer(self) -> Tokenizer:

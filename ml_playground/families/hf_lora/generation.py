@@ -37,34 +37,68 @@ class _Context:
         self.tokens = torch.cat([self.tokens, token], dim=1)
 
 
+class _Guided:
+    """The prompt under every known condition as one left-padded batch: one forward pass per token for all."""
+
+    def __init__(self, lm: nn.Module, prompts: list[list[int]], device: torch.device) -> None:
+        width = max(len(p) for p in prompts)
+        self.lm = lm
+        self.ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
+        self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        self.positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.past: Any = None
+
+    def next_logits(self) -> torch.Tensor:
+        """(conditions, V) for the token after each row."""
+        output = self.lm(
+            input_ids=self.ids,
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            past_key_values=self.past,
+            use_cache=True,
+        )
+        self.past = output.past_key_values
+        logits: torch.Tensor = output.logits[:, -1, :].float()
+        return logits
+
+    def append(self, token: torch.Tensor) -> None:
+        rows = self.mask.size(0)
+        self.ids = token.expand(rows, 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(rows, 1)], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+
+
 @torch.inference_mode()
 def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     """Yield each new token (B, 1) for a prompt of ids (B, T0); ``lm`` is a ``transformers`` causal LM (or PEFT's).
 
     Condition guidance (``params.guidance`` with the prompt under every known condition in
-    ``params.contrast``) reads the model under each of them, as the GPT family does, with the same rule.
+    ``params.contrast``) applies the GPT family's rule to the model read under each condition; the
+    conditions run as one left-padded batch, so the asked prompt's logits agree with an unpadded pass
+    to float rounding, not bit for bit.
     """
     lm.eval()
     generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
-    context = _Context(lm, prompt, params.use_kv_cache)
     guided = params.guidance > 0 and len(params.contrast) > 1
-    if guided and prompt.size(0) != 1:
-        raise ValueError("guidance generates one sequence at a time")
-    asked = [p for p in params.contrast if list(p.ids) == prompt[0].tolist()] if guided else []
-    others = [
-        _Context(lm, torch.tensor([list(p.ids)], device=prompt.device), params.use_kv_cache)
-        for p in params.contrast
-        if guided and p not in asked
-    ]
+    if guided:
+        if prompt.size(0) != 1:
+            raise ValueError("guidance generates one sequence at a time")
+        asked = prompt[0].tolist()
+        rows = [asked, *(list(p.ids) for p in params.contrast if list(p.ids) != asked)]
+        batch = _Guided(lm, rows, prompt.device)
+        for _ in range(params.max_new_tokens):
+            logits = batch.next_logits()
+            alternatives = [logits[0]] * (len(params.contrast) - len(rows) + 1) + list(logits[1:])
+            token = next_token(
+                guided_logits(logits[:1], [a[None] for a in alternatives], params.guidance), params, generator
+            )
+            batch.append(token)
+            yield token
+        return
+    context = _Context(lm, prompt, params.use_kv_cache)
     for _ in range(params.max_new_tokens):
-        logits = context.next_logits()
-        if guided:
-            alternatives = [logits] * len(asked) + [other.next_logits() for other in others]
-            logits = guided_logits(logits, alternatives, params.guidance)
-        token = next_token(logits, params, generator)
+        token = next_token(context.next_logits(), params, generator)
         context.append(token)
-        for other in others:
-            other.append(token)
         yield token
 
 

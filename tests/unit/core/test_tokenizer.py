@@ -281,3 +281,52 @@ def test_a_character_vocabulary_names_what_it_lacks() -> None:
     assert strict.unknown_symbol is None
     assert lenient.unknown_symbol is not None
     assert lenient.characters_outside("ab") == {"a", "b"}
+
+
+def test_a_hole_in_tiktoken_ranks_stands_for_no_bytes() -> None:
+    import tiktoken
+
+    holed = tiktoken.Encoding(
+        "holed", pat_str=r"\S+|\s+", mergeable_ranks={b"a": 0, b"b": 2, b"ab": 3}, special_tokens={"<|endoftext|>": 4}
+    )
+    tokenizer = TiktokenTokenizer(holed, "holed")
+    assert tokenizer.token_byte_lengths().tolist() == [1, 0, 1, 2, 0]
+    assert tokenizer.stop_texts() == ["<|endoftext|>"]
+
+
+def test_a_slow_pretrained_tokenizer_is_encoded_one_by_one_and_has_no_backend_to_export() -> None:
+    from transformers import PreTrainedTokenizer
+
+    class Letters(PreTrainedTokenizer):  # type: ignore[misc]
+        """A Python (slow) tokenizer whose tokens are letters behind SentencePiece's word marker."""
+
+        def __init__(self) -> None:
+            self.vocab = {"<unk>": 0, "</s>": 1, "▁a": 2, "▁b": 3, "c": 4}
+            super().__init__(unk_token="<unk>", eos_token="</s>")
+
+        @property
+        def vocab_size(self) -> int:
+            return len(self.vocab)
+
+        def get_vocab(self) -> dict[str, int]:
+            return dict(self.vocab)
+
+        def _tokenize(self, text: str, **kwargs: object) -> list[str]:
+            return ["▁" + c if c in "ab" else c for c in text if c != " "]
+
+        def _convert_token_to_id(self, token: str) -> int:
+            return self.vocab.get(token, 0)
+
+        def _convert_id_to_token(self, index: int) -> str:
+            return {v: k for k, v in self.vocab.items()}[index]
+
+        def convert_tokens_to_string(self, tokens: list[str]) -> str:
+            return "".join(tokens).replace("▁", " ")
+
+    tokenizer = PretrainedTokenizer(Letters(), "letters")
+    assert tokenizer.encode_batch(["a b", "c"]) == [tokenizer.encode("a b"), tokenizer.encode("c")]
+    lengths = tokenizer.token_byte_lengths()
+    assert lengths[2] == len(tokenizer.decode([2]).encode("utf-8"))  # not byte-level: decoded
+    assert lengths[1] == 0  # the end of text stands for no text
+    with pytest.raises(UserError, match="letters: a slow"):
+        tokenizer.to_backend()

@@ -30,3 +30,33 @@ def test_the_cache_changes_nothing_and_generation_stops_at_the_stop_id(tmp_path:
     assert generate_ids(model, [5, 6, 7], sampled, None) == generate_ids(model, [5, 6, 7], sampled, None)
     stop = cached[2]
     assert generate_ids(model, [5, 6, 7], greedy, stop) == cached[: cached.index(stop) + 1]
+
+
+def test_guidance_reads_every_condition_in_one_padded_batch_as_it_would_alone(tmp_path: Path) -> None:
+    """Left padding, the attention mask and the position ids give each row the logits of its prompt alone."""
+    from ml_playground.core.sampling_rules import ContrastPrompt
+    from ml_playground.core.tokenizer import PretrainedTokenizer
+    from ml_playground.families.hf_lora.generation import _Context, _Guided
+
+    folder = build_tiny_causal_lm(tmp_path / "m", ["Der Bundestag hat heute beschlossen. " * 50], vocab_size=300)
+    lm = load_pretrained_model(str(folder), revision=None, dtype=torch.float32, key="x").eval()
+    tokenizer = PretrainedTokenizer.from_pretrained(str(folder))
+    prompts = [tokenizer.encode(f"<|party|>{party}<|text|>") for party in ("SPD", "BÜNDNIS 90/DIE GRÜNEN", "FDP")]
+    assert len({len(p) for p in prompts}) > 1  # the rows really are padded
+    with torch.inference_mode():
+        batch = _Guided(lm, prompts, torch.device("cpu"))
+        alone = [_Context(lm, torch.tensor([p]), use_kv_cache=True) for p in prompts]
+        for _ in range(4):
+            together = batch.next_logits()
+            separately = torch.cat([context.next_logits() for context in alone])
+            assert torch.allclose(together, separately, atol=1e-5)
+            token = separately[0].argmax().view(1, 1)
+            batch.append(token)
+            for context in alone:
+                context.append(token)
+    contrast = tuple(ContrastPrompt(tuple(p)) for p in prompts)
+    params = SamplingParams(max_new_tokens=5, temperature=0.0, guidance=3.0, contrast=contrast)
+    guided = list(stream_tokens(lm, torch.tensor([prompts[0]]), params))
+    assert len(guided) == 5
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        next(stream_tokens(lm, torch.tensor([prompts[0], prompts[0]]), params))
