@@ -67,7 +67,9 @@ class PrepareConfig(Section):
         "with a Sprecher:/Thema:/Jahr: header.",
     )
     conditioning: Literal["none", "header"] = Field(
-        default="none", description="header: each speech behind a speaker/party/year/topic header (special tokens)."
+        default="none",
+        description="header: each speech behind a speaker/party/year/topic header, never a target (special tokens "
+        "with tokenizer = 'bpe', plain text with tokenizer = 'hf').",
     )
     speaker_dropout: float = Field(
         default=0.0,

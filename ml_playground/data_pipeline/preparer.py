@@ -402,7 +402,8 @@ def _prepare_xml_protocols(config: PrepareConfig, sources: list[SourceText]) -> 
 def build_tokenizer_check(config: PrepareConfig) -> None:
     if config.conditioning == "header" and config.tokenizer != "bpe":
         raise ConfigError(
-            "conditioning = 'header' needs tokenizer = 'bpe' (its markers become special tokens)",
+            "conditioning = 'header' needs tokenizer = 'bpe' (its markers become special tokens) or 'hf' "
+            "(a pretrained base reads them as plain text)",
             key="prepare.tokenizer",
         )
 
