@@ -6,33 +6,14 @@ import pytest
 import torch
 
 from ml_playground.configuration import experiment_config_path, load_config
-from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel
-from ml_playground.families.gpt.generation import generate_stream
-from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.serving.app import Served, chat_logprobs, legacy_logprobs
 from ml_playground.serving.engine import Engine
 from ml_playground.serving.schemas import ChatRequest, CompletionRequest
 from ml_playground.serving.scoring import score_tokens
+from tests.unit.serving.conftest import TOKENIZER
 
 pytestmark = pytest.mark.unit
-
-TOKENIZER = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")
-
-
-@pytest.fixture(scope="module")
-def model() -> InferenceModel:
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32)).eval()
-    return InferenceModel(
-        module=gpt,
-        tokenizer=TOKENIZER,
-        context_length=32,
-        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
-        step=0,
-        checkpoint="random weights",
-        device=torch.device("cpu"),
-    )
 
 
 def test_scores_are_the_model_s_log_softmax_at_each_next_token(model: InferenceModel) -> None:
