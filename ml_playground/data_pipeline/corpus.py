@@ -18,7 +18,13 @@ from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_example
 from ml_playground.data_pipeline.sources.bundestag import NotAProtocolError, Speech, parse_protocol
-from ml_playground.data_pipeline.sources.bundestag_xml import MalformedXmlError, iter_documents, parse_session
+from ml_playground.data_pipeline.sources.bundestag_xml import (
+    MalformedXmlError,
+    file_sha256,
+    iter_documents,
+    list_xml_inputs,
+    parse_session,
+)
 from ml_playground.data_pipeline.sources.records import (
     PRESIDING_ROLES,
     ReadStats,
@@ -29,12 +35,47 @@ from ml_playground.data_pipeline.sources.records import (
     keep_speech,
     read_csv_file,
     read_speech_txt,
+    sniff_file,
     year_of,
 )
 from ml_playground.data_pipeline.sources.speakger import MpMetadata, read_speakger_file, resolve_columns
-from ml_playground.data_pipeline.sources.text import SourceText
+from ml_playground.data_pipeline.sources.text import (
+    TEXT_SUFFIXES,
+    SourceText,
+    list_text_files,
+    read_sources,
+    resolve_input,
+)
 
 RECORD_FORMATS = ("speakger", "csv", "speech_txt")
+CSV_SUFFIXES = {".csv", ".tsv"}
+
+
+def streams(config: PrepareConfig) -> bool:
+    """Plain text with our own tokenizers is prepared in chunks (bounded memory, any corpus size)."""
+    return config.format == "text" and config.tokenizer != "hf"
+
+
+def read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFile]]:
+    """Record sources are read whole; plain text, CSV and XML are only hashed (and sniffed) here, streamed later."""
+    if config.format == "bundestag_xml":
+        paths = list_xml_inputs(resolve_input(config.input_path, config.cache_dir))
+        return [SourceText(path, "", file_sha256(path), "xml") for path in paths], []
+    if config.format not in ("speakger", "csv") and not streams(config):
+        return read_sources(config.input_path, config.cache_dir, config.encoding), []
+    suffixes = CSV_SUFFIXES if config.format in ("speakger", "csv") else TEXT_SUFFIXES
+    files = list_text_files(resolve_input(config.input_path, config.cache_dir), suffixes)
+    sniffed = [sniff_file(path, config.encoding) for path in files]
+    return [SourceText(f.path, "", f.sha256, f.encoding) for f in sniffed], sniffed
+
+
+def corpus_text(config: PrepareConfig) -> str:
+    """The text the source stage makes of ``config.input_path``: records rendered and filtered as prepare
+    renders them for every format (``eval --data`` reads through this, conditioning aside)."""
+    if config.format == "text":
+        return "\n".join(source.text for source in read_sources(config.input_path, config.cache_dir, config.encoding))
+    sources, csv_files = read_inputs(config)
+    return build_corpus(config, sources, csv_files).text
 
 
 @dataclass

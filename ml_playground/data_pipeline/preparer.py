@@ -23,7 +23,14 @@ from ml_playground.core.atomic import atomic_open, atomic_write_text
 from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.data_pipeline.corpus import Corpus, build_corpus, iter_speech_records, iter_xml_speeches
+from ml_playground.data_pipeline.corpus import (
+    Corpus,
+    build_corpus,
+    iter_speech_records,
+    iter_xml_speeches,
+    read_inputs,
+    streams,
+)
 from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.meta import META_FILE, TOKENIZER_DIR, read_meta
 from ml_playground.data_pipeline.packing import check_template, pack_records, template_header
@@ -36,14 +43,9 @@ from ml_playground.data_pipeline.record_corpus import (
     write_record_files,
     write_speech_table_and_corpus,
 )
-from ml_playground.data_pipeline.sources.bundestag_xml import file_sha256, list_xml_inputs
 from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, SpeechRecord, sniff_file
 from ml_playground.data_pipeline.sources.text import (
-    TEXT_SUFFIXES,
     SourceText,
-    list_text_files,
-    read_sources,
-    resolve_input,
 )
 from ml_playground.data_pipeline.speeches import JSONL_FILE, write_records, write_speeches
 from ml_playground.data_pipeline.streaming import (
@@ -56,7 +58,6 @@ from ml_playground.data_pipeline.streaming import (
     token_dtype,
 )
 
-CSV_SUFFIXES = {".csv", ".tsv"}
 META_FORMAT_VERSION = 1
 MAX_FILES_LISTED = 40
 
@@ -231,24 +232,6 @@ def _write_tokens(path: Path, ids: npt.NDArray[Any], dtype: type[np.integer[Any]
         handle.write(ids.astype(dtype).tobytes())
 
 
-def _streams(config: PrepareConfig) -> bool:
-    """Plain text with our own tokenizers is prepared in chunks (bounded memory, any corpus size)."""
-    return config.format == "text" and config.tokenizer != "hf"
-
-
-def _read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFile]]:
-    """Record sources are read whole; plain text, CSV and XML are only hashed (and sniffed) here, streamed later."""
-    if config.format == "bundestag_xml":
-        paths = list_xml_inputs(resolve_input(config.input_path, config.cache_dir))
-        return [SourceText(path, "", file_sha256(path), "xml") for path in paths], []
-    if config.format not in ("speakger", "csv") and not _streams(config):
-        return read_sources(config.input_path, config.cache_dir, config.encoding), []
-    suffixes = CSV_SUFFIXES if config.format in ("speakger", "csv") else TEXT_SUFFIXES
-    files = list_text_files(resolve_input(config.input_path, config.cache_dir), suffixes)
-    sniffed = [sniff_file(path, config.encoding) for path in files]
-    return [SourceText(f.path, "", f.sha256, f.encoding) for f in sniffed], sniffed
-
-
 def _streamed_tokenizer(config: PrepareConfig, files: list[SniffedFile]) -> tuple[Tokenizer, int, Split]:
     """The tokenizer, the number of characters, and where the validation part starts."""
     if config.tokenizer == "char" and config.min_char_count <= 1:
@@ -410,7 +393,7 @@ def build_tokenizer_check(config: PrepareConfig) -> None:
 
 def prepare(config: PrepareConfig) -> PrepareReport:
     check_settings(config)
-    sources, csv_files = _read_inputs(config)
+    sources, csv_files = read_inputs(config)
     if _up_to_date(config, sources):
         meta = read_meta(config.dataset_dir)
         return PrepareReport(
@@ -422,7 +405,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
             meta["val_tokens"],
             meta["vocab_size"],
         )
-    if _streams(config):
+    if streams(config):
         return _prepare_streaming(config, sources, csv_files)
     if config.conditioning == "header" and config.tokenizer != "hf":
         return _prepare_header_records(config, sources, csv_files)

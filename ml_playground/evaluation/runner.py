@@ -127,20 +127,10 @@ def _check_same_dataset(config: ExperimentConfig, dataset: TokenDataset, scored:
 
 
 def read_eval_text(config: ExperimentConfig, data: Path) -> str:
-    """The text of ``--data``: plain text files, or protocols parsed as the experiment prepares them."""
-    from ml_playground.data_pipeline.corpus import build_corpus
-    from ml_playground.data_pipeline.sources.bundestag_xml import file_sha256, list_xml_inputs
-    from ml_playground.data_pipeline.sources.text import SourceText, read_sources
+    """The text of ``--data``, read by prepare's own source stage with the experiment's format and filters."""
+    from ml_playground.data_pipeline.corpus import corpus_text
 
-    prepare_format = config.prepare.format
-    settings = config.prepare.model_copy(update={"input_path": str(data), "conditioning": "none"})
-    if prepare_format == "bundestag_xml":
-        sources = [SourceText(p, "", file_sha256(p), "xml") for p in list_xml_inputs(data)]
-        return build_corpus(settings, sources).text
-    sources = read_sources(str(data), config.prepare.cache_dir, config.prepare.encoding)
-    if prepare_format == "bundestag":
-        return build_corpus(settings, sources).text
-    return "\n".join(source.text for source in sources)
+    return corpus_text(config.prepare.model_copy(update={"input_path": str(data), "conditioning": "none"}))
 
 
 def encode_eval_text(tokenizer: Tokenizer, text: str, data: Path) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:

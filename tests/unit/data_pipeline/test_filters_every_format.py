@@ -14,6 +14,7 @@ import pytest
 
 from ml_playground.configuration.models import ColumnsConfig, FiltersConfig, PrepareConfig
 from ml_playground.core.errors import ConfigError
+from ml_playground.data_pipeline.corpus import corpus_text
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
@@ -153,3 +154,19 @@ def test_plain_text_refuses_filters_and_templates(tmp_path: Path, shakespeare_sl
         prepare(config)
     assert "format 'text'" in str(info.value)
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("fmt", sorted(INPUTS))
+def test_eval_data_reads_through_the_same_source_stage_as_prepare(tmp_path: Path, fmt: str) -> None:
+    """``eval --data`` on a file of the experiment's format scores the text prepare made of it, filtered alike."""
+    config = PrepareConfig(
+        input_path=str(INPUTS[fmt](tmp_path)),
+        dataset_dir=tmp_path / "ds",
+        format=fmt,  # type: ignore[arg-type]
+        val_fraction=0.4,
+        filters=FiltersConfig(parties=["SPD"]),
+        columns=ColumnsConfig(text="text", speaker="speaker", party="party"),
+    )
+    prepare(config)
+    assert corpus_text(config) == corpus_of(config)
+    assert not any(text.strip() in corpus_text(config) for text in DROPPED)
