@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
+from safetensors.torch import load_file
 
 from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
@@ -34,33 +39,57 @@ from ml_playground.serving.server import build_served
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+HELPER = Path(__file__).with_name("train_with_kill.py")
+
+
+def settings(root: Path, base: Path, archive: Path, run: str = "run") -> list[str]:
+    return [
+        f"train.model.base_model='{base}'",
+        f"prepare.input_path='{archive}'",
+        f"prepare.dataset_dir='{root / 'dataset'}'",
+        f"train.out_dir='{root / run}'",
+        "prepare.val_fraction=0.2",
+        "train.num_threads=1",
+        "train.model.block_size=160",
+        "train.max_iters=6",
+        "train.eval_interval=3",
+        "train.eval_max_tokens=512",
+        "train.checkpoint.interval=3",
+        "sample.max_new_tokens=6",
+        "sample.num_samples=1",
+    ]
+
 
 @pytest.fixture(scope="module")
 def conditioned(tmp_path_factory: pytest.TempPathFactory, xml_archive: Path, shared_data: Path) -> ExperimentConfig:
     root = tmp_path_factory.mktemp("conditioned")
     text = (shared_data / "bundestag" / "19009.txt").read_text("utf-8-sig")
     base = build_tiny_causal_lm(root / "qwen2", [text])
-    config = load_config(
-        experiment_config_path("speakger_smollm2"),
-        [
-            f"train.model.base_model='{base}'",
-            f"prepare.input_path='{xml_archive}'",
-            f"prepare.dataset_dir='{root / 'dataset'}'",
-            f"train.out_dir='{root / 'run'}'",
-            "prepare.val_fraction=0.2",
-            "train.num_threads=1",
-            "train.model.block_size=160",
-            "train.max_iters=6",
-            "train.eval_interval=3",
-            "train.eval_max_tokens=512",
-            "train.checkpoint.interval=3",
-            "sample.max_new_tokens=6",
-            "sample.num_samples=1",
-        ],
-    )
+    config = load_config(experiment_config_path("speakger_smollm2"), settings(root, base, xml_archive))
     prepare(config.prepare)
     train(config, console=Console(file=io.StringIO()), install_signal_handlers=False)
     return config
+
+
+def test_a_killed_conditioned_run_resumes_to_the_same_adapters(
+    conditioned: ExperimentConfig, xml_archive: Path
+) -> None:
+    root = conditioned.train.out_dir.parent
+    base = Path(conditioned.train.model.base_model)  # type: ignore[attr-defined]
+    overrides = settings(root, base, xml_archive, run="killed")
+    helper = [sys.executable, str(HELPER), json.dumps(overrides), "after-step", "4", "speakger_smollm2"]
+    killed = subprocess.run(helper, capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -9, killed.stderr
+    resumed = subprocess.run(
+        [*helper[:3], "none", "0", "speakger_smollm2"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    again = load_file(str(root / "killed" / "adapters" / "last" / "adapter_model.safetensors"))
+    straight = load_file(str(conditioned.train.out_dir / "adapters" / "last" / "adapter_model.safetensors"))
+    assert again.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(again[name], straight[name], rtol=0, atol=0)
 
 
 def test_windows_start_at_a_header_and_targets_stay_under_their_record(conditioned: ExperimentConfig) -> None:
