@@ -38,6 +38,12 @@ class TextStream:
         self.shown = ""
         self.finish_reason: FinishReason | None = None
         self.tokens = 0  # tokens drawn from the model, a dropped stop token included
+        # incremental decoding: the text of ids[:read] is final in ``decoded``; each push decodes only
+        # ids[prefix:], the tokens after ``prefix`` giving the new ones their context (a word's leading
+        # space, the rest of a multi-byte character)
+        self.decoded = ""
+        self.prefix = 0
+        self.read = 0
 
     def push(self, token_id: int) -> str:
         """The newly final text after ``token_id``; sets ``finish_reason`` when the text ends."""
@@ -47,9 +53,9 @@ class TextStream:
         is_stop = token_id in self.stop_ids
         if is_stop and not self.stop_in_text:
             self.finish_reason = "stop"
-            return self._release(self.tokenizer.decode(self.ids), final=True)
+            return self._release(self._text(), final=True)
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
+        text = self._text()
         cut = self._stop_string_at(text)
         if cut is not None:
             self.finish_reason = "stop"
@@ -63,8 +69,21 @@ class TextStream:
         """The text still held back when generation ended for its length."""
         if self.finish_reason is None:
             self.finish_reason = "length"
-            return self._release(self.tokenizer.decode(self.ids), final=True)
+            return self._release(self._text(), final=True)
         return ""
+
+    def _text(self) -> str:
+        """The text of all ids so far, decoding only the tokens since the last settled point."""
+        settled = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        tail = self.tokenizer.decode(self.ids[self.prefix :])
+        if not tail.startswith(settled):  # the context changed how earlier tokens read: decode it all once
+            self.decoded, self.prefix, self.read = "", 0, 0
+            settled, tail = "", self.tokenizer.decode(self.ids)
+        if len(tail) > len(settled) and not tail.endswith("\ufffd"):  # complete characters: settle them
+            self.decoded += tail[len(settled) :]
+            self.prefix, self.read = self.read, len(self.ids)
+            return self.decoded
+        return self.decoded + tail[len(settled) :]
 
     @property
     def text(self) -> str:

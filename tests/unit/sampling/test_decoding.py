@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer
 from ml_playground.sampling.decoding import TextStream
@@ -63,3 +65,43 @@ def test_incomplete_characters_are_held_back_until_their_bytes_are_complete() ->
     assert all("\ufffd" not in delta for delta in deltas)
     assert [d for d in deltas if d] == ["a", "ü", "€", "b"]
     assert stream.text == "aü€b"
+
+
+class CountingTokenizer:
+    """Our BPE, counting how many ids each decode call is given (the work of streaming a text)."""
+
+    def __init__(self, inner: BpeTokenizer) -> None:
+        self.inner = inner
+        self.decoded = 0
+
+    def decode(self, ids: list[int]) -> str:
+        self.decoded += len(ids)
+        return self.inner.decode(ids)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+GERMAN = "Sehr geehrte Frau Präsidentin! Meine Damen und Herren, wir müssen über Brücken reden. 😀 ß ü ö\n"
+BPE = BpeTokenizer.train([GERMAN * 20], vocab_size=320)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=BPE.vocab_size - 1), max_size=60))
+def test_streamed_text_is_always_the_decoding_of_every_token_so_far(ids: list[int]) -> None:
+    stream = TextStream(BPE)
+    for token in ids:
+        stream.push(token)
+    stream.finish()
+    assert stream.text == BPE.decode(ids)
+
+
+def test_streaming_decodes_each_token_a_bounded_number_of_times() -> None:
+    counting = CountingTokenizer(BPE)
+    ids = BPE.encode(GERMAN * 8)
+    stream = TextStream(counting)  # type: ignore[arg-type]
+    for token in ids:
+        stream.push(token)
+    stream.finish()
+    assert stream.text == GERMAN * 8
+    assert counting.decoded < 8 * len(ids)  # decoding all so far at every token would be len(ids)**2 / 2
