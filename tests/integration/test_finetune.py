@@ -272,7 +272,23 @@ def test_serve_chats_through_the_models_chat_template(
             stream=True,
         )
         pieces = [chunk.choices[0].delta for chunk in streamed if chunk.choices]
+        scored = api.chat.completions.create(
+            model=EXPERIMENT,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=0.9,
+            seed=5,
+            extra_body={"top_k": 50},
+            logprobs=True,
+            top_logprobs=3,
+        )
     assert described["chat"] is True
+    assert scored.choices[0].message.content == expected  # logprobs change nothing of the answer
+    assert scored.choices[0].logprobs is not None
+    content = scored.choices[0].logprobs.content or []
+    assert "".join(entry.token for entry in content).startswith(expected)
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 3 for entry in content)
+    assert all(entry.top_logprobs[0].logprob >= entry.logprob - 1e-6 for entry in content)
     assert answer.choices[0].message.role == "assistant"
     assert answer.choices[0].message.content == expected
     assert pieces[0].role == "assistant"
