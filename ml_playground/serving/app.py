@@ -371,7 +371,14 @@ def chat_logprobs(served: Served, scores: TokenScores, first: int) -> dict[str, 
 
 
 async def _score(served: Served, ids: list[int], top: int) -> TokenScores:
-    _check_ids(served, ids, "prompt")
+    """Log-probabilities of ``ids`` (a prompt, with its completion when there is one), which must fit the context."""
+    if len(ids) > served.model.context_length:
+        raise ApiError(
+            400,
+            f"prompt and completion are {len(ids)} tokens, more than the model's context of "
+            f"{served.model.context_length} that scoring them needs; ask for fewer max_tokens",
+            param="max_tokens",
+        )
     try:
         future = served.engine.call(lambda: score_tokens(served.model, ids, top))
     except EngineClosedError as exc:

@@ -107,6 +107,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/completions", {"prompt": [[]]}, "prompt"),
     ("/v1/completions", {"prompt": "a", "echo": True, "stream": True}, "echo"),
     ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
+    ("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 40, "logprobs": 1}, "max_tokens"),
     ("/v1/completions", {"prompt": "a", "best_of": 2}, "best_of"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),
     ("/tokenize", {"prompt": "€"}, "prompt"),
