@@ -254,34 +254,18 @@ def test_serve_chats_through_the_models_chat_template(
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0) as api,
     ):
         described = api.models.list().data[0].model_dump()
-        answer = api.chat.completions.create(
-            model=EXPERIMENT,
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=12,
-            temperature=0.9,
-            seed=5,
-            extra_body={"top_k": 50},
-        )
-        streamed = api.chat.completions.create(
-            model=EXPERIMENT,
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=12,
-            temperature=0.9,
-            seed=5,
-            extra_body={"top_k": 50},
-            stream=True,
-        )
+        same = {
+            "model": EXPERIMENT,
+            "messages": messages,
+            "max_tokens": 12,
+            "temperature": 0.9,
+            "seed": 5,
+            "extra_body": {"top_k": 50},
+        }
+        answer = api.chat.completions.create(**same)  # type: ignore[call-overload]
+        streamed = api.chat.completions.create(**same, stream=True)  # type: ignore[call-overload]
         pieces = [chunk.choices[0].delta for chunk in streamed if chunk.choices]
-        scored = api.chat.completions.create(
-            model=EXPERIMENT,
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=12,
-            temperature=0.9,
-            seed=5,
-            extra_body={"top_k": 50},
-            logprobs=True,
-            top_logprobs=3,
-        )
+        scored = api.chat.completions.create(**same, logprobs=True, top_logprobs=3)  # type: ignore[call-overload]
     assert described["chat"] is True
     assert scored.choices[0].message.content == expected  # logprobs change nothing of the answer
     assert scored.choices[0].logprobs is not None

@@ -61,6 +61,19 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny"), [t for _, _, t in SPEECHES], vocab_size=300)
 
 
+def spd_only(tmp_path: Path, fmt: str, **extra: object) -> PrepareConfig:
+    """``fmt``'s input of the four speeches, with ``prepare.filters`` keeping the SPD's."""
+    return PrepareConfig(
+        input_path=str(INPUTS[fmt](tmp_path)),
+        dataset_dir=tmp_path / "ds",
+        format=fmt,  # type: ignore[arg-type]
+        val_fraction=0.4,
+        filters=FiltersConfig(parties=["SPD"]),
+        columns=ColumnsConfig(text="text", speaker="speaker", party="party"),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
 def corpus_of(config: PrepareConfig) -> str:
     return (config.dataset_dir / "corpus.txt").read_text("utf-8")
 
@@ -73,15 +86,7 @@ def test_records_of_other_parties_are_dropped(tmp_path: Path, fmt: str, tokenize
         extra = {"tokenizer": "bpe", "bpe_vocab_size": 300, "conditioning": "header"}
     elif tokenizer == "hf":
         extra["hf_tokenizer"] = str(tiny_tokenizer)
-    config = PrepareConfig(
-        input_path=str(INPUTS[fmt](tmp_path)),
-        dataset_dir=tmp_path / "ds",
-        format=fmt,  # type: ignore[arg-type]
-        val_fraction=0.4,
-        filters=FiltersConfig(parties=["SPD"]),
-        columns=ColumnsConfig(text="text", speaker="speaker", party="party"),
-        **extra,  # type: ignore[arg-type]
-    )
+    config = spd_only(tmp_path, fmt, **extra)
     report = prepare(config)
     written = (
         (config.dataset_dir / "records.jsonl").read_text("utf-8") if tokenizer == "bpe-header" else corpus_of(config)
@@ -159,14 +164,7 @@ def test_plain_text_refuses_filters_and_templates(tmp_path: Path, shakespeare_sl
 @pytest.mark.parametrize("fmt", sorted(INPUTS))
 def test_eval_data_reads_through_the_same_source_stage_as_prepare(tmp_path: Path, fmt: str) -> None:
     """``eval --data`` on a file of the experiment's format scores the text prepare made of it, filtered alike."""
-    config = PrepareConfig(
-        input_path=str(INPUTS[fmt](tmp_path)),
-        dataset_dir=tmp_path / "ds",
-        format=fmt,  # type: ignore[arg-type]
-        val_fraction=0.4,
-        filters=FiltersConfig(parties=["SPD"]),
-        columns=ColumnsConfig(text="text", speaker="speaker", party="party"),
-    )
+    config = spd_only(tmp_path, fmt)
     prepare(config)
     assert corpus_text(config) == corpus_of(config)
     assert not any(text.strip() in corpus_text(config) for text in DROPPED)
