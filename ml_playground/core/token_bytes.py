@@ -12,11 +12,6 @@ from __future__ import annotations
 
 from functools import cache
 
-import numpy as np
-import numpy.typing as npt
-
-from ml_playground.core.tokenizer_protocol import Tokenizer
-
 
 @cache
 def byte_level_alphabet() -> dict[str, int]:
@@ -30,8 +25,3 @@ def byte_level_alphabet() -> dict[str, int]:
             codes.append(256 + extra)
             extra += 1
     return {chr(code): byte for byte, code in zip(printable, codes, strict=True)}
-
-
-def token_byte_lengths(tokenizer: Tokenizer) -> npt.NDArray[np.int64]:
-    """Bytes per id, ``(vocab_size,)``; 0 for special tokens (each tokenizer knows its own)."""
-    return tokenizer.token_byte_lengths()

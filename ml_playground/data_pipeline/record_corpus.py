@@ -20,7 +20,7 @@ import csv
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +92,6 @@ def validation_records(config: PrepareConfig, total: int) -> int:
     return n_val
 
 
-def encode_many(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    return tokenizer.encode_batch(texts)
-
-
 def header_fields(record: SpeechRecord, draws: npt.NDArray[np.float64], config: PrepareConfig) -> dict[str, object]:
     fields = record.conditioning_fields
     if draws[0] < config.speaker_dropout:
@@ -132,7 +128,7 @@ def encode_header_records(config: PrepareConfig, out: Path, total: int) -> Encod
             draws = rng.random((len(batch), 2))
             headers = [format_header(header_fields(r, d, config)) for r, d in zip(batch, draws, strict=True)]
             bodies = [f"{r.text.strip()}{END_TOKEN}\n" for r in batch]
-            encoded = encode_many(tokenizer, headers + bodies)
+            encoded = tokenizer.encode_batch(headers + bodies)
             for position, (header, body) in enumerate(zip(encoded[: len(batch)], encoded[len(batch) :], strict=True)):
                 split = "train" if number < n_train else "val"
                 ids, mask, index = writers[split]

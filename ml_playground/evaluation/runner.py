@@ -19,7 +19,6 @@ import numpy.typing as npt
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.devices import Precision, resolve_precision
 from ml_playground.core.errors import CheckpointError, DataError, UserError
-from ml_playground.core.token_bytes import token_byte_lengths
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset, open_dataset
 from ml_playground.families.base import InferenceModel
@@ -63,7 +62,7 @@ def evaluate_checkpoint(
     started = time.perf_counter()
     precision = resolve_precision(config.train.device, config.train.dtype)
     scored = load_model(config)
-    lengths = token_byte_lengths(scored.tokenizer)
+    lengths = scored.tokenizer.token_byte_lengths()
     notes: tuple[str, ...] = ()
     characters = text_tokens = 0
     if data is None:

@@ -29,10 +29,6 @@ def _checkpoint(config: ExperimentConfig, which: str) -> LoadedCheckpoint:
     return service.load(path, with_training_state=False)
 
 
-def stop_tokens(tokenizer: Tokenizer) -> list[str]:
-    return tokenizer.stop_texts()
-
-
 def write_hf(
     target: Path, config: GPTConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer, sample: SampleConfig
 ) -> None:
@@ -43,7 +39,7 @@ def write_hf(
     quiet_transformers()
     model = to_transformers(config, state)
     model.save_pretrained(str(target))
-    stop = stop_tokens(tokenizer)
+    stop = tokenizer.stop_texts()
     fast = to_pretrained_tokenizer(tokenizer, eos_token=stop[0] if stop else None)
     fast.save_pretrained(str(target))
     greedy = sample.temperature == 0
@@ -78,7 +74,7 @@ def export_gpt(
         else:
             write_gguf(tmp / gguf_name, model_config, state, tokenizer, request.gguf_type, request.name)
         if request.format == "ollama":
-            stop = stop_tokens(tokenizer)
+            stop = tokenizer.stop_texts()
             (tmp / "Modelfile").write_text(modelfile(gguf_name, config.sample, stop, model_config.block_size), "utf-8")
         if write_hook is not None:
             write_hook(tmp)

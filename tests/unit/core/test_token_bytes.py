@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.devices import Precision
-from ml_playground.core.token_bytes import byte_level_alphabet, token_byte_lengths
+from ml_playground.core.token_bytes import byte_level_alphabet
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.header import SPECIAL_TOKENS
@@ -28,7 +28,7 @@ CPU = Precision(torch.device("cpu"), torch.float32)
 def assert_bytes_add_up(tokenizer: Tokenizer, text: str) -> None:
     """Summed over the ids of any text, the lengths are the text's UTF-8 bytes."""
     ids = tokenizer.encode(text)
-    assert int(token_byte_lengths(tokenizer)[ids].sum()) == len(text.encode("utf-8"))
+    assert int(tokenizer.token_byte_lengths()[ids].sum()) == len(text.encode("utf-8"))
 
 
 def test_the_byte_level_alphabet_covers_every_byte_once() -> None:
@@ -42,17 +42,17 @@ def test_char_bpe_and_pretrained_lengths_add_up_to_the_utf8_bytes(tmp_path: Path
     assert_bytes_add_up(CharTokenizer.train(GERMAN), GERMAN)
     bpe = BpeTokenizer.train([GERMAN * 3], 300, SPECIAL_TOKENS)
     assert_bytes_add_up(bpe, GERMAN)
-    lengths = token_byte_lengths(bpe)
+    lengths = bpe.token_byte_lengths()
     assert all(lengths[bpe.token_id(token)] == 0 for token in SPECIAL_TOKENS)  # type: ignore[index]
     hf = PretrainedTokenizer.from_pretrained(str(build_tiny_causal_lm(tmp_path / "tiny", [GERMAN * 3])))
     assert_bytes_add_up(hf, GERMAN)
-    assert token_byte_lengths(hf)[hf.eos_token_id] == 0  # type: ignore[index]
+    assert hf.token_byte_lengths()[hf.eos_token_id] == 0  # type: ignore[index]
 
 
 def test_tiktoken_lengths_add_up_and_its_special_token_has_none(rank_files: Path, tmp_path: Path) -> None:
     tokenizer = TiktokenTokenizer.from_file("gpt2", rank_files / "r50k_base.tiktoken", tmp_path)
     assert_bytes_add_up(tokenizer, GERMAN)
-    assert token_byte_lengths(tokenizer)[50256] == 0  # <|endoftext|>
+    assert tokenizer.token_byte_lengths()[50256] == 0  # <|endoftext|>
 
 
 def tiny_model(vocab_size: int) -> GPT:
@@ -65,7 +65,7 @@ def test_bits_per_byte_of_a_char_model_on_ascii_is_the_loss_over_ln2() -> None:
     tokenizer = CharTokenizer.train(text)
     ids = tokenizer.encode_array(text)
     model = tiny_model(tokenizer.vocab_size)
-    result = evaluate_split(model, ids, block_size=16, precision=CPU, token_bytes=token_byte_lengths(tokenizer))
+    result = evaluate_split(model, ids, block_size=16, precision=CPU, token_bytes=tokenizer.token_byte_lengths())
     assert result.bytes == len(text) - 1 == result.tokens
     assert result.bits_per_byte == pytest.approx(result.loss / math.log(2), rel=1e-6)
 
@@ -75,7 +75,7 @@ def test_bits_per_byte_of_a_bpe_model_matches_a_hand_computation() -> None:
     tokenizer = BpeTokenizer.train([text], 280)
     ids = tokenizer.encode_array(text)
     model = tiny_model(tokenizer.vocab_size)
-    result = evaluate_split(model, ids, block_size=16, precision=CPU, token_bytes=token_byte_lengths(tokenizer))
+    result = evaluate_split(model, ids, block_size=16, precision=CPU, token_bytes=tokenizer.token_byte_lengths())
     nats = 0.0
     with torch.no_grad():
         for start in range(0, len(ids) - 1, 16):

@@ -6,7 +6,6 @@ import pytest
 
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer
 from ml_playground.export.hf_tokenizer import to_pretrained_tokenizer
-from ml_playground.families.gpt.export import stop_tokens
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +14,7 @@ TEXT = "<|party|>SPD<|text|>Meine Damen und Herren, die Rente ist sicher.<|end|>
 
 def test_a_header_vocabulary_exports_its_end_of_speech_as_eos() -> None:
     tokenizer = BpeTokenizer.train([TEXT], 300, special_tokens=["<|party|>", "<|text|>", "<|end|>"])
-    stop = stop_tokens(tokenizer)
+    stop = tokenizer.stop_texts()
     assert stop == ["<|end|>"]
     fast = to_pretrained_tokenizer(tokenizer, eos_token=stop[0])
     assert fast.eos_token == "<|end|>"
