@@ -28,7 +28,7 @@ from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import UserError
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.families.base import InferenceModel
-from ml_playground.sampling.conditioning import header_in_view, party_contrast
+from ml_playground.sampling.conditioning import header_in_view, party_contrast, refuse_unconditioned
 from ml_playground.serving.engine import (
     Delta,
     Done,
@@ -118,10 +118,31 @@ def _check_common(served: Served, fields: GenerationFields) -> int:
     asked = fields.max_tokens if fields.max_tokens is not None else fields.max_completion_tokens
     if asked is not None and asked > limit:
         raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limit}", param="max_tokens")
-    if fields.conditions and served.conditions is None:
-        name = next(iter(fields.conditions))
-        raise ApiError(400, f"{name} applies to header-conditioned experiments; {served.name} is not one", param=name)
+    try:  # the same policy as sample, chat and debate
+        refuse_unconditioned(served.conditions, fields.conditions, fields.guidance or 0.0)
+    except UserError as exc:
+        raise _refused(exc) from None
     return asked if asked is not None else min(served.config.sample.max_new_tokens, limit)
+
+
+def _refused(exc: UserError) -> ApiError:
+    """A user error of the shared sampling code as a 400 naming the request field (its key's last part)."""
+    return ApiError(400, exc.message, param=(exc.key or "").rpartition(".")[2] or None)
+
+
+def _check_fits(served: Served, ids: list[int], param: str) -> None:
+    if len(ids) > served.model.context_length:
+        raise ApiError(
+            400, f"{param} is {len(ids)} tokens; the model's context is {served.model.context_length}", param=param
+        )
+
+
+def _check_vocab(served: Served, ids: list[int], param: str) -> None:
+    vocab = served.model.tokenizer.vocab_size
+    outside = [i for i in ids if not 0 <= i < vocab]
+    if outside:
+        message = f"{param} holds token id {outside[0]}, outside the vocabulary (0 to {vocab - 1})"
+        raise ApiError(400, message, param=param)
 
 
 def _encode(served: Served, text: str, param: str) -> list[int]:
@@ -131,10 +152,7 @@ def _encode(served: Served, text: str, param: str) -> list[int]:
         raise ApiError(400, f"{param} cannot be encoded: {exc.message}", param=param) from None
     if not ids:
         raise ApiError(400, f"{param} is empty after tokenization; give at least one token", param=param)
-    if len(ids) > served.model.context_length:
-        raise ApiError(
-            400, f"{param} is {len(ids)} tokens; the model's context is {served.model.context_length}", param=param
-        )
+    _check_fits(served, ids, param)
     return ids
 
 
@@ -165,16 +183,8 @@ def _params(
 
 
 def _check_ids(served: Served, ids: list[int], param: str) -> list[int]:
-    vocab = served.model.tokenizer.vocab_size
-    outside = [i for i in ids if not 0 <= i < vocab]
-    if outside:
-        raise ApiError(
-            400, f"{param} holds token id {outside[0]}, outside the vocabulary (0 to {vocab - 1})", param=param
-        )
-    if len(ids) > served.model.context_length:
-        raise ApiError(
-            400, f"{param} is {len(ids)} tokens; the model's context is {served.model.context_length}", param=param
-        )
+    _check_vocab(served, ids, param)
+    _check_fits(served, ids, param)
     return ids
 
 
@@ -194,16 +204,11 @@ def completion_request(
         try:
             header, keep_prefix = header_in_view(served.model.tokenizer, body.conditions, served.conditions)
         except UserError as exc:
-            param = (exc.key or "").rpartition(".")[2] or None
-            raise ApiError(400, exc.message, param=param) from None
+            raise _refused(exc) from None
         if guidance(served, body) > 0:
             parties = list(served.conditions.get("parties", {}))
             contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
         text = header + text.strip()
-    elif body.guidance:
-        raise ApiError(
-            400, f"guidance applies to header-conditioned experiments; {served.name} is not one", param="guidance"
-        )
     ids = _encode(served, text, "prompt")
     params = _params(served, body, max(max_tokens, 1), keep_prefix, contrast)
     return GenerationRequest(ids, params, tuple(body.stop_strings))
@@ -545,12 +550,7 @@ def create_app(served: Served) -> FastAPI:
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
         _check_model(served, body.model)
-        vocab = served.model.tokenizer.vocab_size
-        outside = [i for i in body.tokens if not 0 <= i < vocab]
-        if outside:
-            raise ApiError(
-                400, f"tokens holds id {outside[0]}, outside the vocabulary (0 to {vocab - 1})", param="tokens"
-            )
+        _check_vocab(served, body.tokens, "tokens")
         return {"prompt": served.model.tokenizer.decode(body.tokens)}
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -578,9 +578,6 @@ class BodyLimit:
         self.app = app
         self.limit = limit
         self.metrics = metrics
-
-    def __getattr__(self, name: str) -> Any:  # the FastAPI app's attributes (routes, state) stay reachable
-        return getattr(self.app, name)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
