@@ -41,6 +41,30 @@ TokenStream = Callable[[torch.Tensor, SamplingParams], Iterator[torch.Tensor]]
 ChatMessages = Sequence[Mapping[str, str]]
 
 
+class BatchDecoder(Protocol):
+    """Streams decoded together, one forward pass per step (continuous batching in ``serve``)."""
+
+    def admits(self, prompt_tokens: int, params: SamplingParams) -> bool:
+        """Whether a stream with this prompt length and these settings can join now."""
+        ...
+
+    def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
+        """Prefill a new stream: (its handle, its first token)."""
+        ...
+
+    def step(self) -> dict[int, int]:
+        """The next token of every stream, by handle."""
+        ...
+
+    def remove(self, handle: int) -> None:
+        """The stream leaves (finished or cancelled)."""
+        ...
+
+    def __len__(self) -> int:
+        """Streams in the batch."""
+        ...
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """What a family gets to build its model for training."""
@@ -90,6 +114,7 @@ class InferenceModel:
     chat_ids: Callable[[ChatMessages], list[int]] | None = None  # None: the model has no chat template
     dataset_fingerprint: str | None = None
     conditions: Mapping[str, Any] | None = None  # a header-conditioned model's known speakers and parties
+    batch_decoder: Callable[[int], BatchDecoder] | None = None  # continuous batching for up to N streams
 
 
 FamilySettings = TypeVar("FamilySettings", bound="FamilyConfig")

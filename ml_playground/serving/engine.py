@@ -1,8 +1,12 @@
-"""One model, many clients: requests wait for a slot, and the active streams take one token each in turn.
+"""One model, many clients: requests wait for a slot; the active streams are decoded together.
 
-Every stream has its own seeded generator and its own cache (the family's ``InferenceModel.stream``),
-so an answer is the same whether it was decoded alone or beside seven others: the streams are
-interleaved, not batched. One worker thread owns the model; callers hear from it through a
+A model whose family offers a batch decoder (``InferenceModel.batch_decoder``: the GPT family) is
+batched continuously: each step is one forward pass over every active stream, a new request is
+prefilled and joins at the next step, a finished or cancelled one leaves at once. Streams the batch
+does not take (guidance, or an answer longer than the context allows without sliding the window),
+and every stream of a family without a batch decoder, take one token each in turn between batch steps,
+each with its own cache (``InferenceModel.stream``). Sampling is per stream either way: its own
+seeded generator and settings. One worker thread owns the model; callers hear from it through a
 ``deliver`` callback (the server turns that into server-sent events).
 """
 
@@ -74,6 +78,7 @@ class Job:
     text: TextStream | None = None
     submitted: float = field(default_factory=time.monotonic)
     on_cancel: Callable[[Job], None] | None = None
+    handle: int | None = None  # its row in the batch decoder, when it is batched
 
     def cancel(self) -> None:
         """The client went away: a waiting job gives up its place at once, a running one at its next turn."""
@@ -101,6 +106,9 @@ class Engine:
         self._ending = False
         self._stopped = False
         self._cond = threading.Condition()
+        self.batch = model.batch_decoder(max_concurrent) if model.batch_decoder is not None else None
+        self.batched_steps = 0  # forward passes over the batch, and the most rows one of them had
+        self.largest_batch = 0
         self._worker = threading.Thread(target=self._run, name="ml_playground-engine", daemon=True)
         self._worker.start()
 
@@ -189,16 +197,20 @@ class Engine:
                     continue
                 while self._waiting and len(self._active) < self.max_concurrent:
                     self._active.append(self._waiting.popleft())
-                job = self._active.popleft()
-                self._stepping = 1
-            finished = self._step(job)
+                jobs = list(self._active)
+                self._active.clear()
+                self._stepping = len(jobs)
+            finished = self._advance(jobs)
             with self._cond:
                 self._stepping = 0
                 ending = self._ending
-                if not finished and not ending:
-                    self._active.append(job)
-            if not finished and ending:
-                self._end(job, "length")
+                going = [job for job in jobs if job not in finished]
+                if not ending:
+                    self._active.extend(going)
+            if ending:
+                for job in going:
+                    self._leave(job)
+                    self._end(job, "length")
 
     @staticmethod
     def _run_task(task: Callable[[], object], future: Future[object]) -> None:
@@ -209,17 +221,70 @@ class Engine:
         except Exception as exc:  # the caller hears of it through the future
             future.set_exception(exc)
 
-    def _step(self, job: Job) -> bool:
-        """One token for ``job``; True when it has ended."""
-        if job.cancelled.is_set():
-            return True
-        request = job.request
+    def _advance(self, jobs: list[Job]) -> set[Job]:
+        """New jobs start (the batch prefills the ones it takes and draws their first token), then one batched
+        step for every batched job and one token for the first of the others, which then goes to the back.
+        Returns the jobs that ended."""
+        ended: set[Job] = set()
+        for job in jobs:
+            if job.cancelled.is_set():
+                self._leave(job)
+                ended.add(job)
+            elif job.text is None and self._start(job):
+                ended.add(job)
+        batched = [job for job in jobs if job.handle is not None and job not in ended and job.text is not None]
+        if self.batch is not None and batched:
+            try:
+                drawn = self.batch.step()
+            except Exception as exc:  # a bug or a device error: these requests fail, the server goes on
+                traceback.print_exc(file=sys.stderr)
+                for job in batched:
+                    self._leave(job)
+                    job.deliver(Failed(f"generation failed ({type(exc).__name__}: {exc})"))
+                    ended.add(job)
+                return ended
+            self.batched_steps += 1
+            self.largest_batch = max(self.largest_batch, len(batched))
+            for job in batched:
+                assert job.handle is not None
+                if self._push(job, drawn[job.handle]):
+                    ended.add(job)
+        others = [job for job in jobs if job.handle is None and job.tokens is not None and job not in ended]
+        if others:
+            job = others[0]
+            if self._step(job):
+                ended.add(job)
+            jobs.remove(job)
+            jobs.append(job)  # round robin among the streams that are not batched
+        return ended
+
+    def _start(self, job: Job) -> bool:
+        """The job's first step: into the batch (prefill, first token) or onto its own stream. True if it ended."""
+        model, request = self.model, job.request
+        job.text = TextStream(model.tokenizer, model.stop_ids, stop_in_text=False, stop_strings=request.stop)
         try:
-            if job.tokens is None or job.text is None:
-                model = self.model
-                job.text = TextStream(model.tokenizer, model.stop_ids, stop_in_text=False, stop_strings=request.stop)
-                prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=model.device)
-                job.tokens = model.stream(prompt, request.params)
+            if self.batch is not None and self.batch.admits(len(request.prompt_ids), request.params):
+                job.handle, first = self.batch.add(list(request.prompt_ids), request.params)
+                return self._push(job, first)
+            prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=model.device)
+            job.tokens = model.stream(prompt, request.params)
+        except Exception as exc:  # a bug or a device error: this request fails, the server goes on
+            traceback.print_exc(file=sys.stderr)
+            self._leave(job)
+            job.deliver(Failed(f"generation failed ({type(exc).__name__}: {exc})"))
+            return True
+        return self._step(job)
+
+    def _leave(self, job: Job) -> None:
+        """A batched job gives its row back."""
+        if job.handle is not None and self.batch is not None:
+            self.batch.remove(job.handle)
+            job.handle = None
+
+    def _step(self, job: Job) -> bool:
+        """One token for an unbatched ``job``; True when it has ended."""
+        assert job.tokens is not None
+        try:
             token = next(job.tokens, None)
         except Exception as exc:  # a bug or a device error: this request fails, the server goes on
             traceback.print_exc(file=sys.stderr)
@@ -227,11 +292,18 @@ class Engine:
             return True
         if token is None:
             return self._end(job, "length")
-        if delta := job.text.push(int(token[0, 0])):
+        return self._push(job, int(token[0, 0]))
+
+    def _push(self, job: Job, token: int) -> bool:
+        """Deliver the text of ``token``; True (and the job ended, its row given back) when it finishes."""
+        assert job.text is not None
+        if delta := job.text.push(token):
             job.deliver(Delta(delta))
         if job.text.finish_reason is not None:
+            self._leave(job)
             return self._end(job, job.text.finish_reason)
-        if job.text.tokens >= request.params.max_new_tokens:
+        if job.text.tokens >= job.request.params.max_new_tokens:
+            self._leave(job)
             return self._end(job, "length")
         return False
 

@@ -26,6 +26,7 @@ from ml_playground.data_pipeline.header import END_TOKEN, FIELD_TOKENS, header_s
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.request import ExportRequest, ExportResult
 from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup, family_settings
+from ml_playground.families.gpt.batched import BatchedDecoder
 from ml_playground.families.gpt.generation import generate, generate_stream
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.families.gpt.kernels import LinearKernelSetting
@@ -217,6 +218,7 @@ class GptFamily:
             stop_ids=frozenset(header_stop_ids(tokenizer)),
             dataset_fingerprint=str(fingerprint) if fingerprint is not None else None,
             conditions=conditions if isinstance(conditions, dict) else None,
+            batch_decoder=(lambda rows: BatchedDecoder(model, rows)) if BatchedDecoder.applies(model) else None,
         )
 
     def export(

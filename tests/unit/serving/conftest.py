@@ -26,3 +26,23 @@ def model() -> InferenceModel:
         checkpoint="random weights",
         device=torch.device("cpu"),
     )
+
+
+@pytest.fixture(scope="module")
+def batched_model() -> InferenceModel:
+    """A tiny GPT (rotary positions, a context of 64) whose engine batches its streams continuously."""
+    from ml_playground.families.gpt.batched import BatchedDecoder
+
+    torch.manual_seed(1)
+    config = GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, rotary=True)
+    gpt = GPT(config).eval()
+    return InferenceModel(
+        module=gpt,
+        tokenizer=TOKENIZER,
+        context_length=64,
+        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
+        step=0,
+        checkpoint="random weights",
+        device=torch.device("cpu"),
+        batch_decoder=lambda rows: BatchedDecoder(gpt, rows),
+    )

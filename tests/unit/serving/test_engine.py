@@ -208,3 +208,73 @@ def test_a_task_runs_on_the_engine_thread_between_steps(model: InferenceModel) -
         engine.stop()
     with pytest.raises(EngineClosedError):
         engine.call(lambda: None)
+
+
+def unbatched(model: InferenceModel) -> InferenceModel:
+    return dataclasses.replace(model, batch_decoder=None)
+
+
+PROMPTS = ["to be", "or not to be, that", "a", "the question is whether", "tis nobler in the mind"]
+
+
+def test_batched_streams_give_the_answers_each_gives_alone(batched_model: InferenceModel) -> None:
+    requests = [
+        GenerationRequest(
+            TOKENIZER.encode(PROMPTS[i % len(PROMPTS)]),
+            SamplingParams(max_new_tokens=20 + i, temperature=0.0 if i % 3 == 0 else 1.0, top_k=8, seed=i),
+        )
+        for i in range(10)
+    ]  # 8 decoded at once, 2 join when the first ones leave
+    engine = Engine(batched_model, max_concurrent=8, queue_size=8)
+    try:
+        collected = [Collected() for _ in requests]
+        for req, sink in zip(requests, collected, strict=True):
+            engine.submit(req, sink)
+        ends = [sink.wait() for sink in collected]
+        assert engine.largest_batch == 8
+        assert engine.batched_steps < sum(20 + i for i in range(10)) / 4  # one forward pass serves many streams
+    finally:
+        engine.stop()
+    assert [end.completion_tokens for end in ends if isinstance(end, Done)] == [20 + i for i in range(10)]
+    alone = [run_alone(unbatched(batched_model), req) for req in requests]  # the one-stream path, no batch
+    assert [sink.text for sink in collected] == alone
+
+
+def test_a_cancelled_stream_leaves_the_batch_and_the_rest_go_on(batched_model: InferenceModel) -> None:
+    engine = Engine(batched_model, max_concurrent=4, queue_size=4)
+    try:
+        endless, rest = Collected(), [Collected() for _ in range(3)]
+        long_job = engine.submit(GenerationRequest(TOKENIZER.encode("to be"), request(9, tokens=50).params), endless)
+        requests = [GenerationRequest(TOKENIZER.encode(PROMPTS[i]), request(i, tokens=30).params) for i in range(3)]
+        for req, sink in zip(requests, rest, strict=True):
+            engine.submit(req, sink)
+        while not endless.events:
+            time.sleep(0.001)
+        long_job.cancel()
+        assert all(isinstance(sink.wait(), Done) for sink in rest)
+        assert engine.load() == (0, 0)
+        assert engine.batch is not None
+        assert len(engine.batch) == 0  # every row given back
+    finally:
+        engine.stop()
+    assert [sink.text for sink in rest] == [run_alone(unbatched(batched_model), req) for req in requests]
+
+
+def test_streams_the_batch_cannot_take_run_beside_it(batched_model: InferenceModel) -> None:
+    """An answer longer than the context allows (its window slides) takes the one-stream path, in turn."""
+    long = GenerationRequest(TOKENIZER.encode("to be"), request(4, tokens=120).params)
+    short = [GenerationRequest(TOKENIZER.encode(PROMPTS[i]), request(i, tokens=25).params) for i in range(3)]
+    broken = GenerationRequest([TOKENIZER.vocab_size + 5], request(7, tokens=5).params)  # no such token
+    engine = Engine(batched_model, max_concurrent=8, queue_size=8)
+    try:
+        sinks = [Collected() for _ in range(5)]
+        for req, sink in zip([long, *short, broken], sinks, strict=True):
+            engine.submit(req, sink)
+        ends = [sink.wait() for sink in sinks]
+    finally:
+        engine.stop()
+    assert isinstance(ends[-1], Failed)
+    assert "IndexError" in ends[-1].message
+    assert [sink.text for sink in sinks[:4]] == [run_alone(unbatched(batched_model), r) for r in [long, *short]]
+    assert isinstance(ends[0], Done)
+    assert ends[0].completion_tokens == 120

@@ -1,0 +1,50 @@
+"""Continuous batching for the GPT family: each row's logits are what GPT.forward gives for its own tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml_playground.core.sampling_rules import SamplingParams
+from ml_playground.families.gpt.batched import BatchedDecoder
+from ml_playground.families.gpt.model import GPT, GPTConfig
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_every_row_gets_the_logits_of_its_own_sequence(rotary: bool) -> None:
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=40, block_size=48, n_layer=2, n_head=4, n_embd=32, rotary=rotary)).eval()
+    decoder = BatchedDecoder(gpt, rows=4)
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
+    prompts = {0: [1, 2, 3], 1: [5] * 11, 2: [7, 8], 3: [9, 10, 11, 12, 13, 14]}
+    sequences: dict[int, list[int]] = {}
+    for prompt in prompts.values():
+        handle, first = decoder.add(prompt, greedy)
+        sequences[handle] = [*prompt, first]
+    for step in range(8):
+        if step == 3:  # a row leaves in the middle; the last row moves into its slot
+            decoder.remove(1)
+            del sequences[1]
+        with torch.inference_mode():
+            logits = decoder.logits()
+            for i, row in enumerate(decoder.rows):
+                expected = gpt(torch.tensor([sequences[row.handle]]))[0, -1]
+                torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
+                row.last = int(expected.argmax())
+                sequences[row.handle].append(row.last)
+    assert sorted(sequences) == [0, 2, 3]
+
+
+def test_the_batch_takes_what_fits_it() -> None:
+    gpt = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    decoder = BatchedDecoder(gpt, rows=1)
+    assert decoder.admits(4, SamplingParams(max_new_tokens=12))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=13))  # the window would have to slide
+    assert not decoder.admits(0, SamplingParams(max_new_tokens=2))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=2, use_kv_cache=False))
+    decoder.add([1, 2, 3, 4], SamplingParams(max_new_tokens=12))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=2))  # no free row
+    assert decoder.step().keys() == {0}
+    assert BatchedDecoder(decoder.model, 1).step() == {}
