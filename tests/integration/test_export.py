@@ -163,4 +163,5 @@ def test_ollama_export_writes_a_modelfile_and_the_command(trained: ExperimentCon
     assert modelfile.startswith("FROM ./tiny-f16.gguf\n")
     assert f"PARAMETER temperature {trained.sample.temperature}" in modelfile
     assert f"PARAMETER num_ctx {trained.train.model.block_size}" in modelfile
+    assert 'PARAMETER stop "\\n\\n"' in modelfile  # a char model has no end token: it stops at a blank line
     assert any(note.startswith("create the Ollama model with: ollama create tiny -f ") for note in result.notes)

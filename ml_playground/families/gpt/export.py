@@ -29,6 +29,9 @@ def _checkpoint(config: ExperimentConfig, which: str) -> LoadedCheckpoint:
     return service.load(path, with_training_state=False)
 
 
+BLANK_LINE = "\n\n"
+
+
 def write_hf(
     target: Path, config: GPTConfig, state: dict[str, torch.Tensor], tokenizer: Tokenizer, sample: SampleConfig
 ) -> None:
@@ -74,7 +77,9 @@ def export_gpt(
         else:
             write_gguf(tmp / gguf_name, model_config, state, tokenizer, request.gguf_type, request.name)
         if request.format == "ollama":
-            stop = tokenizer.stop_texts()
+            # a vocabulary without an end token (char, plain BPE) stops at a blank line: the corpora
+            # separate speeches (and Shakespeare's speeches) with one, so a sample ends with its speech
+            stop = tokenizer.stop_texts() or [BLANK_LINE]
             (tmp / "Modelfile").write_text(modelfile(gguf_name, config.sample, stop, model_config.block_size), "utf-8")
         if write_hook is not None:
             write_hook(tmp)
