@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             sub.add_argument("--data", type=Path, help="score this text file or folder instead of the validation split")
             sub.add_argument("--max-tokens", type=int, help="score about this many targets (evenly spaced windows)")
+            sub.add_argument(
+                "--questions",
+                type=int,
+                default=50,
+                help="chat datasets: ask this many validation questions again, greedily, for the stop rate "
+                "and answer lengths (default 50; 0 skips it)",
+            )
         if name in ("eval", "analyze"):
             sub.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     return parser
@@ -219,7 +226,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("must be a positive number of tokens", key="--max-tokens")
-    report = evaluate_checkpoint(_load(args), args.data, args.max_tokens)
+    if args.questions < 0:
+        raise ConfigError("must be 0 or more", key="--questions")
+    emit = (lambda _: None) if args.json else (lambda line: console.print(line, highlight=False, markup=False))
+    report = evaluate_checkpoint(_load(args), args.data, args.max_tokens, args.questions, emit)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if args.json:
@@ -232,6 +242,15 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
             f"(checkpoint {report.checkpoint}, step {report.step})",
             highlight=False,
         )
+        if report.chat is not None:
+            chat = report.chat
+            console.print(
+                f"chat: {chat.questions} validation questions, greedy: stop rate {chat.stop_rate:.2f}; answers "
+                f"{chat.answer_tokens:.0f} tokens on average (the real ones {chat.reference_tokens:.0f}); German "
+                f"function-word share {chat.german_share:.3f} (the real answers {chat.reference_german_share:.3f})",
+                highlight=False,
+                markup=False,
+            )
     return 0
 
 

@@ -150,3 +150,11 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, shakespeare_text: str
     prepare(config.prepare)
     train(config, quiet=True, console=Console(file=io.StringIO()))
     return config, overrides
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> ExperimentConfig:
+    """A chat fine-tune (tiny Qwen2 + LoRA on chat JSONL, ``tests.chat_helpers.OUR_TEMPLATE``), once per worker."""
+    from tests.chat_helpers import train_chat_run
+
+    return train_chat_run(tmp_path_factory.mktemp("chat"), shared_data)

@@ -26,7 +26,7 @@ from ml_playground.core.errors import CheckpointError, DataError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.data_pipeline.batches import BatchSampler, TokenDataset, open_dataset
-from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR, text_format
 from ml_playground.data_pipeline.speeches import read_conditions
 from ml_playground.families.base import BuildContext, TrainingSetup
 from ml_playground.families.registry import family_of
@@ -241,6 +241,7 @@ def build_run(
         world_size=dist.world_size,
         mask=dataset.train_mask,
         index=dataset.train_index,
+        whole=dataset.whole_records,
     )
     estimate_batches = BatchSampler(
         dataset.train,
@@ -249,6 +250,7 @@ def build_run(
         seed=tc.seed + 1,
         mask=dataset.train_mask,
         index=dataset.train_index,
+        whole=dataset.whole_records,
     )
     metrics_path = tc.out_dir / "metrics.jsonl"
     sinks: list[MetricsLogger] = []
@@ -304,6 +306,7 @@ def build_run(
                 "val_loss": ctx.last_eval.val_loss if ctx.last_eval is not None else None,
                 "dataset_fingerprint": dataset.meta.get("fingerprint"),
                 "conditions": conditions,  # so that sampling a conditioned model needs only the checkpoint
+                "text_format": text_format(dataset.meta),  # chat (with its template) or plain text
             },
         )
 
@@ -505,5 +508,6 @@ def _val_loss(
         index=dataset.val_index,
         max_targets=max_targets,
         interrupted=interrupted,
+        whole=dataset.whole_records,
     )
     return result.loss, result.tokens

@@ -58,13 +58,30 @@ class PrepareConfig(Section):
     tiktoken_file: Path | None = None
     cache_dir: Path = Path("~/.cache/ml_playground")
     encoding: str | None = Field(default=None, description="Force a text encoding instead of detecting it.")
-    format: Literal["text", "bundestag", "bundestag_xml", "jsonl", "speakger", "csv", "speech_txt"] = Field(
+    format: Literal[
+        "text", "bundestag", "bundestag_xml", "jsonl", "speakger", "csv", "speech_txt", "chat", "bundestag_qa"
+    ] = Field(
         default="text",
         description="text: files as they are; bundestag: plenary protocols split into speeches; "
         "bundestag_xml: the Bundestag's XML protocols (an archive, a folder of archives or *.xml, one file); "
         "jsonl: records with a 'text' field (for example a speeches.jsonl); speakger: SpeakGer speech CSVs "
         "joined with the MP metadata; csv: any speech CSV with prepare.columns; speech_txt: .txt speeches "
-        "with a Sprecher:/Thema:/Jahr: header.",
+        "with a Sprecher:/Thema:/Jahr: header; chat: JSONL conversations ({'messages': [...]} or "
+        "{'prompt', 'completion'}) through the base tokenizer's chat template, loss on the assistant's turns; "
+        "bundestag_qa: question time and interposed questions from the XML protocols, as conversations.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="chat formats: a Jinja chat template (or a file holding one) instead of the base tokenizer's.",
+    )
+    chat_turns: Literal["all", "last"] = Field(
+        default="all", description="chat formats: train every assistant turn of a conversation, or only the last."
+    )
+    chat_max_tokens: int | None = Field(
+        default=None,
+        ge=2,
+        description="chat formats: longest conversation in tokens (cut after the last assistant turn that fits, "
+        "else dropped); defaults to train.model.block_size + 1.",
     )
     conditioning: Literal["none", "header"] = Field(
         default="none",
@@ -323,6 +340,9 @@ class SampleConfig(Section):
         default=True, description="Fine-tuning: refuse to sample the bare base model when no adapters exist."
     )
     chat: bool = Field(default=False, description="Wrap the prompt in the model's chat template (hf_lora models).")
+    system: str | None = Field(
+        default=None, description="A system message before the prompt in the chat template (sample.chat, chat)."
+    )
     speaker: str | None = Field(default=None, description="Header-conditioned datasets: who speaks.")
     party: str | None = None
     year: int | None = None
@@ -377,6 +397,9 @@ class ExperimentConfig(Section):
             if base_model is None:
                 raise ValueError("prepare.tokenizer = 'hf' needs prepare.hf_tokenizer or train.model.base_model")
             object.__setattr__(self, "prepare", self.prepare.model_copy(update={"hf_tokenizer": base_model}))
+        if self.prepare.chat_max_tokens is None and self.prepare.format in ("chat", "bundestag_qa"):
+            window = self.train.model.sequence_length + 1
+            object.__setattr__(self, "prepare", self.prepare.model_copy(update={"chat_max_tokens": window}))
         if base_model is not None and self.prepare.tokenizer != "hf":
             raise ValueError("train.model.kind = 'hf_lora' needs the base model's tokenizer: prepare.tokenizer = 'hf'")
         return self

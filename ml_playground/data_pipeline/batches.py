@@ -49,6 +49,11 @@ class TokenDataset:
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
+    @property
+    def whole_records(self) -> bool:
+        """Conversations: one record per window, never cut, never beside another record."""
+        return self.meta.get("record_windows") == "whole"
+
 
 def open_dataset(dataset_dir: Path) -> TokenDataset:
     meta = read_meta(dataset_dir)
@@ -112,11 +117,23 @@ class RecordWindows:
     Consecutive segments are packed greedily into windows; the tail of a window that no whole segment
     fits into is padding, which is never a target. So every body token is a target exactly once over
     all windows, always under its own record's header.
+
+    ``whole``: every record is one window of its own (conversations: no target may see another
+    conversation), and a batch is as long as its longest record; a record longer than a window is
+    refused (prepare fits conversations to the window).
     """
 
-    def __init__(self, tokens: Tokens, mask: Mask | None, index: Index, block_size: int) -> None:
+    def __init__(self, tokens: Tokens, mask: Mask | None, index: Index, block_size: int, whole: bool = False) -> None:
         width = block_size + 1
         starts, headers, lengths = (index[:, column].astype(np.int64) for column in range(INDEX_COLUMNS))
+        self.whole = whole
+        if whole and np.any(lengths > width):
+            record = int(np.flatnonzero(lengths > width)[0])
+            raise DataError(
+                f"conversation {record} has {int(lengths[record])} tokens, more than a window of block_size + 1 = "
+                f"{width}; run prepare again with this block_size",
+                key="train.model.block_size",
+            )
         room = width - headers
         too_long = np.flatnonzero(room < 2)
         if too_long.size:
@@ -134,7 +151,9 @@ class RecordWindows:
         self.seg_header_len = headers[record_of]
         self.seg_body_start = starts[record_of] + headers[record_of] + chunk_of * room[record_of]
         self.seg_body_len = np.minimum(room[record_of], bodies[record_of] - chunk_of * room[record_of])
-        self.window_first = _pack(self.seg_header_len + self.seg_body_len, width)
+        used = self.seg_header_len + self.seg_body_len
+        self.window_first = np.arange(len(used) + 1, dtype=np.int64) if whole else _pack(used, width)
+        self.used = used  # tokens per segment; in whole mode a segment is a window
         self.tokens, self.mask, self.width = tokens, mask, width
 
     def __len__(self) -> int:
@@ -159,6 +178,9 @@ class RecordWindows:
         rows = [self.row(int(w)) for w in windows]
         ids = torch.from_numpy(np.stack([r[0] for r in rows]))
         keep = torch.from_numpy(np.stack([r[1] for r in rows]))
+        if self.whole:  # no work on padding: the batch ends with its longest conversation
+            longest = max(2, int(max(self.used[int(w)] for w in windows)))
+            ids, keep = ids[:, :longest], keep[:, :longest]
         x, y = ids[:, :-1], ids[:, 1:]
         return x, y.masked_fill(~keep[:, 1:], IGNORE_INDEX)
 
@@ -209,8 +231,9 @@ class BatchSampler:
         world_size: int = 1,
         mask: Mask | None = None,
         index: Index | None = None,
+        whole: bool = False,
     ) -> None:
-        self.records = RecordWindows(tokens, mask, index, block_size) if index is not None else None
+        self.records = RecordWindows(tokens, mask, index, block_size, whole) if index is not None else None
         if len(tokens) <= block_size and self.records is None:
             raise DataError(f"split has {len(tokens)} tokens, fewer than block_size + 1 = {block_size + 1}")
         self.tokens = tokens
@@ -244,6 +267,7 @@ def sequential_windows(
     mask: Mask | None = None,
     index: Index | None = None,
     max_targets: int | None = None,
+    whole: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every next-token target of the split exactly once: non-overlapping windows, last one shorter.
 
@@ -252,7 +276,7 @@ def sequential_windows(
     ``max_targets`` keeps about that many targets: the same evenly spaced whole windows every time.
     """
     if index is not None:
-        records = RecordWindows(tokens, mask, index, block_size)
+        records = RecordWindows(tokens, mask, index, block_size, whole)
         chosen = _evenly_spaced(len(records), max_targets, block_size)
         for number, first in enumerate(range(0, len(chosen), batch_size)):
             if number % world_size == rank:

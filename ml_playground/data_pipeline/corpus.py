@@ -58,7 +58,7 @@ def streams(config: PrepareConfig) -> bool:
 
 def read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFile]]:
     """Record sources are read whole; plain text, CSV and XML are only hashed (and sniffed) here, streamed later."""
-    if config.format == "bundestag_xml":
+    if config.format in ("bundestag_xml", "bundestag_qa"):
         paths = list_xml_inputs(resolve_input(config.input_path, config.cache_dir))
         return [SourceText(path, "", file_sha256(path), "xml") for path in paths], []
     if config.format not in ("speakger", "csv") and not streams(config):

@@ -25,3 +25,10 @@ def read_meta(dataset_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise DataError(f"unreadable dataset metadata ({exc})", path=path) from None
     return meta
+
+
+def text_format(meta: dict[str, Any]) -> dict[str, Any]:
+    """How a dataset's text is laid out, as a checkpoint records it: ``{"kind": "chat", "template": ...,
+    "end_of_turn": [...], "turns": ...}`` for conversations through a chat template, else ``{"kind": "text"}``."""
+    chat = meta.get("chat")
+    return {"kind": "chat", **chat} if isinstance(chat, dict) else {"kind": "text"}

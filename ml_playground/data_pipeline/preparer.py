@@ -23,6 +23,7 @@ from ml_playground.core.atomic import atomic_open, atomic_write_text
 from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.tokenizer import BpeTokenizer, CharTokenizer, PretrainedTokenizer, TiktokenTokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
+from ml_playground.data_pipeline.chat_corpus import CHAT_FORMATS, VAL_CONVERSATIONS, chat_splits, conversations_jsonl
 from ml_playground.data_pipeline.corpus import (
     Corpus,
     build_corpus,
@@ -43,6 +44,7 @@ from ml_playground.data_pipeline.record_corpus import (
     write_record_files,
     write_speech_table_and_corpus,
 )
+from ml_playground.data_pipeline.sources.bundestag_qa import ANSWER_MAX_CHARS
 from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, SpeechRecord, sniff_file
 from ml_playground.data_pipeline.sources.text import (
     SourceText,
@@ -194,12 +196,17 @@ def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
         "malformed",
         "speaker_dropout",
         "topic_dropout",
+        "chat_template",
+        "chat_turns",
+        "chat_max_tokens",
     )
     settings = {key: getattr(config, key) for key in keys}
     settings["columns"] = config.columns.model_dump()
     settings["filters"] = config.filters.model_dump()
     settings["metadata_dir"] = str(config.metadata_dir) if config.metadata_dir else None
     settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
+    if config.format == "bundestag_qa":  # how much of an answer is kept is part of the data
+        settings["answer_max_chars"] = ANSWER_MAX_CHARS
     return settings
 
 
@@ -284,6 +291,7 @@ def _write_meta(
     *,
     loss_mask: bool,
     record_index: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     meta = {
         "format_version": META_FORMAT_VERSION,
@@ -300,12 +308,15 @@ def _write_meta(
         "sources": _source_entries(sources),
         "settings": _settings_fingerprint(config),
         "fingerprint": hashlib.sha256(b"".join(s.sha256.encode() for s in sources)).hexdigest(),
+        **(extra or {}),
     }
     atomic_write_text(config.dataset_dir / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
 
 
 def check_settings(config: PrepareConfig) -> None:
     """Combinations the config model cannot see as wrong on its own."""
+    if config.format in CHAT_FORMATS:
+        _check_chat_settings(config)
     if config.format == "text" and config.conditioning == "header":
         raise ConfigError("conditioning = 'header' needs records (a format other than 'text')", key="prepare.format")
     if config.format == "text" and config.filters != FiltersConfig():
@@ -326,6 +337,44 @@ def check_settings(config: PrepareConfig) -> None:
         raise ConfigError(
             "a template needs tokenizer = 'hf' (records are packed with its EOS token)", key="prepare.template"
         )
+
+
+def _check_chat_settings(config: PrepareConfig) -> None:
+    if config.tokenizer != "hf":
+        raise ConfigError(
+            f"format {config.format!r} needs a pretrained base's tokenizer and chat template (tokenizer = 'hf', "
+            "train.model.kind = 'hf_lora'); the gpt family has no chat template of its own",
+            key="prepare.tokenizer",
+        )
+    for key, value, default in (
+        ("filters", config.filters, FiltersConfig()),
+        ("template", config.template, None),
+        ("conditioning", config.conditioning, "none"),
+    ):
+        if value != default:
+            raise ConfigError(
+                f"format {config.format!r} renders conversations through the chat template; leave prepare.{key} out",
+                key=f"prepare.{key}",
+            )
+
+
+def _prepare_chat(config: PrepareConfig, sources: list[SourceText]) -> PrepareReport:
+    splits = chat_splits(config, sources)
+    train, val = splits.train, splits.val
+    out = config.dataset_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / VAL_CONVERSATIONS, conversations_jsonl(splits.val_conversations))
+    return _write_dataset(
+        config,
+        sources,
+        splits.tokenizer,
+        (train.ids, train.mask, train.index),
+        (val.ids, val.mask, val.index),
+        splits.characters,
+        warnings=splits.warnings,
+        details=splits.details,
+        extra_meta={"chat": splits.chat, "record_windows": "whole"},
+    )
 
 
 def _prepare_header_records(
@@ -407,6 +456,8 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         )
     if streams(config):
         return _prepare_streaming(config, sources, csv_files)
+    if config.format in CHAT_FORMATS:
+        return _prepare_chat(config, sources)
     if config.conditioning == "header" and config.tokenizer != "hf":
         return _prepare_header_records(config, sources, csv_files)
     if config.format == "bundestag_xml" and config.tokenizer != "hf":
@@ -419,44 +470,69 @@ def prepare(config: PrepareConfig) -> PrepareReport:
             f"validation split has {len(val_ids)} tokens; use more text or a larger prepare.val_fraction",
             path=Path(config.input_path),
         )
-    dtype = token_dtype(tokenizer.vocab_size)
     out = config.dataset_dir
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out / TOKENIZER_DIR)
     if config.format == "bundestag" and corpus.records is not None:
         write_speeches(out, corpus.records)
     if corpus.speech_records is not None:
         write_records(out, corpus.speech_records, conditioning=config.conditioning)
     if config.format != "text":
         atomic_write_text(out / CORPUS_FILE, text)
-    _write_tokens(out / "train.bin", train_ids, dtype)
-    _write_tokens(out / "val.bin", val_ids, dtype)
-    if train_mask is not None and val_mask is not None:
-        _write_tokens(out / "train_mask.bin", train_mask, np.uint8)
-        _write_tokens(out / "val_mask.bin", val_mask, np.uint8)
-    if train_index is not None and val_index is not None:
-        _write_tokens(out / "train_index.bin", train_index, np.int64)
-        _write_tokens(out / "val_index.bin", val_index, np.int64)
+    return _write_dataset(
+        config,
+        sources,
+        tokenizer,
+        (train_ids, train_mask, train_index),
+        (val_ids, val_mask, val_index),
+        len(text),
+        warnings=corpus.warnings,
+        details=corpus.details,
+    )
+
+
+def _write_dataset(
+    config: PrepareConfig,
+    sources: list[SourceText],
+    tokenizer: Tokenizer,
+    train: SplitIds,
+    val: SplitIds,
+    characters: int,
+    *,
+    warnings: list[str],
+    details: list[str],
+    extra_meta: dict[str, Any] | None = None,
+) -> PrepareReport:
+    """The tokenizer, the token files (with their masks and record indexes), then ``meta.json`` last."""
+    out = config.dataset_dir
+    dtype = token_dtype(tokenizer.vocab_size)
+    tokenizer.save(out / TOKENIZER_DIR)
+    for split, (ids, mask, index) in (("train", train), ("val", val)):
+        _write_tokens(out / f"{split}.bin", ids, dtype)
+        if mask is not None:
+            _write_tokens(out / f"{split}_mask.bin", mask, np.uint8)
+        if index is not None:
+            _write_tokens(out / f"{split}_index.bin", index, np.int64)
     _write_meta(
         config,
         sources,
         tokenizer,
         dtype,
-        len(text),
-        len(train_ids),
-        len(val_ids),
-        loss_mask=train_mask is not None,
-        record_index=train_index is not None,
+        characters,
+        len(train[0]),
+        len(val[0]),
+        loss_mask=train[1] is not None,
+        record_index=train[2] is not None,
+        extra=extra_meta,
     )
     return PrepareReport(
         out,
         False,
         len(sources),
-        len(text),
-        len(train_ids),
-        len(val_ids),
+        characters,
+        len(train[0]),
+        len(val[0]),
         tokenizer.vocab_size,
         {str(s.path): s.encoding for s in sources},
-        corpus.warnings,
-        corpus.details,
+        warnings,
+        details,
     )

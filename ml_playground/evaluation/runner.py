@@ -9,6 +9,7 @@ target once, writing nothing into the experiment's dataset folder. Bits per byte
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ml_playground.core.devices import Precision, resolve_precision
 from ml_playground.core.errors import CheckpointError, DataError, UserError
 from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.batches import TokenDataset, open_dataset
+from ml_playground.evaluation.chat import ChatEval, evaluate_chat, read_val_conversations
 from ml_playground.families.base import InferenceModel
 from ml_playground.sampling.runner import load_model
 from ml_playground.training.evaluation import SplitLoss, evaluate_split
@@ -41,6 +43,7 @@ class EvalReport:
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
     text_tokens: int = 0  # of the whole text (--data), also when --max-tokens scores only part of it
+    chat: ChatEval | None = None  # a chat fine-tune: stop rate, answer lengths, language of its answers
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,22 +56,32 @@ class EvalReport:
             "checkpoint": self.checkpoint,
             "step": self.step,
             "seconds": self.seconds,
+            **(self.chat.to_dict() if self.chat is not None else {}),
         }
 
 
 def evaluate_checkpoint(
-    config: ExperimentConfig, data: Path | None = None, max_tokens: int | None = None
+    config: ExperimentConfig,
+    data: Path | None = None,
+    max_tokens: int | None = None,
+    questions: int = 0,
+    emit: Callable[[str], None] = lambda _: None,
 ) -> EvalReport:
+    """``questions``: on a chat dataset, ask that many validation questions again (``evaluation.chat``)."""
     started = time.perf_counter()
     precision = resolve_precision(config.train.device, config.train.dtype)
     scored = load_model(config)
     lengths = scored.tokenizer.token_byte_lengths()
     notes: tuple[str, ...] = ()
     characters = text_tokens = 0
+    chat: ChatEval | None = None
     if data is None:
         dataset = open_dataset(config.prepare.dataset_dir)
         _check_same_dataset(config, dataset, scored)
         result = _score_split(scored, dataset, precision, lengths, max_tokens)
+        if questions > 0 and dataset.meta.get("chat"):
+            asked = read_val_conversations(config.prepare.dataset_dir)[:questions]
+            chat = evaluate_chat(scored, asked, config.sample.max_new_tokens, emit)
     else:
         text = read_eval_text(config, data)
         ids, notes = encode_eval_text(scored.tokenizer, text, data)
@@ -95,6 +108,7 @@ def evaluate_checkpoint(
         time.perf_counter() - started,
         notes,
         text_tokens,
+        chat,
     )
 
 
@@ -114,6 +128,7 @@ def _score_split(
         index=dataset.val_index,
         max_targets=max_tokens,
         token_bytes=lengths,
+        whole=dataset.whole_records,
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ml_playground.configuration.models import ExperimentConfig
-from ml_playground.core.errors import UserError
+from ml_playground.core.errors import ConfigError, UserError
 from ml_playground.families.base import InferenceModel
 from ml_playground.sampling.conditioning import header_in_view, model_conditions, refuse_unconditioned, sample_fields
 from ml_playground.sampling.runner import load_model, sampling_params, stream_decode
@@ -29,6 +29,7 @@ class Conversation:
     header_tokens: int = 0  # kept in view when the transcript outgrows the context
     messages: list[dict[str, str]] = field(default_factory=list)
     transcript: str = ""
+    system: str | None = None  # the chat template's system message, kept when old turns are forgotten
 
     @property
     def uses_template(self) -> bool:
@@ -43,10 +44,11 @@ class Conversation:
         context = self.model.context_length
         if self.model.chat_ids is not None:
             self.messages.append({"role": "user", "content": user_text})
-            ids = self.model.chat_ids(self.messages)
+            system = [{"role": "system", "content": self.system}] if self.system else []
+            ids = self.model.chat_ids(system + self.messages)
             while len(ids) > context and len(self.messages) > 1:  # forget the oldest turns first
                 del self.messages[0]
-                ids = self.model.chat_ids(self.messages)
+                ids = self.model.chat_ids(system + self.messages)
             return ids[-context:], 0
         keep = self.header_tokens
         ids = self.model.tokenizer.encode(self.header + self.transcript + user_text)  # may refuse the text
@@ -72,12 +74,14 @@ def chat(
     """Run the conversation until ``/quit`` or end of input; returns the number of answers given."""
     model = load_model(config, checkpoint)
     sc = config.sample
+    if sc.chat and model.chat_ids is None:  # asked for the template of a model trained as plain text
+        raise ConfigError("the model has no chat template; set sample.chat = false", key="sample.chat")
     header, header_tokens = "", 0
     conditions = model_conditions(model, config.prepare.dataset_dir)
     refuse_unconditioned(conditions, sample_fields(sc), sc.guidance)
     if conditions is not None:
         header, header_tokens = header_in_view(model.tokenizer, sample_fields(sc), conditions)
-    conversation = Conversation(model, header, header_tokens)
+    conversation = Conversation(model, header, header_tokens, system=sc.system)
     mode = "chat template" if conversation.uses_template else "continuation"
     emit(f"chatting with {model.checkpoint} (step {model.step}, {mode}); {HELP}\n")
     answers = 0

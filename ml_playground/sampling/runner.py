@@ -157,7 +157,7 @@ def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text:
     if sc.chat:
         if model.chat_ids is None:
             raise ConfigError("the model has no chat template; set sample.chat = false", key="sample.chat")
-        return prompt_text, model.chat_ids([{"role": "user", "content": prompt_text}]), 0
+        return prompt_text, model.chat_ids(chat_messages(sc.system, prompt_text)), 0
     conditions = model_conditions(model, config.prepare.dataset_dir)
     refuse_unconditioned(conditions, sample_fields(sc), sc.guidance)
     if conditions is not None:
@@ -168,6 +168,11 @@ def prompt_ids_for(config: ExperimentConfig, model: InferenceModel, prompt_text:
     except UserError as exc:
         raise ConfigError(f"prompt cannot be encoded: {exc.message}", key="sample.prompt") from None
     return prompt_text, ids, keep_prefix
+
+
+def chat_messages(system: str | None, user_text: str) -> list[dict[str, str]]:
+    """The user's text as a chat, after ``system`` when there is one."""
+    return [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": user_text}]
 
 
 def guidance_contrast(config: ExperimentConfig, model: InferenceModel, prompt_text: str) -> tuple[ContrastPrompt, ...]:

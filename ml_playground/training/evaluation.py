@@ -48,6 +48,7 @@ def evaluate_split(
     max_targets: int | None = None,
     token_bytes: npt.NDArray[np.int64] | None = None,
     interrupted: Callable[[], bool] | None = None,
+    whole: bool = False,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
 
@@ -74,6 +75,7 @@ def evaluate_split(
             mask=mask,
             index=index,
             max_targets=max_targets,
+            whole=whole,
         )
         batches = iter(windows)
         while True:

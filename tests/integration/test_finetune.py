@@ -154,7 +154,8 @@ def test_sampling_from_adapters_and_from_merged(trained: ExperimentConfig) -> No
     )[0].text
     assert a == b  # base + adapters and the merged model generate the same greedy tokens
     chat = trained.model_copy(update={"sample": trained.sample.model_copy(update={"chat": True})})
-    assert sample(chat, emit=emitted.append)
+    with pytest.raises(ConfigError, match=r"the model has no chat template; set sample\.chat = false"):
+        sample(chat, emit=emitted.append)  # trained as plain text: no template it never saw
 
 
 def test_eval_reports_the_masked_validation_loss(trained: ExperimentConfig) -> None:
@@ -228,34 +229,32 @@ def test_bad_base_model_and_target_modules(tmp_path: Path, tiny_model: Path, sha
     assert "\n" not in message
 
 
-def test_serve_chats_through_the_models_chat_template(
-    trained: ExperimentConfig, tiny_model: Path, shared_data: Path
-) -> None:
+def test_serve_chats_through_the_models_chat_template(chat_run: ExperimentConfig) -> None:
     import openai
 
     from ml_playground.core.sampling_rules import SamplingParams
     from ml_playground.sampling.runner import load_model, stream_decode
+    from tests.chat_helpers import EXPERIMENT as CHAT_EXPERIMENT
+    from tests.chat_helpers import settings as chat_settings
     from tests.serving_helpers import ServerProcess
 
-    settings = [
-        *overrides(trained.train.out_dir.parent, tiny_model, shared_data),
-        "train.model.save_merged_on_best=true",
-    ]
+    root = chat_run.train.out_dir.parent
+    settings = chat_settings(root, Path(chat_run.train.model.base_model), root / "chat.jsonl")  # type: ignore[attr-defined]
     messages = [{"role": "user", "content": "Sehr geehrte Damen und Herren"}]
     threads = torch.get_num_threads()
-    model = load_model(trained)  # train.num_threads=1, as in the server
+    model = load_model(chat_run)  # train.num_threads=1, as in the server
     assert model.chat_ids is not None
-    # top_p is left out of the requests: the server takes the experiment's [sample] top_p (0.95)
-    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_k=50, top_p=trained.sample.top_p, seed=5)
+    # top_p is left out of the requests: the server takes the experiment's [sample] top_p
+    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_k=50, top_p=chat_run.sample.top_p, seed=5)
     expected = stream_decode(model, model.chat_ids(messages), params, lambda _: None)
     torch.set_num_threads(threads)
     with (
-        ServerProcess(EXPERIMENT, settings) as server,
+        ServerProcess(CHAT_EXPERIMENT, settings) as server,
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="-", max_retries=0) as api,
     ):
         described = api.models.list().data[0].model_dump()
         same = {
-            "model": EXPERIMENT,
+            "model": CHAT_EXPERIMENT,
             "messages": messages,
             "max_tokens": 12,
             "temperature": 0.9,
@@ -279,11 +278,11 @@ def test_serve_chats_through_the_models_chat_template(
     assert "".join(piece.content or "" for piece in pieces) == expected
 
 
-def test_chat_keeps_a_chat_models_conversation_as_messages(trained: ExperimentConfig) -> None:
+def test_chat_keeps_a_chat_models_conversation_as_messages(chat_run: ExperimentConfig) -> None:
     from ml_playground.sampling.chat import Conversation, chat
     from ml_playground.sampling.runner import load_model
 
-    model = load_model(trained)
+    model = load_model(chat_run)
     assert model.chat_ids is not None
     conversation = Conversation(model)
     first, keep = conversation.prompt_ids("Guten Tag")
@@ -302,8 +301,8 @@ def test_chat_keeps_a_chat_models_conversation_as_messages(trained: ExperimentCo
 
     typed = iter(["Guten Tag", "/reset", "", "Und weiter?", "/quit"])
     said: list[str] = []
-    assert chat(trained, read_line=lambda _: next(typed), emit=said.append) == 2
-    assert "(step 30, chat template)" in said[0]
+    assert chat(chat_run, read_line=lambda _: next(typed), emit=said.append) == 2
+    assert re.search(r"\(step \d+, chat template\)", said[0])
     assert "(conversation forgotten)\n" in said
 
 
@@ -323,9 +322,9 @@ def test_export_merges_the_adapters_into_gguf_and_a_modelfile_that_stops_where_t
     assert result.files == ["Modelfile", "tiny-f32.gguf"]
     assert result.step == 30
     text = (out / "Modelfile").read_text("utf-8")
-    assert "<|im_start|>{{ .Role }}" in text  # the model's ChatML template, in Ollama's words
+    assert 'TEMPLATE """{{ .Prompt }}"""' in text  # trained as plain text: a completion model, no chat template
     assert 'PARAMETER stop "<|endoftext|>"' in text
-    assert 'PARAMETER stop "<|im_end|>"' in text
+    assert "<|im_end|>" not in text
     model = load_model(trained)  # base + best adapters, as sample and serve load it
     ids = model.tokenizer.encode("Sehr geehrte Damen und Herren")
     llm = Llama(model_path=str(out / "tiny-f32.gguf"), n_ctx=128, verbose=False)
@@ -359,15 +358,17 @@ def test_export_merges_the_adapters_into_gguf_and_a_modelfile_that_stops_where_t
     tokenizer = model.tokenizer.tokenizer
     gguf = out / "tiny-f32.gguf"
     check_consistency(tokenizer, tokenizer.eos_token_id, gguf, text)  # what export itself checked
-    original = tokenizer.chat_template
-    tokenizer.chat_template = original.replace("assistant", "model")
+    assert tokenizer.chat_template is None
+    tokenizer.chat_template = "{{ messages[0]['content'] }}"
     with pytest.raises(UserError, match="the GGUF file's chat template differs from the tokenizer's"):
         check_consistency(tokenizer, None, gguf, None)
-    tokenizer.chat_template = original
+    tokenizer.chat_template = None
     tokenizer.eos_token = "<|im_end|>"
     with pytest.raises(UserError, match="the GGUF file's end-of-sequence id is"):
         check_consistency(tokenizer, None, gguf, None)
-    with pytest.raises(UserError, match=re.escape("the Modelfile does not stop at <|im_end|>")):
-        check_consistency(model.tokenizer.tokenizer, None, None, text.replace('PARAMETER stop "<|im_end|>"\n', ""))
+    tokenizer.eos_token = "<|endoftext|>"
+    stripped = text.replace('PARAMETER stop "<|endoftext|>"\n', "")
+    with pytest.raises(UserError, match=re.escape("the Modelfile does not stop at <|endoftext|>")):
+        check_consistency(model.tokenizer.tokenizer, None, None, stripped)
     with pytest.raises(UserError, match="the training data ends records with token 3"):
         check_consistency(model.tokenizer.tokenizer, 3, None, None)

@@ -21,22 +21,20 @@ from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.ollama import modelfile, ollama_template
 from ml_playground.export.request import ExportError, ExportRequest, ExportResult, refuse_to_overwrite, write_export
 from ml_playground.families.base import family_settings
+from ml_playground.families.hf_lora.chat import end_of_turn
 from ml_playground.families.hf_lora.gguf import architecture, pre_tokenizer_name, read_back, write_hf_gguf
 from ml_playground.families.hf_lora.inference import load_lora_model
+from ml_playground.families.hf_lora.lora import merged
 from ml_playground.training.checkpointing.service import CheckpointService
 
 if TYPE_CHECKING:
-    from peft import PeftModel
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 
 def stop_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """The tokens that end a turn: end-of-sequence, and ChatML's ``<|im_end|>`` where the template uses it."""
+    """The tokens that end a turn: end-of-sequence, and the chat template's end of turn (ChatML: ``<|im_end|>``)."""
     stops = [str(tokenizer.eos_token)] if tokenizer.eos_token else []
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if "<|im_end|>" in template and "<|im_end|>" not in stops:
-        stops.append("<|im_end|>")
-    return stops
+    return stops + [token for token in end_of_turn(tokenizer) if token not in stops]
 
 
 def check_consistency(
@@ -64,18 +62,6 @@ def check_consistency(
         missing = [stop for stop in stop_texts(tokenizer) if stop not in stops]
         if missing:
             raise ExportError(f"the Modelfile does not stop at {', '.join(missing)}")
-
-
-def merged(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
-    """The base model with the adapters folded into its weights (a plain model stays as it is)."""
-    from peft import PeftModel
-    from transformers import PreTrainedModel
-
-    if not isinstance(model, PeftModel):
-        return model
-    base = model.merge_and_unload()
-    assert isinstance(base, PreTrainedModel)
-    return base
 
 
 def _dataset_eos(config: ExperimentConfig) -> int | None:

@@ -16,9 +16,10 @@ from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.tokenizer import PretrainedTokenizer
 from ml_playground.families.base import ChatMessages, InferenceModel
 from ml_playground.families.hf_lora.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
+from ml_playground.families.hf_lora.chat import apply_text_format, stop_ids
 from ml_playground.families.hf_lora.generation import stream_tokens
 from ml_playground.families.hf_lora.hub import load_pretrained_model, load_pretrained_tokenizer
-from ml_playground.families.hf_lora.lora import load_adapters
+from ml_playground.families.hf_lora.lora import load_adapters, merged
 from ml_playground.families.hf_lora.modules import LogitsOnly
 from ml_playground.training.checkpointing.service import CheckpointService
 
@@ -90,13 +91,15 @@ def load_lora_model(
         else:
             tokenizer = load_pretrained_tokenizer(settings.base_model, settings.revision, key=key, cache_dir=cache)
             described = f"{settings.base_model} without adapters"
+    if kind == "adapters":  # the run's record decides the template: its own, or none for plain text
+        apply_text_format(tokenizer, checkpoint_record(config, which, "text_format"))
     nn.Module.to(model, precision.device)  # transformers wraps .to in a decorator its stubs type oddly
     model.eval()
     return model, tokenizer, described
 
 
-def checkpoint_conditions(config: ExperimentConfig, which: str) -> dict[str, Any] | None:
-    """The conditions a header-conditioned run recorded in its checkpoint's manifest (None: unconditioned)."""
+def checkpoint_record(config: ExperimentConfig, which: str, key: str) -> dict[str, Any] | None:
+    """What a run recorded under ``key`` in its checkpoint's manifest (None: no checkpoint, or not recorded)."""
     if which not in ("best", "last"):
         return None
     service = CheckpointService(config.train.out_dir)
@@ -104,8 +107,13 @@ def checkpoint_conditions(config: ExperimentConfig, which: str) -> dict[str, Any
         manifest = json.loads((service.resolve(which) / "manifest.json").read_text("utf-8"))
     except (CheckpointError, OSError, ValueError):
         return None
-    conditions = manifest.get("conditions")
-    return conditions if isinstance(conditions, dict) else None
+    record = manifest.get(key)
+    return record if isinstance(record, dict) else None
+
+
+def checkpoint_conditions(config: ExperimentConfig, which: str) -> dict[str, Any] | None:
+    """The conditions a header-conditioned run recorded in its checkpoint's manifest (None: unconditioned)."""
+    return checkpoint_record(config, which, "conditions")
 
 
 def context_length(model: nn.Module, block_size: int) -> int:
@@ -116,9 +124,9 @@ def context_length(model: nn.Module, block_size: int) -> int:
 
 
 def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, which: str) -> InferenceModel:
-    model, tokenizer, described = load_lora_model(config, settings, which)
+    loaded, tokenizer, described = load_lora_model(config, settings, which)
+    model = merged(loaded)  # the adapters folded in: what export writes, and faster to decode
     pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
-    eos = tokenizer.eos_token_id
     return InferenceModel(
         module=LogitsOnly(model),
         tokenizer=PretrainedTokenizer(tokenizer, described),
@@ -127,7 +135,7 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
         device=next(model.parameters()).device,
-        stop_ids=frozenset({eos}) if isinstance(eos, int) else frozenset(),
+        stop_ids=stop_ids(tokenizer),
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),
         conditions=checkpoint_conditions(config, which),

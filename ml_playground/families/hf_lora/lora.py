@@ -75,3 +75,19 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def merged(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """The base model with the adapters folded into its weights (a plain model stays as it is).
+
+    Inference runs on this too: one product per projection instead of three, and no PEFT layer in
+    the way (decoding is bound by the time of each small step). Export writes the same weights.
+    """
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    base = model.merge_and_unload()
+    assert isinstance(base, PreTrainedModel)
+    return base

@@ -24,9 +24,10 @@ from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
-from ml_playground.data_pipeline.meta import TOKENIZER_DIR
+from ml_playground.data_pipeline.meta import TOKENIZER_DIR, text_format
 from ml_playground.families.base import BuildContext, TrainingSetup, family_settings
 from ml_playground.families.hf_lora.adapters import AdapterExportHook
+from ml_playground.families.hf_lora.chat import apply_text_format
 from ml_playground.families.hf_lora.generation import generate_ids
 from ml_playground.families.hf_lora.hub import load_pretrained_model
 from ml_playground.families.hf_lora.lora import apply_lora, load_adapters, parameter_counts
@@ -110,6 +111,9 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
             "(prepare.tokenizer = 'hf'); run prepare again",
             path=dataset.dataset_dir,
         )
+    # the adapters' (and the merged model's) tokenizer carries the template the run trains with, or none for
+    # a plain-text run: serve, chat and export then follow what the model saw
+    apply_text_format(tokenizer.tokenizer, text_format(dataset.meta))
     dtype = weight_dtype(precision)
     base = load_pretrained_model(
         settings.base_model, revision=settings.revision, dtype=dtype, cache_dir=config.prepare.cache_dir

@@ -1,0 +1,159 @@
+"""Does a chat fine-tune stop, in our server and in llama.cpp? And do both runtimes agree on its tokens?
+
+For a trained chat experiment (``bundestag_qa_smollm2`` by default), on its validation questions:
+
+1. ``stop_rate`` through ``serve``'s ``/v1/chat/completions`` (a real server on loopback, the ``openai``
+   client, greedy, ``max_tokens`` = ``sample.max_new_tokens``), for the fine-tune and for the base model;
+2. the same through llama.cpp (``Llama.create_chat_completion`` with the chat template the exported GGUF
+   embeds) on the fine-tune exported as f32 GGUF, and on the base model's own GGUF file;
+3. the first 32 greedy tokens of the merged model in transformers against llama.cpp's on the f32 GGUF,
+   from the same rendered prompt, on the first 10 questions.
+
+Usage: ``uv run python tools/chat_stops.py [EXPERIMENT] [--questions 50] [--threads 2]``; prints one line
+per figure and the JSON of all of them last. Needs a trained run (``ml_playground loop EXPERIMENT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ml_playground.commands.export import run_export  # noqa: E402
+from ml_playground.configuration import experiment_config_path, load_config  # noqa: E402
+from ml_playground.configuration.models import ExperimentConfig  # noqa: E402
+from ml_playground.evaluation.chat import read_val_conversations  # noqa: E402
+from ml_playground.export.request import ExportRequest  # noqa: E402
+
+AGREE_QUESTIONS = 10
+AGREE_TOKENS = 32
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_stop_rate(config: ExperimentConfig, questions: list[list[dict[str, str]]], checkpoint: str) -> float:
+    """A real server on loopback, asked by the ``openai`` client; the share of answers that finish with 'stop'."""
+    import uvicorn
+    from openai import OpenAI
+
+    from ml_playground.serving.app import create_app
+    from ml_playground.serving.server import build_served
+
+    asked = config.model_copy(update={"serve": config.serve.model_copy(update={"checkpoint": checkpoint})})
+    served = build_served(asked, "chat")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+        stopped = 0
+        for messages in questions:
+            answer = client.chat.completions.create(
+                model="chat",
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0.0,
+                max_tokens=config.sample.max_new_tokens,
+            )
+            stopped += answer.choices[0].finish_reason == "stop"
+        return stopped / len(questions)
+    finally:
+        server.should_exit = True
+        thread.join()
+        served.engine.stop()
+
+
+def llama_cpp_stop_rate(gguf: Path, questions: list[list[dict[str, str]]], max_tokens: int, threads: int) -> float:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    stopped = 0
+    for messages in questions:
+        answer: Any = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=max_tokens)  # type: ignore[arg-type]
+        stopped += answer["choices"][0]["finish_reason"] == "stop"
+    return stopped / len(questions)
+
+
+def agreement(merged: Path, gguf: Path, questions: list[list[dict[str, str]]], threads: int) -> list[bool]:
+    """For each question: do transformers (merged HF folder) and llama.cpp (f32 GGUF) give the same 32 greedy tokens?"""
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    model.eval()  # type: ignore[no-untyped-call]
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    same = []
+    for messages in questions:
+        encoded: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = [int(i) for i in (encoded["input_ids"] if hasattr(encoded, "keys") else encoded)]
+        with torch.no_grad():
+            out: Any = model.generate(  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
+                torch.tensor([ids]), max_new_tokens=AGREE_TOKENS, do_sample=False
+            )
+        ours = out[0, len(ids) :].tolist()
+        llm.reset()  # type: ignore[no-untyped-call]
+        theirs: list[int] = []
+        for token in llm.generate(ids, temp=0.0, top_k=1):
+            theirs.append(int(token))
+            if len(theirs) == len(ours) or token == llm.token_eos():
+                break
+        same.append(ours == theirs)
+    return same
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Stop rates of a chat fine-tune in serve and llama.cpp.")
+    parser.add_argument("experiment", nargs="?", default="bundestag_qa_smollm2")
+    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    config = load_config(experiment_config_path(args.experiment))
+    torch.set_num_threads(args.threads)
+    questions = [
+        m[: max(i for i, x in enumerate(m) if x["role"] == "assistant")]
+        for m in read_val_conversations(config.prepare.dataset_dir)[: args.questions]
+    ]
+    max_tokens = config.sample.max_new_tokens
+    figures: dict[str, Any] = {"experiment": args.experiment, "questions": len(questions), "max_tokens": max_tokens}
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_dir = run_export(config, ExportRequest("gguf", Path(tmp) / "gguf", "best", gguf_type="f32")).out_dir
+        gguf = next(gguf_dir.glob("*.gguf"))
+        hf_dir = run_export(config, ExportRequest("hf", Path(tmp) / "hf", "best")).out_dir
+        figures["serve_stop_rate"] = serve_stop_rate(config, questions, "best")
+        print(f"serve, fine-tune: stop rate {figures['serve_stop_rate']:.2f}", flush=True)
+        base = config.model_copy(update={"sample": config.sample.model_copy(update={"require_adapters": False})})
+        figures["serve_stop_rate_base"] = serve_stop_rate(base, questions, str(Path(tmp) / "no-adapters"))
+        print(f"serve, base model: stop rate {figures['serve_stop_rate_base']:.2f}", flush=True)
+        figures["llama_cpp_stop_rate"] = llama_cpp_stop_rate(gguf, questions, max_tokens, args.threads)
+        print(f"llama.cpp, fine-tune (f32 GGUF): stop rate {figures['llama_cpp_stop_rate']:.2f}", flush=True)
+        base_gguf = Path(str(config.train.model.base_model))  # type: ignore[attr-defined]
+        if base_gguf.suffix == ".gguf":
+            figures["llama_cpp_stop_rate_base"] = llama_cpp_stop_rate(base_gguf, questions, max_tokens, args.threads)
+            print(f"llama.cpp, base model ({base_gguf.name}): stop rate {figures['llama_cpp_stop_rate_base']:.2f}")
+        same = agreement(hf_dir, gguf, questions[:AGREE_QUESTIONS], args.threads)
+        figures["first_32_tokens_equal"] = f"{sum(same)}/{len(same)}"
+        print(f"first {AGREE_TOKENS} greedy tokens, transformers vs llama.cpp: {sum(same)}/{len(same)} equal")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
