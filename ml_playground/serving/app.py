@@ -538,9 +538,24 @@ def create_app(served: Served) -> FastAPI:
             return await scored_completions(served, body, request)
         return await respond(body, completion_request(served, body), request, chat=False)
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        """What a client needs to tokenize as the model does (lm-evaluation-harness's remote tokenizer)."""
+        tokenizer = served.model.tokenizer
+        eos = tokenizer.eos_token_id
+        return {
+            "eos_token": tokenizer.decode([eos]) if eos is not None else None,
+            "bos_token": None,
+            "pad_token": None,
+            "chat_template": tokenizer.chat_template if served.model.chat_ids is not None else None,
+            "model_max_length": served.model.context_length,
+        }
+
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         _check_model(served, body.model)
+        if body.add_special_tokens:
+            raise ApiError(400, "add_special_tokens: only false; ids of the text alone", param="add_special_tokens")
         try:
             ids = served.model.tokenizer.encode(body.prompt)
         except UserError as exc:
@@ -563,7 +578,17 @@ def create_app(served: Served) -> FastAPI:
 OPEN_PATHS = frozenset({"/health", "/"})
 DRAIN_LIMIT_FACTOR = 16
 KNOWN_PATHS = frozenset(
-    {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}
+    {
+        "/",
+        "/health",
+        "/metrics",
+        "/v1/models",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/tokenize",
+        "/detokenize",
+        "/tokenizer_info",
+    }
 )
 
 

@@ -146,6 +146,7 @@ class ChatRequest(GenerationFields):
 class TokenizeRequest(Strict):
     model: str | None = None
     prompt: str
+    add_special_tokens: bool = False  # (vLLM's and lm-evaluation-harness's field) only false: ids of the text alone
 
 
 class DetokenizeRequest(Strict):

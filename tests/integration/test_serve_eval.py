@@ -80,6 +80,16 @@ def test_several_prompts_token_ids_and_greedy_completion_logprobs(server: Server
     assert tokens["count"] == len(tokens["tokens"]) == 6
     assert tokens["max_model_len"] == 32
     assert post(server, "/detokenize", {"tokens": tokens["tokens"]}).json() == {"prompt": "ROMEO:"}
+    same = post(server, "/tokenize", {"prompt": "ROMEO:", "add_special_tokens": False}).json()  # as lm-eval asks
+    assert same["tokens"] == tokens["tokens"]
+    info = httpx.get(f"{server.url}/tokenizer_info", headers=AUTH, timeout=30).json()
+    assert info == {
+        "eos_token": None,  # a char vocabulary has none
+        "bos_token": None,
+        "pad_token": None,
+        "chat_template": None,
+        "model_max_length": 32,
+    }
     body = {"max_tokens": 8, "temperature": 0, "logprobs": 2, "seed": 1}
     as_text = post(server, "/v1/completions", {**body, "prompt": ["ROMEO:", "JULIET:"]}).json()
     as_ids = post(server, "/v1/completions", {**body, "prompt": tokens["tokens"]}).json()
@@ -111,6 +121,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/completions", {"prompt": "a", "best_of": 2}, "best_of"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),
     ("/tokenize", {"prompt": "€"}, "prompt"),
+    ("/tokenize", {"prompt": "a", "add_special_tokens": True}, "add_special_tokens"),
 ]
 
 

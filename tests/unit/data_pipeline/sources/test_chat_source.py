@@ -89,3 +89,31 @@ def test_an_answer_is_its_leading_paragraphs_or_sentences() -> None:
     assert first_answer("Erstens.\nZweitens ist lang.", 12) == "Erstens."
     assert first_answer("Eins. Zwei. Drei drei drei.", 12) == "Eins. Zwei."
     assert QaStats().details() == ["question/answer pairs: none"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "problem"),
+    [
+        ({"tokenizer": "char"}, "prepare.tokenizer", "the gpt family has no chat template of its own"),
+        ({"tokenizer": "hf", "template": "{speaker}"}, "prepare.template", "leave prepare.template out"),
+        ({"tokenizer": "hf", "conditioning": "header"}, "prepare.conditioning", "leave prepare.conditioning out"),
+    ],
+)
+def test_chat_formats_refuse_what_does_not_apply_in_one_line(
+    tmp_path: Path, settings: dict[str, str], key: str, problem: str
+) -> None:
+    from ml_playground.configuration.models import FiltersConfig, PrepareConfig
+    from ml_playground.core.errors import ConfigError
+    from ml_playground.data_pipeline.preparer import prepare
+
+    config = PrepareConfig(input_path=str(tmp_path), dataset_dir=tmp_path / "out", format="chat", **settings)
+    with pytest.raises(ConfigError) as error:
+        prepare(config)
+    assert error.value.key == key
+    assert problem in error.value.message
+    filtered = config.model_copy(
+        update={"tokenizer": "hf", "filters": FiltersConfig(parties=["SPD"]), "template": None}
+    )
+    with pytest.raises(ConfigError, match=r"leave prepare\.filters out"):
+        prepare(filtered.model_copy(update={"conditioning": "none"}))
+    assert not (tmp_path / "out").exists()  # nothing written
