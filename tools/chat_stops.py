@@ -38,6 +38,7 @@ from ml_playground.export.request import ExportRequest  # noqa: E402
 
 AGREE_QUESTIONS = 10
 AGREE_TOKENS = 32
+SHOWN = 3  # questions whose answers (base and fine-tune) are printed
 
 
 def free_port() -> int:
@@ -46,8 +47,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def serve_stop_rate(config: ExperimentConfig, questions: list[list[dict[str, str]]], checkpoint: str) -> float:
-    """A real server on loopback, asked by the ``openai`` client; the share of answers that finish with 'stop'."""
+def serve_stop_rate(
+    config: ExperimentConfig, questions: list[list[dict[str, str]]], checkpoint: str
+) -> tuple[float, list[str]]:
+    """A real server on loopback, asked by the ``openai`` client: the share of answers that finish with 'stop',
+    and the answers."""
     import uvicorn
     from openai import OpenAI
 
@@ -65,6 +69,7 @@ def serve_stop_rate(config: ExperimentConfig, questions: list[list[dict[str, str
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
         stopped = 0
+        answers = []
         for messages in questions:
             answer = client.chat.completions.create(
                 model="chat",
@@ -73,7 +78,8 @@ def serve_stop_rate(config: ExperimentConfig, questions: list[list[dict[str, str
                 max_tokens=config.sample.max_new_tokens,
             )
             stopped += answer.choices[0].finish_reason == "stop"
-        return stopped / len(questions)
+            answers.append(answer.choices[0].message.content or "")
+        return stopped / len(questions), answers
     finally:
         server.should_exit = True
         thread.join()
@@ -137,11 +143,13 @@ def main() -> int:
         gguf_dir = run_export(config, ExportRequest("gguf", Path(tmp) / "gguf", "best", gguf_type="f32")).out_dir
         gguf = next(gguf_dir.glob("*.gguf"))
         hf_dir = run_export(config, ExportRequest("hf", Path(tmp) / "hf", "best")).out_dir
-        figures["serve_stop_rate"] = serve_stop_rate(config, questions, "best")
+        figures["serve_stop_rate"], tuned = serve_stop_rate(config, questions, "best")
         print(f"serve, fine-tune: stop rate {figures['serve_stop_rate']:.2f}", flush=True)
         base = config.model_copy(update={"sample": config.sample.model_copy(update={"require_adapters": False})})
-        figures["serve_stop_rate_base"] = serve_stop_rate(base, questions, str(Path(tmp) / "no-adapters"))
+        figures["serve_stop_rate_base"], untuned = serve_stop_rate(base, questions, str(Path(tmp) / "no-adapters"))
         print(f"serve, base model: stop rate {figures['serve_stop_rate_base']:.2f}", flush=True)
+        for messages, ours, theirs in list(zip(questions, tuned, untuned, strict=True))[:SHOWN]:
+            print(f"\nQ: {messages[-1]['content']}\nbase: {theirs}\nfine-tune: {ours}", flush=True)
         figures["llama_cpp_stop_rate"] = llama_cpp_stop_rate(gguf, questions, max_tokens, args.threads)
         print(f"llama.cpp, fine-tune (f32 GGUF): stop rate {figures['llama_cpp_stop_rate']:.2f}", flush=True)
         base_gguf = Path(str(config.train.model.base_model))  # type: ignore[attr-defined]

@@ -4,16 +4,19 @@ The peer is the same model decoded in process the way ``sample`` does it (``stre
 stream), so the ratio is what the server gives: with one client what HTTP and server-sent events
 cost, with many what continuous batching gains (one forward pass a step for every stream). The
 time to the first token under 8 clients is printed as p50/p95. The server (uvicorn on a loopback
-port) and its clients run in this process, in threads: a pessimistic measure, since they share one
-interpreter lock with the decoding.
+port, its engine thread beside it, as ``serve`` runs them) is in this process; each client is a
+process of its own, as real clients are, so parsing their streams does not take the server's
+interpreter lock.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,8 +110,11 @@ def _stream(url: str, tokens: int, seed: int, first: list[float] | None = None) 
     return int(json.loads(lines[-1][len("data: ") :])["usage"]["completion_tokens"])
 
 
-def _stream_into(counts: list[int], url: str, tokens: int, seed: int, first: list[float]) -> None:
-    counts.append(_stream(url, tokens, seed, first))
+def _client(url: str, tokens: int, seed: int) -> tuple[int, float]:
+    """One client process: (tokens received, seconds to its first text)."""
+    first: list[float] = []
+    count = _stream(url, tokens, seed, first)
+    return count, first[0]
 
 
 def serving(sizes: BenchSizes) -> list[BenchResult]:
@@ -129,19 +135,15 @@ def serving(sizes: BenchSizes) -> list[BenchResult]:
         for clients in CLIENTS:
             served_rates, peer_rates = [], []
             firsts: list[float] = []
-            for repeat in range(3):
-                peer_rates.append(in_process())
-                counts: list[int] = []
-                threads = [
-                    threading.Thread(target=_stream_into, args=(counts, url, tokens, seed, firsts))
-                    for seed in range(repeat * clients, (repeat + 1) * clients)
-                ]
-                started = time.perf_counter()
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-                served_rates.append(sum(counts) / (time.perf_counter() - started))
+            with ProcessPoolExecutor(max_workers=clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(_client, [url] * clients, [1] * clients, range(clients)))  # the processes start
+                for repeat in range(3):
+                    peer_rates.append(in_process())
+                    seeds = range(repeat * clients, (repeat + 1) * clients)
+                    started = time.perf_counter()
+                    done = list(pool.map(_client, [url] * clients, [tokens] * clients, seeds))
+                    served_rates.append(sum(count for count, _ in done) / (time.perf_counter() - started))
+                    firsts.extend(first for _, first in done)
             served_rates.sort()
             peer_rates.sort()
             firsts.sort()

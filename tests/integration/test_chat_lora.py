@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from ml_playground.commands.export import run_export
 from ml_playground.commands.train import train
@@ -39,10 +34,9 @@ from ml_playground.sampling.runner import prompt_ids_for
 from ml_playground.serving.app import create_app
 from ml_playground.serving.server import build_served
 from tests.chat_helpers import EXPERIMENT, OUR_TEMPLATE, settings
+from tests.lora_resume import assert_killed_run_resumes_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-HELPER = Path(__file__).with_name("train_with_kill.py")
 
 
 def test_each_window_holds_one_conversation_from_its_start(chat_run: ExperimentConfig) -> None:
@@ -167,16 +161,4 @@ def test_a_killed_chat_run_resumes_to_the_same_adapters(chat_run: ExperimentConf
     root = chat_run.train.out_dir.parent
     base = Path(chat_run.train.model.base_model)  # type: ignore[attr-defined]
     overrides = settings(root, base, root / "chat.jsonl", run="killed")
-    helper = [sys.executable, str(HELPER), json.dumps(overrides), "after-step", "4", EXPERIMENT]
-    killed = subprocess.run(helper, capture_output=True, text=True, timeout=300, check=False)
-    assert killed.returncode == -9, killed.stderr
-    resumed = subprocess.run(
-        [*helper[:3], "none", "0", EXPERIMENT], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stdout + resumed.stderr
-    again = load_file(str(root / "killed" / "adapters" / "last" / "adapter_model.safetensors"))
-    straight = load_file(str(chat_run.train.out_dir / "adapters" / "last" / "adapter_model.safetensors"))
-    assert again.keys() == straight.keys()
-    for name in straight:
-        torch.testing.assert_close(again[name], straight[name], rtol=0, atol=0)
+    assert_killed_run_resumes_to(chat_run.train.out_dir, root / "killed", overrides, EXPERIMENT)

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from rich.console import Console
-from safetensors.torch import load_file
 
 from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
@@ -36,10 +31,9 @@ from ml_playground.sampling.debate import run_debate
 from ml_playground.sampling.runner import sample
 from ml_playground.serving.app import create_app
 from ml_playground.serving.server import build_served
+from tests.lora_resume import assert_killed_run_resumes_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-HELPER = Path(__file__).with_name("train_with_kill.py")
 
 
 def settings(root: Path, base: Path, archive: Path, run: str = "run") -> list[str]:
@@ -77,19 +71,7 @@ def test_a_killed_conditioned_run_resumes_to_the_same_adapters(
     root = conditioned.train.out_dir.parent
     base = Path(conditioned.train.model.base_model)  # type: ignore[attr-defined]
     overrides = settings(root, base, xml_archive, run="killed")
-    helper = [sys.executable, str(HELPER), json.dumps(overrides), "after-step", "4", "speakger_smollm2"]
-    killed = subprocess.run(helper, capture_output=True, text=True, timeout=300, check=False)
-    assert killed.returncode == -9, killed.stderr
-    resumed = subprocess.run(
-        [*helper[:3], "none", "0", "speakger_smollm2"], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stdout + resumed.stderr
-    again = load_file(str(root / "killed" / "adapters" / "last" / "adapter_model.safetensors"))
-    straight = load_file(str(conditioned.train.out_dir / "adapters" / "last" / "adapter_model.safetensors"))
-    assert again.keys() == straight.keys()
-    for name in straight:
-        torch.testing.assert_close(again[name], straight[name], rtol=0, atol=0)
+    assert_killed_run_resumes_to(conditioned.train.out_dir, root / "killed", overrides, "speakger_smollm2")
 
 
 def test_windows_start_at_a_header_and_targets_stay_under_their_record(conditioned: ExperimentConfig) -> None:

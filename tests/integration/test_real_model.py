@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.data_pipeline.preparer import prepare
+from ml_playground.evaluation.chat import german_share
 from ml_playground.export.request import ExportRequest
 from ml_playground.sampling.runner import load_model, sampling_params, stream_decode
 from tests.conftest import REPO_ROOT
@@ -33,73 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.real_model,
 EXPERIMENT = "bundestag_smollm2_lora"
 GGUF = REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 HELPER = Path(__file__).with_name("train_with_kill.py")
-FUNCTION_WORDS = {
-    "der",
-    "die",
-    "das",
-    "und",
-    "in",
-    "den",
-    "von",
-    "zu",
-    "mit",
-    "sich",
-    "des",
-    "auf",
-    "für",
-    "ist",
-    "im",
-    "dem",
-    "nicht",
-    "ein",
-    "eine",
-    "als",
-    "auch",
-    "es",
-    "an",
-    "werden",
-    "aus",
-    "er",
-    "hat",
-    "dass",
-    "sie",
-    "nach",
-    "wird",
-    "bei",
-    "einer",
-    "um",
-    "am",
-    "sind",
-    "noch",
-    "wie",
-    "einem",
-    "über",
-    "so",
-    "zum",
-    "war",
-    "haben",
-    "nur",
-    "oder",
-    "aber",
-    "vor",
-    "zur",
-    "bis",
-    "wir",
-    "ich",
-    "uns",
-    "unsere",
-    "wenn",
-    "diese",
-    "dieser",
-    "wurde",
-}
-WORD = re.compile(r"[A-Za-zÄÖÜäöüß]+")
-
-
-def german_share(text: str) -> float:
-    """The share of words that are common German function words (about 0.35-0.45 in German prose, ~0 in English)."""
-    words = [w.lower() for w in WORD.findall(text)]
-    return sum(w in FUNCTION_WORDS for w in words) / max(1, len(words))
 
 
 def settings(root: Path) -> list[str]:
