@@ -42,12 +42,13 @@ class BenchSizes:
     llama_new_tokens: int = 200  # inside one block of 256: llama.cpp would stop at its context
     scaling_grid: tuple[tuple[int, int], ...] = ((128, 4), (256, 4), (384, 4), (128, 8), (256, 8), (384, 8))
     matmul_size: int = 2048
+    serve_clients: tuple[int, ...] = (1, 8, 32)
 
 
 TINY = BenchSizes(
     n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=20, batch_size=2, steps_per_repeat=2, repeats=1,
     sample_shape=(1, 2, 16), sample_block_size=16, sample_new_tokens=24, hf_sample_new_tokens=8, llama_new_tokens=8,
-    scaling_grid=((16, 1),), matmul_size=64,
+    scaling_grid=((16, 1),), matmul_size=64, serve_clients=(1, 8),
 )  # fmt: skip
 
 

@@ -11,7 +11,6 @@ interpreter lock.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ml_playground.bench.harness import BenchResult
+from ml_playground.bench.http_client import client, stream
 from ml_playground.bench.model_benchmarks import BenchSizes
 from ml_playground.configuration.models import ExperimentConfig, PrepareConfig, TrainConfig
 from ml_playground.core.sampling_rules import SamplingParams
@@ -57,11 +57,8 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     )
 
 
-CLIENTS = (1, 8, 32)
-
-
 @contextmanager
-def running_server(model: InferenceModel) -> Iterator[str]:
+def running_server(model: InferenceModel, clients: int) -> Iterator[str]:
     import uvicorn
 
     from ml_playground.serving.app import Served, create_app
@@ -71,7 +68,7 @@ def running_server(model: InferenceModel) -> Iterator[str]:
         prepare=PrepareConfig(input_path="-", dataset_dir=Path("-")),
         train=TrainConfig(out_dir=Path("-")),
     )
-    served = Served("bench", config, model, Engine(model, max_concurrent=max(CLIENTS), queue_size=max(CLIENTS)))
+    served = Served("bench", config, model, Engine(model, max_concurrent=clients, queue_size=clients))
     server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -87,36 +84,6 @@ def running_server(model: InferenceModel) -> Iterator[str]:
         served.engine.stop()
 
 
-def _stream(url: str, tokens: int, seed: int, first: list[float] | None = None) -> int:
-    """Stream one completion; its tokens, and (into ``first``) the seconds to its first text."""
-    import httpx
-
-    started = time.perf_counter()
-    body: dict[str, object] = {
-        "prompt": "ROMEO:",
-        "max_tokens": tokens,
-        "seed": seed,
-        "temperature": 1.0,
-        "stream": True,
-    }
-    body["stream_options"] = {"include_usage": True}
-    lines: list[str] = []
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: {"):
-                if not lines and first is not None:
-                    first.append(time.perf_counter() - started)
-                lines.append(line)
-    return int(json.loads(lines[-1][len("data: ") :])["usage"]["completion_tokens"])
-
-
-def _client(url: str, tokens: int, seed: int) -> tuple[int, float]:
-    """One client process: (tokens received, seconds to its first text)."""
-    first: list[float] = []
-    count = _stream(url, tokens, seed, first)
-    return count, first[0]
-
-
 def serving(sizes: BenchSizes) -> list[BenchResult]:
     model = bench_model(sizes)
     n_layer, _, n_embd = sizes.sample_shape
@@ -129,19 +96,19 @@ def serving(sizes: BenchSizes) -> list[BenchResult]:
         return tokens / (time.perf_counter() - started)
 
     results = []
-    with running_server(model) as url:
-        _stream(url, tokens, 0)  # warm-up
+    with running_server(model, max(sizes.serve_clients)) as url:
+        stream(url, tokens, 0)  # warm-up
         in_process()
-        for clients in CLIENTS:
+        for clients in sizes.serve_clients:
             served_rates, peer_rates = [], []
             firsts: list[float] = []
             with ProcessPoolExecutor(max_workers=clients, mp_context=multiprocessing.get_context("spawn")) as pool:
-                list(pool.map(_client, [url] * clients, [1] * clients, range(clients)))  # the processes start
+                list(pool.map(client, [url] * clients, [1] * clients, range(clients)))  # the processes start
                 for repeat in range(3):
                     peer_rates.append(in_process())
                     seeds = range(repeat * clients, (repeat + 1) * clients)
                     started = time.perf_counter()
-                    done = list(pool.map(_client, [url] * clients, [tokens] * clients, seeds))
+                    done = list(pool.map(client, [url] * clients, [tokens] * clients, seeds))
                     served_rates.append(sum(count for count, _ in done) / (time.perf_counter() - started))
                     firsts.extend(first for _, first in done)
             served_rates.sort()
