@@ -369,7 +369,12 @@ class ServeConfig(Section):
     port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port (printed at start).")
     checkpoint: str = Field(default="best", description="best, last, or a checkpoint folder.")
     max_tokens_limit: int = Field(default=2048, ge=1, description="Largest max_tokens a request may ask for.")
-    max_concurrent: int = Field(default=8, ge=1, description="Streams decoded at once, one token each in turn.")
+    max_concurrent: int = Field(
+        default=8,
+        ge=1,
+        description="Streams decoded at once: batched in one forward pass a step (gpt family), else in turn. "
+        "The batch's KV cache holds this many rows of a whole context.",
+    )
     queue_size: int = Field(default=64, ge=0, description="Requests that may wait for a slot; more get 503.")
     shutdown_grace_s: float = Field(default=30.0, ge=0.0, description="How long in-flight streams may finish.")
     api_key: str | None = Field(
