@@ -15,6 +15,7 @@ from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+from tests.lora_helpers import run_paths
 
 EXPERIMENT = "bundestag_qa_smollm2"
 OUR_TEMPLATE = (  # ChatML with a default system prompt the base's own template does not have
@@ -43,10 +44,7 @@ def conversations(text: str) -> list[dict[str, Any]]:
 
 def settings(root: Path, base: Path, data: Path, run: str = "run") -> list[str]:
     return [
-        f"train.model.base_model='{base}'",
-        f"prepare.input_path='{data}'",
-        f"prepare.dataset_dir='{root / 'dataset'}'",
-        f"train.out_dir='{root / run}'",
+        *run_paths(root, base, data, run),
         "prepare.format='chat'",
         f"prepare.chat_template={json.dumps(OUR_TEMPLATE)}",
         "prepare.val_fraction=0.1",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from ml_playground.commands.export import run_export  # noqa: E402
 from ml_playground.configuration import experiment_config_path, load_config  # noqa: E402
 from ml_playground.configuration.models import ExperimentConfig  # noqa: E402
-from ml_playground.evaluation.chat import read_val_conversations  # noqa: E402
+from ml_playground.evaluation.chat import last_answer, read_val_conversations  # noqa: E402
 from ml_playground.export.request import ExportRequest  # noqa: E402
 
 AGREE_QUESTIONS = 10
@@ -133,10 +133,8 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(experiment_config_path(args.experiment))
     torch.set_num_threads(args.threads)
-    questions = [
-        m[: max(i for i, x in enumerate(m) if x["role"] == "assistant")]
-        for m in read_val_conversations(config.prepare.dataset_dir)[: args.questions]
-    ]
+    conversations = read_val_conversations(config.prepare.dataset_dir)[: args.questions]
+    questions = [messages[: last_answer(messages)] for messages in conversations]
     max_tokens = config.sample.max_new_tokens
     figures: dict[str, Any] = {"experiment": args.experiment, "questions": len(questions), "max_tokens": max_tokens}
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +21,11 @@ import numpy as np
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
 from ml_playground.core.tokenizer import PretrainedTokenizer
-from ml_playground.data_pipeline.chat_encoding import ChatEncoder, FitCounts, fit, load_template, refuse_empty
+from ml_playground.data_pipeline.chat_encoding import ChatEncoder, FitCounts, fit, load_template
+from ml_playground.data_pipeline.corpus import iter_xml_speeches
 from ml_playground.data_pipeline.packing import PackedTokens
 from ml_playground.data_pipeline.record_corpus import validation_records
 from ml_playground.data_pipeline.sources.bundestag_qa import QaStats, qa_conversations
-from ml_playground.data_pipeline.sources.bundestag_xml import MalformedXmlError, iter_documents, parse_session
 from ml_playground.data_pipeline.sources.chat import Conversation, read_chat_jsonl
 from ml_playground.data_pipeline.sources.records import ReadStats
 from ml_playground.data_pipeline.sources.text import SourceText
@@ -54,15 +52,9 @@ def read_conversations(
     if config.format == "chat":
         return list(read_chat_jsonl([(source.path, source.text) for source in sources]))
 
-    def speeches() -> Iterator[Any]:
-        for source in sources:
-            for document in iter_documents(source.path):
-                try:
-                    yield from parse_session(document, "strip").speeches
-                except MalformedXmlError as exc:
-                    stats.bad_row(exc.message, config.malformed, Path(document.name))
-
-    return list(qa_conversations(speeches(), qa))
+    # the protocols' own reader; interjections inside a question or an answer are not part of it
+    speeches = iter_xml_speeches(config.model_copy(update={"interjections": "strip"}), sources, stats)
+    return list(qa_conversations(speeches, qa))
 
 
 def _pack(encoded: list[Any]) -> PackedTokens:
@@ -72,7 +64,7 @@ def _pack(encoded: list[Any]) -> PackedTokens:
     return PackedTokens(np.concatenate([e.ids for e in encoded]), np.concatenate([e.mask for e in encoded]), index)
 
 
-def encode_chat(config: PrepareConfig) -> tuple[PretrainedTokenizer, ChatEncoder]:
+def chat_encoder(config: PrepareConfig) -> tuple[PretrainedTokenizer, ChatEncoder]:
     assert config.hf_tokenizer is not None  # ExperimentConfig fills it from train.model.base_model
     tokenizer = PretrainedTokenizer.from_pretrained(
         config.hf_tokenizer, key="prepare.hf_tokenizer", cache_dir=config.cache_dir
@@ -82,7 +74,7 @@ def encode_chat(config: PrepareConfig) -> tuple[PretrainedTokenizer, ChatEncoder
 
 
 def chat_splits(config: PrepareConfig, sources: list[SourceText]) -> ChatSplits:
-    tokenizer, encoder = encode_chat(config)
+    tokenizer, encoder = chat_encoder(config)
     stats, qa = ReadStats(), QaStats()
     conversations = read_conversations(config, sources, stats, qa)
     if not conversations:
@@ -103,12 +95,12 @@ def chat_splits(config: PrepareConfig, sources: list[SourceText]) -> ChatSplits:
         characters += sum(len(m["content"]) for m in conversation.messages)
         if is_val:
             val_kept.append(conversation)
-    refuse_empty(len(parts[0]), limit)
-    if not parts[1]:
-        raise DataError(
-            f"no validation conversation fits in {limit} tokens; raise train.model.block_size",
-            key="train.model.block_size",
-        )
+    for split, part in (("", parts[0]), ("validation ", parts[1])):
+        if not part:
+            raise DataError(
+                f"no {split}conversation fits in {limit} tokens; raise train.model.block_size",
+                key="train.model.block_size",
+            )
     details = [
         *(qa.details() if config.format == "bundestag_qa" else []),
         f"conversations: {len(parts[0]):,} train, {len(parts[1]):,} validation; {counts.cut:,} cut after the last "

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.errors import ConfigError
+from ml_playground.core.tokenizer import PretrainedTokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -122,12 +123,7 @@ class ChatEncoder:
 
     def encode(self, messages: Sequence[dict[str, str]]) -> EncodedConversation:
         pieces, turn_ends = self.pieces(messages)
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        texts = [text for text, _ in pieces]
-        if backend is not None:
-            encoded = [list(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        else:
-            encoded = [list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+        encoded = PretrainedTokenizer(self.tokenizer, "").encode_batch([text for text, _ in pieces])
         lengths = np.cumsum([len(ids) for ids in encoded])
         ids = np.asarray([i for part in encoded for i in part], dtype=np.int64)
         mask = np.concatenate(
@@ -160,10 +156,3 @@ def fit(encoded: EncodedConversation, limit: int, counts: FitCounts) -> EncodedC
     counts.cut += 1
     end = ends[-1]
     return EncodedConversation(encoded.ids[:end], encoded.mask[:end], tuple(ends))
-
-
-def refuse_empty(kept: int, limit: int) -> None:
-    if kept == 0:
-        raise DataError(
-            f"no conversation fits in {limit} tokens; raise train.model.block_size", key="train.model.block_size"
-        )

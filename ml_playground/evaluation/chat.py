@@ -134,6 +134,11 @@ def read_val_conversations(dataset_dir: Path) -> list[list[dict[str, str]]]:
     return [json.loads(line)["messages"] for line in lines if line.strip()]
 
 
+def last_answer(messages: Sequence[dict[str, str]]) -> int:
+    """The position of a conversation's last assistant turn: what comes before it is the question asked."""
+    return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+
+
 def ask(model: InferenceModel, messages: Sequence[dict[str, str]], max_new_tokens: int) -> tuple[str, bool, int]:
     """(answer, whether it ended at an end-of-turn token, its tokens), greedy."""
     if model.chat_ids is None:
@@ -152,7 +157,7 @@ def evaluate_chat(
     """Ask each conversation's last assistant turn again (what came before it is the prompt)."""
     answers: list[ChatAnswer] = []
     for number, messages in enumerate(conversations, 1):
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        last = last_answer(messages)
         text, stopped, tokens = ask(model, messages[:last], max_new_tokens)
         reference = messages[last]["content"]
         answers.append(ChatAnswer(messages[last - 1]["content"], text, reference, stopped, tokens))

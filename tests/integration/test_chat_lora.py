@@ -34,7 +34,7 @@ from ml_playground.sampling.runner import prompt_ids_for
 from ml_playground.serving.app import create_app
 from ml_playground.serving.server import build_served
 from tests.chat_helpers import EXPERIMENT, OUR_TEMPLATE, settings
-from tests.lora_resume import assert_killed_run_resumes_to
+from tests.lora_helpers import assert_killed_run_resumes_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

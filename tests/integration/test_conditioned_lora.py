@@ -31,17 +31,14 @@ from ml_playground.sampling.debate import run_debate
 from ml_playground.sampling.runner import sample
 from ml_playground.serving.app import create_app
 from ml_playground.serving.server import build_served
-from tests.lora_resume import assert_killed_run_resumes_to
+from tests.lora_helpers import assert_killed_run_resumes_to, run_paths
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def settings(root: Path, base: Path, archive: Path, run: str = "run") -> list[str]:
     return [
-        f"train.model.base_model='{base}'",
-        f"prepare.input_path='{archive}'",
-        f"prepare.dataset_dir='{root / 'dataset'}'",
-        f"train.out_dir='{root / run}'",
+        *run_paths(root, base, archive, run),
         "prepare.val_fraction=0.2",
         "train.num_threads=1",
         "train.model.block_size=160",

@@ -1,4 +1,4 @@
-"""A LoRA run killed after a step and resumed ends with the adapters of an uninterrupted run, bit for bit."""
+"""Helpers for the LoRA tests: where a run reads and writes, and a killed run that resumes bit for bit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import torch
 from safetensors.torch import load_file
 
 HELPER = Path(__file__).parent / "integration" / "train_with_kill.py"
+
+
+def run_paths(root: Path, base: Path, data: Path, run: str = "run") -> list[str]:
+    """``--set`` overrides for a tiny run under ``root``: its base model, its input, its dataset and run folders."""
+    return [
+        f"train.model.base_model='{base}'",
+        f"prepare.input_path='{data}'",
+        f"prepare.dataset_dir='{root / 'dataset'}'",
+        f"train.out_dir='{root / run}'",
+    ]
 
 
 def assert_killed_run_resumes_to(straight_run: Path, killed_run: Path, overrides: list[str], experiment: str) -> None:
