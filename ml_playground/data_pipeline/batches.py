@@ -269,7 +269,7 @@ def sequential_windows(
     max_targets: int | None = None,
     whole: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every next-token target of the split exactly once: non-overlapping windows, last one shorter.
+    """Every next-token target of the split exactly once: non-overlapping windows; the last one ends at the end.
 
     With a record index, the record-aware windows in order (every body target once, headers repeated).
     With several ranks, batch ``b`` goes to rank ``b % world_size``; together they cover the split once.
@@ -294,4 +294,19 @@ def sequential_windows(
             continue
         yield _windows(tokens, mask, full[i : i + batch_size], block_size)
     if len(full) < len(starts) and len(batch_starts) % world_size == rank:
-        yield _windows(tokens, mask, [starts[-1]], n_targets - starts[-1])
+        yield _tail_window(tokens, mask, starts[-1], n_targets, block_size)
+
+
+def _tail_window(
+    tokens: Tokens, mask: Mask | None, first: int, n_targets: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The targets from ``first`` to the end, seen with the fullest context one window allows: the window of
+    ``block_size`` that ends at the last target (its earlier targets, already scored, are ignored), or the
+    shorter window from ``first`` when the split holds less than a block. How lm-evaluation-harness rolls too."""
+    if n_targets < block_size:
+        return _windows(tokens, mask, [first], n_targets - first)
+    start = n_targets - block_size
+    x, y = _windows(tokens, mask, [start], block_size)
+    y = y.clone()  # a view of the same rows as x
+    y[:, : first - start] = IGNORE_INDEX
+    return x, y

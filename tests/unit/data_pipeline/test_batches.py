@@ -8,7 +8,7 @@ import torch
 
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
-from ml_playground.data_pipeline.batches import BatchSampler, open_dataset, sequential_windows
+from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, open_dataset, sequential_windows
 from ml_playground.data_pipeline.preparer import prepare
 
 pytestmark = pytest.mark.unit
@@ -36,19 +36,33 @@ def test_ranks_split_the_global_batch() -> None:
     assert torch.equal(torch.cat([r.batch(7)[0] for r in ranks]), x)
 
 
+def scored(y: torch.Tensor) -> list[int]:
+    return [t for t in y.reshape(-1).tolist() if t != IGNORE_INDEX]
+
+
 def test_sequential_windows_cover_every_target_once() -> None:
     tokens = np.arange(103, dtype=np.uint16)
-    targets = torch.cat([y.reshape(-1) for _, y in sequential_windows(tokens, block_size=10, batch_size=3)])
-    assert targets.tolist() == list(range(1, 103))
+    windows = list(sequential_windows(tokens, block_size=10, batch_size=3))
+    assert [t for _, y in windows for t in scored(y)] == list(range(1, 103))
     short = list(sequential_windows(np.arange(5, dtype=np.uint16), block_size=10, batch_size=3))
     assert [y.tolist() for _, y in short] == [[[1, 2, 3, 4]]]
+
+
+def test_the_last_window_sees_a_whole_block_of_context() -> None:
+    """The two targets left after ten full windows are scored from the window that ends at the last token
+    (as lm-evaluation-harness's rolling windows score them), not from a two-token window."""
+    x, y = list(sequential_windows(np.arange(103, dtype=np.uint16), block_size=10, batch_size=20))[-1]
+    assert x.tolist() == [list(range(92, 102))]
+    assert y.tolist() == [[IGNORE_INDEX] * 8 + [101, 102]]
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 7])
 def test_ranks_share_the_sequential_windows_without_overlap(world_size: int) -> None:
     tokens = np.arange(103, dtype=np.uint16)
     shares = [
-        torch.cat([y.reshape(-1) for _, y in sequential_windows(tokens, 10, 3, rank=r, world_size=world_size)])
+        torch.tensor(
+            [t for _, y in sequential_windows(tokens, 10, 3, rank=r, world_size=world_size) for t in scored(y)]
+        )
         if list(sequential_windows(tokens, 10, 3, rank=r, world_size=world_size))
         else torch.empty(0, dtype=torch.long)
         for r in range(world_size)
