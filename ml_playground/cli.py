@@ -72,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, default=Path("out/compare"), help="folder for compare.json and the chart")
     compare.add_argument("--json", action="store_true", help="print the table as one JSON object on the last line")
     compare.add_argument("--quiet", action="store_true", help="no progress output")
+    harness = commands.add_parser(
+        "harness",
+        help="lm-evaluation-harness on two tasks of ours, through serve and on the HF export, beside eval --data",
+        description="Writes two lm-evaluation-harness tasks over --data (rolling bits per byte; which of two "
+        "sentences comes next), runs them against the model served on loopback and the next-sentence task "
+        "against the Hugging Face export, and prints them beside eval --data.",
+    )
+    _add_common(harness)
+    harness.add_argument("--data", type=Path, required=True, help="held-out text (read as eval reads it)")
+    harness.add_argument("--items", type=int, default=100, help="next-sentence items (default 100)")
+    harness.add_argument("--out", type=Path, help="folder for tasks and export (default: beside out_dir)")
+    harness.add_argument("--no-hf", action="store_true", help="skip the export and the harness's hf model")
+    harness.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     specs: list[tuple[str, str]] = [
         ("prepare", "raw text -> token files, tokenizer and meta.json in prepare.dataset_dir"),
         ("train", "train (resuming from the last checkpoint if there is one) -> out_dir"),
@@ -376,6 +389,66 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_harness(args: argparse.Namespace, console: Console) -> int:
+    from ml_playground.commands.export import ExportRequest, run_export
+    from ml_playground.evaluation import harness
+    from ml_playground.evaluation.runner import evaluate_checkpoint, read_eval_text
+    from ml_playground.serving.server import build_served, running
+
+    if args.items < 1:
+        raise ConfigError("must be a positive number of items", key="--items")
+    config = _load(args)
+    folder = args.out or config.train.out_dir.parent / f"{config.train.out_dir.name}-harness"
+    tasks = folder / "tasks"
+    items = harness.write_tasks(read_eval_text(config, args.data), tasks, args.items)
+    ours = evaluate_checkpoint(config, args.data)
+    if ours.bits_per_byte is None:
+        raise UserError("the checkpoint's tokenizer gives no byte lengths, so there are no bits per byte to compare")
+    served = build_served(config, args.experiment, config.sample.checkpoint)
+    with running(served) as url:
+        model_args = harness.served_model_args(f"{url}/v1/completions", args.experiment, served.model.context_length)
+        both = [harness.BPB_TASK, harness.NEXT_TASK]
+        through_server = harness.run_tasks("local-completions", model_args, both, tasks)
+    hf_accuracy = None
+    if not args.no_hf:
+        request = ExportRequest(
+            format="hf",
+            out_dir=folder / "hf",
+            checkpoint=config.sample.checkpoint,
+            force=True,
+            name=args.experiment,
+            gguf_type=config.export.gguf_type,
+        )
+        exported = run_export(config, request)
+        hf_accuracy = harness.run_tasks("hf", harness.hf_model_args(exported.out_dir), [harness.NEXT_TASK], tasks)[
+            harness.NEXT_TASK
+        ]["acc"]
+    report = harness.HarnessReport(
+        ours.bits_per_byte,
+        through_server[harness.BPB_TASK]["bits_per_byte"],
+        through_server[harness.NEXT_TASK]["acc"],
+        hf_accuracy,
+        items,
+        ours.tokens,
+        served.model.context_length,
+        str(tasks),
+    )
+    if args.json:
+        write_stdout(json.dumps(report.to_dict()) + "\n")
+        return 0
+    hf = "skipped" if report.hf_accuracy is None else f"{report.hf_accuracy:.4f}"
+    console.print(
+        f"bits per byte: eval --data {report.eval_bits_per_byte:.6f}, lm-eval through serve "
+        f"{report.served_bits_per_byte:.6f} (relative difference {report.relative_difference:.2e}; "
+        f"{report.tokens:,} tokens in windows of {report.context_length:,})\n"
+        f"next sentence ({report.items} items): accuracy through serve {report.served_accuracy:.4f}, "
+        f"lm-eval hf on the export {hf}\ntasks: {report.tasks}",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
 def read_line(prompt: str) -> str | None:
     try:
         return input(prompt)
@@ -404,6 +477,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Console], int]] = {
     "export": cmd_export,
     "serve": cmd_serve,
     "chat": cmd_chat,
+    "harness": cmd_harness,
 }
 
 

@@ -85,9 +85,10 @@ def evaluate_checkpoint(
     else:
         text = read_eval_text(config, data)
         ids, notes = encode_eval_text(scored.tokenizer, text, data)
+        characters, text_tokens = len(text), len(ids)
+        ids = as_document(ids, scored.tokenizer.eos_token_id)
         if len(ids) < 2:
             raise DataError("too little text to score (fewer than two tokens)", path=data)
-        characters, text_tokens = len(text), len(ids)
         result = evaluate_split(
             scored.module,
             ids.astype(np.uint32),
@@ -138,6 +139,12 @@ def _check_same_dataset(config: ExperimentConfig, dataset: TokenDataset, scored:
             f"was trained on another dataset than {config.prepare.dataset_dir}; evaluate it against its own data",
             path=Path(scored.checkpoint),
         )
+
+
+def as_document(ids: npt.NDArray[np.int64], start: int | None) -> npt.NDArray[np.int64]:
+    """The text as a document: after the end-of-text token, where the tokenizer has one, so its first token is
+    scored too and every byte counts (how lm-evaluation-harness scores a document); else from its second token."""
+    return ids if start is None else np.concatenate([np.asarray([start], dtype=np.int64), ids])
 
 
 def read_eval_text(config: ExperimentConfig, data: Path) -> str:

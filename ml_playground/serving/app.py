@@ -15,7 +15,7 @@ import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -130,8 +130,9 @@ def _refused(exc: UserError) -> ApiError:
     return ApiError(400, exc.message, param=(exc.key or "").rpartition(".")[2] or None)
 
 
-def _check_fits(served: Served, ids: list[int], param: str) -> None:
-    if len(ids) > served.model.context_length:
+def _check_fits(served: Served, ids: list[int], param: str, echo: bool = False) -> None:
+    """A prompt must fit the context, except under ``echo``: scoring reads any length in windows."""
+    if len(ids) > served.model.context_length and not echo:
         raise ApiError(
             400, f"{param} is {len(ids)} tokens; the model's context is {served.model.context_length}", param=param
         )
@@ -145,14 +146,14 @@ def _check_vocab(served: Served, ids: list[int], param: str) -> None:
         raise ApiError(400, message, param=param)
 
 
-def _encode(served: Served, text: str, param: str) -> list[int]:
+def _encode(served: Served, text: str, param: str, echo: bool = False) -> list[int]:
     try:
         ids = served.model.tokenizer.encode(text)
     except UserError as exc:
         raise ApiError(400, f"{param} cannot be encoded: {exc.message}", param=param) from None
     if not ids:
         raise ApiError(400, f"{param} is empty after tokenization; give at least one token", param=param)
-    _check_fits(served, ids, param)
+    _check_fits(served, ids, param, echo)
     return ids
 
 
@@ -182,9 +183,9 @@ def _params(
     )
 
 
-def _check_ids(served: Served, ids: list[int], param: str) -> list[int]:
+def _check_ids(served: Served, ids: list[int], param: str, echo: bool = False) -> list[int]:
     _check_vocab(served, ids, param)
-    _check_fits(served, ids, param)
+    _check_fits(served, ids, param, echo)
     return ids
 
 
@@ -195,7 +196,7 @@ def completion_request(
     max_tokens = _check_common(served, body)
     if isinstance(prompt, list):
         params = _params(served, body, max(max_tokens, 1))
-        return GenerationRequest(_check_ids(served, prompt, "prompt"), params, tuple(body.stop_strings))
+        return GenerationRequest(_check_ids(served, prompt, "prompt", body.echo), params, tuple(body.stop_strings))
     text = prompt if prompt is not None else body.prompt_text
     text = served.config.sample.prompt if text is None else text
     keep_prefix = 0
@@ -209,7 +210,7 @@ def completion_request(
             parties = list(served.conditions.get("parties", {}))
             contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
         text = header + text.strip()
-    ids = _encode(served, text, "prompt")
+    ids = _encode(served, text, "prompt", body.echo)
     params = _params(served, body, max(max_tokens, 1), keep_prefix, contrast)
     return GenerationRequest(ids, params, tuple(body.stop_strings))
 
@@ -376,19 +377,25 @@ def chat_logprobs(served: Served, scores: TokenScores, first: int) -> dict[str, 
 
 
 async def _score(served: Served, ids: list[int], top: int) -> TokenScores:
-    """Log-probabilities of ``ids`` (a prompt, with its completion when there is one), which must fit the context."""
-    if len(ids) > served.model.context_length:
-        raise ApiError(
-            400,
-            f"prompt and completion are {len(ids)} tokens, more than the model's context of "
-            f"{served.model.context_length} that scoring them needs; ask for fewer max_tokens",
-            param="max_tokens",
-        )
+    """Log-probabilities of ``ids`` (a prompt, with its completion when there is one), in the context's windows."""
     try:
         future = served.engine.call(lambda: score_tokens(served.model, ids, top))
     except EngineClosedError as exc:
         raise ApiError(503, exc.message, kind="server_shutting_down") from None
     return await asyncio.wrap_future(future)
+
+
+def _in_view(served: Served, generation: GenerationRequest) -> GenerationRequest:
+    """An echoed prompt longer than the context continues from its last tokens, leaving room for the answer
+    (lm-evaluation-harness asks one token past the windows it scores, and reads none of it). A prompt that
+    fits is left whole (the family slides its window if the answer outgrows the context)."""
+    context, wanted = served.model.context_length, generation.params.max_new_tokens
+    if len(generation.prompt_ids) <= context:
+        return generation
+    if wanted >= context:
+        message = f"max_tokens {wanted} leaves no room for the prompt in the model's context of {context}"
+        raise ApiError(400, message, param="max_tokens")
+    return replace(generation, prompt_ids=generation.prompt_ids[len(generation.prompt_ids) - context + wanted :])
 
 
 async def _choice(
@@ -400,10 +407,19 @@ async def _choice(
     prompt_text = served.model.tokenizer.decode(prompt_ids)
     text, completion_ids, finish = "", [], "length"
     if body.max_tokens != 0:
+        generation = _in_view(served, generation)
         text, done = await JobEvents(served.engine, generation, served.metrics).collect(request)
         completion_ids, finish = list(done.token_ids), done.finish_reason
     logprobs = None
     if body.logprobs is not None:
+        context = served.model.context_length
+        if len(prompt_ids) <= context < len(prompt_ids) + len(completion_ids):  # sampled from a sliding window
+            raise ApiError(
+                400,
+                f"prompt and completion are {len(prompt_ids) + len(completion_ids)} tokens, more than the model's "
+                f"context of {context} that scoring them as they were sampled needs; ask for fewer max_tokens",
+                param="max_tokens",
+            )
         scores = await _score(served, prompt_ids + completion_ids, body.logprobs)
         first, offset = (0, 0) if body.echo else (len(prompt_ids), len(prompt_text))
         logprobs = legacy_logprobs(served, scores, first, offset)

@@ -75,6 +75,25 @@ def test_echoed_prompt_logprobs_are_our_evaluation_s_per_token_losses(
     assert report.bits_per_byte == pytest.approx(served_nll / math.log(2) / report.bytes, rel=1e-5)
 
 
+def test_an_echoed_prompt_longer_than_the_context_is_scored_in_eval_s_windows(
+    server: ServerProcess, trained_tiny: tuple[ExperimentConfig, list[str]], tmp_path: Path
+) -> None:
+    """lm-evaluation-harness sends a window one token longer than the context and asks for one token more."""
+    config, _ = trained_tiny
+    text = "ROMEO:\nWhat light through yonder window breaks? It is the east, and Juliet the sun."  # 82 > 32
+    body = {"prompt": text, "echo": True, "max_tokens": 1, "logprobs": 0, "temperature": 0}
+    response = post(server, "/v1/completions", body)
+    assert response.status_code == 200, response.text
+    logprobs = response.json()["choices"][0]["logprobs"]
+    assert len(logprobs["token_logprobs"]) == len(text) + 1  # the prompt and the one generated token
+    text_file = tmp_path / "long.txt"
+    text_file.write_text(text, encoding="utf-8")
+    report = evaluate_checkpoint(config, text_file, None)
+    served_nll = -sum(logprobs["token_logprobs"][1 : len(text)])
+    assert report.tokens == len(text) - 1
+    assert served_nll / report.tokens == pytest.approx(report.val_loss, rel=1e-5)
+
+
 def test_several_prompts_token_ids_and_greedy_completion_logprobs(server: ServerProcess) -> None:
     tokens = post(server, "/tokenize", {"prompt": "ROMEO:"}).json()
     assert tokens["count"] == len(tokens["tokens"]) == 6
