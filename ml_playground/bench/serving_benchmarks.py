@@ -3,16 +3,17 @@
 The peer is the same model decoded in process the way ``sample`` does it (``stream_decode``, one
 stream), so the ratio is what the server gives: with one client what HTTP and server-sent events
 cost, with many what continuous batching gains (one forward pass a step for every stream). The
-time to the first token under 8 clients is printed as p50/p95. The server (uvicorn on a loopback
-port, its engine thread beside it, as ``serve`` runs them) is in this process; each client is a
-process of its own, as real clients are, so parsing their streams does not take the server's
-interpreter lock.
+time to the first token under 8 clients is printed as p50/p95. The server is a process of its own,
+wired as ``serve`` wires it (the model decoded on the thread that built it, uvicorn on a loopback
+port beside it); each client is a process of its own, as real clients are, so parsing their streams
+does not take the server's interpreter lock, and the peer decodes in this process.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import threading
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -57,31 +58,39 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     )
 
 
-@contextmanager
-def running_server(model: InferenceModel, clients: int) -> Iterator[str]:
+def _serve_in_child(sizes: BenchSizes, clients: int, urls: multiprocessing.Queue[str]) -> None:  # pragma: no cover
+    """The child process: the bench model behind ``serve``'s own wiring (engine on this thread, web on another);
+    coverage does not follow spawned processes, the bench's results are what check it."""
     import uvicorn
 
     from ml_playground.serving.app import Served, create_app
     from ml_playground.serving.engine import Engine
+    from ml_playground.serving.server import run_served
 
+    model = bench_model(sizes)
     config = ExperimentConfig(
         prepare=PrepareConfig(input_path="-", dataset_dir=Path("-")),
         train=TrainConfig(out_dir=Path("-")),
     )
-    served = Served("bench", config, model, Engine(model, max_concurrent=clients, queue_size=clients))
-    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    engine = Engine(model, max_concurrent=clients, queue_size=clients, own_thread=False)
+    served = Served("bench", config, model, engine)
+    uv_config = uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning")
+    run_served(served, uv_config, lambda line: urls.put(line.split(" on ", 1)[1].split(" ", 1)[0]))
+
+
+@contextmanager
+def running_server(sizes: BenchSizes, clients: int) -> Iterator[str]:
+    """A server process of its own, as ``serve`` runs: the model built and decoded on its main thread."""
+    context = multiprocessing.get_context("spawn")
+    urls: multiprocessing.Queue[str] = context.Queue()
+    child = context.Process(target=_serve_in_child, args=(sizes, clients, urls), daemon=True)
+    child.start()
     try:
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        yield urls.get(timeout=120)
     finally:
-        server.should_exit = True
-        thread.join(30)
-        served.engine.stop()
+        if child.pid is not None:
+            os.kill(child.pid, signal.SIGTERM)
+        child.join(60)
 
 
 def serving(sizes: BenchSizes) -> list[BenchResult]:
@@ -96,7 +105,7 @@ def serving(sizes: BenchSizes) -> list[BenchResult]:
         return tokens / (time.perf_counter() - started)
 
     results = []
-    with running_server(model, max(sizes.serve_clients)) as url:
+    with running_server(sizes, max(sizes.serve_clients)) as url:
         stream(url, tokens, 0)  # warm-up
         in_process()
         for clients in sizes.serve_clients:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -236,7 +237,10 @@ class JobEvents:
 
     def __init__(self, engine: Engine, request: GenerationRequest, metrics: ServerMetrics | None = None) -> None:
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.ready = asyncio.Event()
+        self.pending: list[Event] = []  # delivered by the engine's thread, not yet taken by the event loop
+        self.lock = threading.Lock()
+        self.signalled = False  # a wake-up is on its way to the event loop
         self.metrics = metrics
         self.started = time.monotonic()
         self.first = True
@@ -250,24 +254,49 @@ class JobEvents:
             raise ApiError(503, exc.message, kind="server_shutting_down") from None
 
     def _deliver(self, event: Event) -> None:
+        """On the engine's thread: one wake-up of the event loop for all it has not taken yet."""
         if self.metrics is not None:
             if isinstance(event, Delta) and self.first:
                 self.first = False
                 self.metrics.time_to_first_token.observe(time.monotonic() - self.started)
             elif isinstance(event, Done):
                 self.metrics.generated_tokens.inc(event.completion_tokens)
+        with self.lock:
+            self.pending.append(event)
+            if self.signalled:
+                return
+            self.signalled = True
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            self.loop.call_soon_threadsafe(self.ready.set)
         except RuntimeError:  # the event loop is gone: the server stopped
             self.job.cancel()
+
+    async def _take(self, timeout: float | None = None) -> list[Event]:
+        """What was delivered since the last call, the text of successive deltas joined into one (a client that
+        reads slower than the model writes gets fewer, longer chunks); [] when ``timeout`` passes first."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            return []
+        self.ready.clear()
+        with self.lock:
+            events, self.pending = self.pending, []
+            self.signalled = False
+        joined: list[Event] = []
+        for event in events:
+            if joined and isinstance(event, Delta) and isinstance(joined[-1], Delta):
+                joined[-1] = Delta(joined[-1].text + event.text)
+            else:
+                joined.append(event)
+        return joined
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
             while True:
-                event = await self.queue.get()
-                yield event
-                if not isinstance(event, Delta):
-                    return
+                for event in await self._take():
+                    yield event
+                    if not isinstance(event, Delta):
+                        return
         finally:
             self.job.cancel()
 
@@ -276,18 +305,16 @@ class JobEvents:
         parts: list[str] = []
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        raise ApiError(499, "client closed the request") from None
-                    continue
-                if isinstance(event, Delta):
-                    parts.append(event.text)
-                elif isinstance(event, Done):
-                    return "".join(parts), event
-                else:
-                    raise ApiError(event.status, event.message, kind="server_busy" if event.status == 503 else None)
+                events = await self._take(DISCONNECT_POLL_S)
+                if not events and await request.is_disconnected():
+                    raise ApiError(499, "client closed the request") from None
+                for event in events:
+                    if isinstance(event, Delta):
+                        parts.append(event.text)
+                    elif isinstance(event, Done):
+                        return "".join(parts), event
+                    else:
+                        raise ApiError(event.status, event.message, kind="server_busy" if event.status == 503 else None)
         finally:
             self.job.cancel()
 

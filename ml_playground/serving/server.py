@@ -10,20 +10,24 @@ does uvicorn stop.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 import uvicorn
 
 from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.errors import UserError
 from ml_playground.sampling.conditioning import model_conditions
 from ml_playground.sampling.runner import load_model
 from ml_playground.serving.app import Served, create_app
 from ml_playground.serving.engine import Engine
 
 DRAIN_POLL_S = 0.05
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class GracefulServer(uvicorn.Server):
@@ -34,6 +38,7 @@ class GracefulServer(uvicorn.Server):
         self.served = served
         self.announce = announce
         self._drain: threading.Thread | None = None
+        self.signals: list[int] = []  # the signals that stopped it
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets)  # type: ignore[arg-type]
@@ -49,6 +54,7 @@ class GracefulServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: keep listening and answer new requests with 503 while in-flight streams finish (at most
         ``serve.shutdown_grace_s``), then stop. A second signal stops at once."""
+        self.signals.append(sig)
         engine = self.served.engine
         if self._drain is not None:
             engine.finish_all()
@@ -70,12 +76,18 @@ class GracefulServer(uvicorn.Server):
 
 
 def build_served(
-    config: ExperimentConfig, name: str, checkpoint: str | None = None, api_key: str | None = None
+    config: ExperimentConfig,
+    name: str,
+    checkpoint: str | None = None,
+    api_key: str | None = None,
+    *,
+    engine_thread: bool = True,
 ) -> Served:
-    """``api_key``: what the caller read from the environment; ``serve.api_key`` wins when both are set."""
+    """``api_key``: what the caller read from the environment; ``serve.api_key`` wins when both are set.
+    ``engine_thread``: False when the caller decodes on its own thread (``run_served``)."""
     sc = config.serve
     model = load_model(config, checkpoint or sc.checkpoint)
-    engine = Engine(model, sc.max_concurrent, sc.queue_size, sc.queue_timeout_s)
+    engine = Engine(model, sc.max_concurrent, sc.queue_size, sc.queue_timeout_s, own_thread=engine_thread)
     conditions = model_conditions(model, config.prepare.dataset_dir)
     return Served(name, config, model, engine, conditions, api_key=sc.api_key or api_key)
 
@@ -90,7 +102,7 @@ def serve(
     checkpoint: str | None = None,
     api_key: str | None = None,
 ) -> None:
-    served = build_served(config, name, checkpoint, api_key)
+    served = build_served(config, name, checkpoint, api_key, engine_thread=False)
     uv_config = uvicorn.Config(
         create_app(served),
         host=host or config.serve.host,
@@ -98,8 +110,52 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=int(config.serve.shutdown_grace_s) + 1,
     )
+    run_served(served, uv_config, announce)
+
+
+def run_served(served: Served, uv_config: uvicorn.Config, announce: Callable[[str], None]) -> None:
+    """The web server on a thread of its own, the engine decoding on this one: the thread that loaded the model
+    (``Engine.run`` says why). Called from the main thread, SIGINT and SIGTERM start the graceful shutdown, and
+    the signal is raised again once everything stopped, as uvicorn does."""
     server = GracefulServer(uv_config, served, announce)
+
+    def web() -> None:
+        try:
+            server.run()
+        finally:
+            served.engine.stop()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in HANDLED_SIGNALS} if main else {}
+    thread = threading.Thread(target=web, name="ml_playground-web", daemon=True)
+    thread.start()
     try:
-        server.run()
+        served.engine.run()
     finally:
+        server.should_exit = True
+        thread.join()
+        for handled, handler in previous.items():
+            signal.signal(handled, handler)
+    for caught in reversed(server.signals):
+        signal.raise_signal(caught)
+
+
+@contextmanager
+def running(served: Served, host: str = "127.0.0.1") -> Iterator[str]:
+    """``served`` on a free loopback port in a thread of this process, for a client run beside it (the
+    evaluation harness); yields the server's base URL and stops it, and its engine, on leaving."""
+    uv_config = uvicorn.Config(create_app(served), host=host, port=0, log_level="warning")
+    server = uvicorn.Server(uv_config)
+    thread = threading.Thread(target=server.run, name="ml_playground-server", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise UserError(f"the server could not start on {host}")
+            time.sleep(DRAIN_POLL_S)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
         served.engine.stop()

@@ -67,7 +67,8 @@ def completions_agree(api: openai.OpenAI) -> None:
         )
     )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == text
-    assert len([c for c in chunks if c.choices and c.choices[0].text]) == 40  # streamed token by token
+    # streamed as the tokens come; a client that reads slower than the model writes gets them joined
+    assert 1 <= len([c for c in chunks if c.choices and c.choices[0].text]) <= 40
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 40
     other_seed = api.completions.create(model="shakespeare", prompt="ROMEO:", max_tokens=40, seed=8)
@@ -91,6 +92,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any] | str, int, str | None, str]] = [
     ("/v1/completions", {"prompt": "a", "logit_bias": {}}, 400, "logit_bias", "Extra inputs"),
     ("/v1/completions", {"prompt": "a", "n": 2}, 400, "n", "less than or equal to 1"),
     ("/v1/completions", {"prompt": "a" * 40}, 400, "prompt", "is 40 tokens; the model's context is 32"),
+    ("/v1/completions", {"prompt": "a" * 40, "echo": True, "max_tokens": 32}, 400, "max_tokens", "leaves no room"),
     ("/v1/completions", {"prompt": "€ and ✓"}, 400, "prompt", "not in the"),
     ("/v1/completions", {"prompt": ""}, 400, "prompt", "empty"),
     ("/v1/completions", {"prompt": "a", "party": "SPD"}, 400, "party", "header-conditioned"),

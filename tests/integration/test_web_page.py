@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,9 @@ def test_typing_a_prompt_streams_the_same_text_the_api_gives(
         browser.save_screenshot(str(SCREENSHOT))
         body = {"prompt": "ROMEO:", "max_tokens": 120, "seed": 11, "temperature": 0.8}
         expected = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
-    assert status == "done (length, 120 chunks)"
+    finished = re.fullmatch(r"done \(length, (\d+) chunks\)", status)
+    assert finished is not None, status
+    assert 1 <= int(finished.group(1)) <= 120  # one chunk per token, or fewer where the page read slower
     # The page shows what the API returns for the same settings (the browser folds trailing spaces).
     assert shown.split() == expected.split()
     assert Path(SCREENSHOT).stat().st_size > 10_000
