@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -393,7 +394,7 @@ def cmd_harness(args: argparse.Namespace, console: Console) -> int:
     from ml_playground.commands.export import ExportRequest, run_export
     from ml_playground.evaluation import harness
     from ml_playground.evaluation.runner import evaluate_checkpoint, read_eval_text
-    from ml_playground.serving.server import build_served, running
+    from ml_playground.serving.server import build_served, serving_process
 
     if args.items < 1:
         raise ConfigError("must be a positive number of items", key="--items")
@@ -404,9 +405,9 @@ def cmd_harness(args: argparse.Namespace, console: Console) -> int:
     ours = evaluate_checkpoint(config, args.data)
     if ours.bits_per_byte is None:
         raise UserError("the checkpoint's tokenizer gives no byte lengths, so there are no bits per byte to compare")
-    served = build_served(config, args.experiment, config.sample.checkpoint)
-    with running(served) as url:
-        model_args = harness.served_model_args(f"{url}/v1/completions", args.experiment, served.model.context_length)
+    served = partial(build_served, config, args.experiment, config.sample.checkpoint, engine_thread=False)
+    with serving_process(served) as url:
+        model_args = harness.served_model_args(f"{url}/v1/completions", args.experiment, ours.context_length)
         both = [harness.BPB_TASK, harness.NEXT_TASK]
         through_server = harness.run_tasks("local-completions", model_args, both, tasks)
     hf_accuracy = None
@@ -430,7 +431,7 @@ def cmd_harness(args: argparse.Namespace, console: Console) -> int:
         hf_accuracy,
         items,
         ours.tokens,
-        served.model.context_length,
+        ours.context_length,
         str(tasks),
     )
     if args.json:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
-import threading
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +39,17 @@ AGREE_TOKENS = 32
 SHOWN = 3  # questions whose answers (base and fine-tune) are printed
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def serve_stop_rate(
     config: ExperimentConfig, questions: list[list[dict[str, str]]], checkpoint: str
 ) -> tuple[float, list[str]]:
     """A real server on loopback, asked by the ``openai`` client: the share of answers that finish with 'stop',
     and the answers."""
-    import uvicorn
     from openai import OpenAI
 
-    from ml_playground.serving.app import create_app
-    from ml_playground.serving.server import build_served
+    from ml_playground.serving.server import build_served, serving_process
 
-    asked = config.model_copy(update={"serve": config.serve.model_copy(update={"checkpoint": checkpoint})})
-    served = build_served(asked, "chat")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+    with serving_process(partial(build_served, config, "chat", checkpoint, engine_thread=False)) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", timeout=600)
         stopped = 0
         answers = []
         for messages in questions:
@@ -80,10 +62,6 @@ def serve_stop_rate(
             stopped += answer.choices[0].finish_reason == "stop"
             answers.append(answer.choices[0].message.content or "")
         return stopped / len(questions), answers
-    finally:
-        server.should_exit = True
-        thread.join()
-        served.engine.stop()
 
 
 def llama_cpp_stop_rate(gguf: Path, questions: list[list[dict[str, str]]], max_tokens: int, threads: int) -> float:

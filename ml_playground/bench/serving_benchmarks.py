@@ -12,12 +12,9 @@ does not take the server's interpreter lock, and the peer decodes in this proces
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +31,9 @@ from ml_playground.families.gpt.generation import generate_stream
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.sampling.runner import stream_decode
+from ml_playground.serving.app import Served
+from ml_playground.serving.engine import Engine
+from ml_playground.serving.server import serving_process
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n"
 
@@ -58,39 +58,14 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     )
 
 
-def _serve_in_child(sizes: BenchSizes, clients: int, urls: multiprocessing.Queue[str]) -> None:  # pragma: no cover
-    """The child process: the bench model behind ``serve``'s own wiring (engine on this thread, web on another);
-    coverage does not follow spawned processes, the bench's results are what check it."""
-    import uvicorn
-
-    from ml_playground.serving.app import Served, create_app
-    from ml_playground.serving.engine import Engine
-    from ml_playground.serving.server import run_served
-
+def bench_served(sizes: BenchSizes, clients: int) -> Served:  # pragma: no cover (runs in the server's process)
+    """The bench model behind the server, its engine decoding on the thread that built it (``run_served``)."""
     model = bench_model(sizes)
     config = ExperimentConfig(
         prepare=PrepareConfig(input_path="-", dataset_dir=Path("-")),
         train=TrainConfig(out_dir=Path("-")),
     )
-    engine = Engine(model, max_concurrent=clients, queue_size=clients, own_thread=False)
-    served = Served("bench", config, model, engine)
-    uv_config = uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning")
-    run_served(served, uv_config, lambda line: urls.put(line.split(" on ", 1)[1].split(" ", 1)[0]))
-
-
-@contextmanager
-def running_server(sizes: BenchSizes, clients: int) -> Iterator[str]:
-    """A server process of its own, as ``serve`` runs: the model built and decoded on its main thread."""
-    context = multiprocessing.get_context("spawn")
-    urls: multiprocessing.Queue[str] = context.Queue()
-    child = context.Process(target=_serve_in_child, args=(sizes, clients, urls), daemon=True)
-    child.start()
-    try:
-        yield urls.get(timeout=120)
-    finally:
-        if child.pid is not None:
-            os.kill(child.pid, signal.SIGTERM)
-        child.join(60)
+    return Served("bench", config, model, Engine(model, max_concurrent=clients, queue_size=clients, own_thread=False))
 
 
 def serving(sizes: BenchSizes) -> list[BenchResult]:
@@ -105,7 +80,7 @@ def serving(sizes: BenchSizes) -> list[BenchResult]:
         return tokens / (time.perf_counter() - started)
 
     results = []
-    with running_server(sizes, max(sizes.serve_clients)) as url:
+    with serving_process(partial(bench_served, sizes, max(sizes.serve_clients))) as url:
         stream(url, tokens, 0)  # warm-up
         in_process()
         for clients in sizes.serve_clients:

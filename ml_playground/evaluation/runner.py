@@ -44,6 +44,7 @@ class EvalReport:
     notes: tuple[str, ...] = ()
     text_tokens: int = 0  # of the whole text (--data), also when --max-tokens scores only part of it
     chat: ChatEval | None = None  # a chat fine-tune: stop rate, answer lengths, language of its answers
+    context_length: int = 0  # the windows it was scored in (the checkpoint's context)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +111,7 @@ def evaluate_checkpoint(
         notes,
         text_tokens,
         chat,
+        scored.context_length,
     )
 
 

@@ -6,8 +6,9 @@ prefilled and joins at the next step, a finished or cancelled one leaves at once
 does not take (guidance, or an answer longer than the context allows without sliding the window),
 and every stream of a family without a batch decoder, take one token each in turn between batch steps,
 each with its own cache (``InferenceModel.stream``). Sampling is per stream either way: its own
-seeded generator and settings. One worker thread owns the model; callers hear from it through a
-``deliver`` callback (the server turns that into server-sent events).
+seeded generator and settings. One thread owns the model and decodes (``run``: the thread that loaded
+it, in ``serve``); callers hear from it through a ``deliver`` callback (the server turns that into
+server-sent events).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Job:
 
 
 class Engine:
-    """Decodes up to ``max_concurrent`` streams in turn; up to ``queue_size`` more wait for a slot."""
+    """Decodes up to ``max_concurrent`` streams together; up to ``queue_size`` more wait for a slot."""
 
     def __init__(
         self,

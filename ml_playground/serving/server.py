@@ -10,11 +10,15 @@ does uvicorn stop.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from types import FrameType
 
 import uvicorn
@@ -33,10 +37,18 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class GracefulServer(uvicorn.Server):
     """Uvicorn's server, telling the engine when a shutdown starts and printing where it listens."""
 
-    def __init__(self, config: uvicorn.Config, served: Served, announce: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        served: Served,
+        announce: Callable[[str], None],
+        listening: Callable[[str], None] | None = None,
+    ) -> None:
+        """``listening``: told the base URL once the server listens (a parent process waiting for it)."""
         super().__init__(config)
         self.served = served
         self.announce = announce
+        self.listening = listening
         self._drain: threading.Thread | None = None
         self.signals: list[int] = []  # the signals that stopped it
 
@@ -50,6 +62,8 @@ class GracefulServer(uvicorn.Server):
             f"serving {self.served.name} (step {model.step}, {model.checkpoint}) on http://{host}:{port} "
             f"(OpenAI API under /v1, web page at /); Ctrl-C to stop"
         )
+        if self.listening is not None:
+            self.listening(f"http://{host}:{port}")
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: keep listening and answer new requests with 503 while in-flight streams finish (at most
@@ -113,11 +127,16 @@ def serve(
     run_served(served, uv_config, announce)
 
 
-def run_served(served: Served, uv_config: uvicorn.Config, announce: Callable[[str], None]) -> None:
+def run_served(
+    served: Served,
+    uv_config: uvicorn.Config,
+    announce: Callable[[str], None],
+    listening: Callable[[str], None] | None = None,
+) -> None:
     """The web server on a thread of its own, the engine decoding on this one: the thread that loaded the model
     (``Engine.run`` says why). Called from the main thread, SIGINT and SIGTERM start the graceful shutdown, and
     the signal is raised again once everything stopped, as uvicorn does."""
-    server = GracefulServer(uv_config, served, announce)
+    server = GracefulServer(uv_config, served, announce, listening)
 
     def web() -> None:
         try:
@@ -140,22 +159,44 @@ def run_served(served: Served, uv_config: uvicorn.Config, announce: Callable[[st
         signal.raise_signal(caught)
 
 
-@contextmanager
-def running(served: Served, host: str = "127.0.0.1") -> Iterator[str]:
-    """``served`` on a free loopback port in a thread of this process, for a client run beside it (the
-    evaluation harness); yields the server's base URL and stops it, and its engine, on leaving."""
-    uv_config = uvicorn.Config(create_app(served), host=host, port=0, log_level="warning")
-    server = uvicorn.Server(uv_config)
-    thread = threading.Thread(target=server.run, name="ml_playground-server", daemon=True)
-    thread.start()
+def _serve_built(build: Callable[[], Served], told: Connection) -> None:
+    """The server process: what ``build`` makes, served on a free loopback port as ``serve`` serves it."""
     try:
-        while not server.started:
-            if not thread.is_alive():
-                raise UserError(f"the server could not start on {host}")
-            time.sleep(DRAIN_POLL_S)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://{host}:{port}"
+        served = build()
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    uv_config = uvicorn.Config(create_app(served), host="127.0.0.1", port=0, log_level="warning")
+    # run_served raises the stopping signal again at the end: here it ends the process normally, so its
+    # finalizers run (a process killed by the signal leaves its semaphores to the resource tracker's warning)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_served(served, uv_config, announce=lambda _: None, listening=told.send)
+
+
+@contextmanager
+def serving_process(build: Callable[[], Served], start_timeout_s: float = 600.0) -> Iterator[str]:
+    """``build()`` (a picklable callable: it runs in the new process) served in a process of its own, for a client
+    in this one (the evaluation harness, the serve bench, tools); yields the base URL, and stops the server
+    with SIGTERM on leaving. Not a thread of this process: a second thread decoding beside a first one that
+    used PyTorch runs at a third of the speed (``Engine.run``)."""
+    context = multiprocessing.get_context("spawn")
+    listening, told = context.Pipe(duplex=False)  # a pipe, not a queue: nothing for the resource tracker
+    child = context.Process(target=_serve_built, args=(build, told), name="ml_playground-serve", daemon=True)
+    child.start()
+    told.close()
+    try:
+        if not listening.poll(start_timeout_s):
+            raise UserError(f"the server process did not listen within {start_timeout_s:g} s")
+        try:
+            url: str = listening.recv()
+        except EOFError:  # it ended, closing its end of the pipe
+            child.join()
+            raise UserError(f"the server process ended before it listened (exit code {child.exitcode})") from None
+        yield url
     finally:
-        server.should_exit = True
-        thread.join()
-        served.engine.stop()
+        listening.close()
+        if child.is_alive() and child.pid is not None:
+            os.kill(child.pid, signal.SIGTERM)
+        child.join(60)
+        if child.is_alive():
+            child.kill()

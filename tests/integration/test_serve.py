@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -14,6 +15,8 @@ import openai
 import pytest
 
 from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.core.errors import UserError
+from ml_playground.serving.server import build_served, serving_process
 from tests.serving_helpers import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -211,3 +214,17 @@ def test_sigterm_lets_a_running_stream_finish_and_exits_cleanly(
         assert running.process.wait(30) == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{running.url}/health")
+
+
+def test_a_server_process_for_a_client_in_this_one(trained_tiny: tuple[ExperimentConfig, list[str]]) -> None:
+    """``serving_process``: serve's own wiring in a spawned process; a model that cannot load is one line."""
+    config, _ = trained_tiny
+    with serving_process(partial(build_served, config, "tiny", engine_thread=False)) as url:
+        body = {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0}
+        answer = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()
+        assert answer["usage"]["completion_tokens"] == 5
+    with pytest.raises(httpx.TransportError):  # stopped on leaving
+        httpx.get(f"{url}/health", timeout=5)
+    missing = partial(build_served, config, "tiny", "/nonexistent/checkpoint", engine_thread=False)
+    with pytest.raises(UserError, match=r"ended before it listened \(exit code 2\)"), serving_process(missing):
+        pass
