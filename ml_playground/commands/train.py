@@ -345,6 +345,7 @@ def build_run(
         scaler=scaler if scaler.is_enabled() else None,
         stop_signal=stop_signal,
         forward=setup.forward,
+        loss=setup.loss,
         no_sync=setup.no_sync,
         dist=dist,
     )

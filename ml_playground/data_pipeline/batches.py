@@ -23,15 +23,15 @@ import numpy.typing as npt
 import torch
 
 from ml_playground.core.errors import DataError
+from ml_playground.core.losses import IGNORE_INDEX as IGNORE_INDEX  # masked targets; re-exported
 from ml_playground.data_pipeline.meta import read_meta
-
-IGNORE_INDEX = -100  # targets with this id are not in the loss (PyTorch's cross_entropy default)
 
 Tokens = npt.NDArray[np.unsignedinteger[Any]]
 Mask = npt.NDArray[np.uint8]
 Index = npt.NDArray[np.int64]  # (records, 3): first token, header tokens, all tokens of the record
 INDEX_COLUMNS = 3
 PAD_ID = 0  # fills a window's tail after its last record; never a target
+LENGTH_STEP = 64  # a batch of whole records is cut to its longest one, rounded up to this (see RecordWindows)
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,11 @@ class RecordWindows:
     all windows, always under its own record's header.
 
     ``whole``: every record is one window of its own (conversations: no target may see another
-    conversation), and a batch is as long as its longest record; a record longer than a window is
-    refused (prepare fits conversations to the window).
+    conversation), and a batch is as long as its longest record, rounded up to ``LENGTH_STEP`` tokens;
+    a record longer than a window is refused (prepare fits conversations to the window). The rounding
+    keeps the number of distinct batch shapes small: every new shape makes oneDNN build (and cache)
+    new bfloat16 kernels, and a chat run whose batches took 213 lengths grew to 18.5 GB of RSS with
+    steps a third slower; rounded to 64 tokens the same step stays at 5.2 GB.
     """
 
     def __init__(self, tokens: Tokens, mask: Mask | None, index: Index, block_size: int, whole: bool = False) -> None:
@@ -178,9 +181,10 @@ class RecordWindows:
         rows = [self.row(int(w)) for w in windows]
         ids = torch.from_numpy(np.stack([r[0] for r in rows]))
         keep = torch.from_numpy(np.stack([r[1] for r in rows]))
-        if self.whole:  # no work on padding: the batch ends with its longest conversation
+        if self.whole:  # little work on padding: the batch ends soon after its longest conversation
             longest = max(2, int(max(self.used[int(w)] for w in windows)))
-            ids, keep = ids[:, :longest], keep[:, :longest]
+            length = min(self.width, -(-longest // LENGTH_STEP) * LENGTH_STEP + 1)  # + 1: inputs and targets
+            ids, keep = ids[:, :length], keep[:, :length]
         x, y = ids[:, :-1], ids[:, 1:]
         return x, y.masked_fill(~keep[:, 1:], IGNORE_INDEX)
 

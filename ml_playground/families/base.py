@@ -94,6 +94,7 @@ class TrainingSetup:
     generate_text: Callable[[str, SamplingParams], str]
     ema: EMA | None = None
     forward: nn.Module | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (inputs, targets) -> mean loss
     no_sync: Callable[[], contextlib.AbstractContextManager[object]] | None = None
     make_hooks: Callable[[MetricsLogger, CheckpointService], list[Hook]] | None = None
 

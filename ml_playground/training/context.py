@@ -95,6 +95,7 @@ class StepMetrics:
     grad_norm: float
     tokens_per_second: float
     step_time_s: float
+    tokens: int = 0  # input tokens of the step, all ranks together
 
 
 class TrainingContext:

@@ -7,6 +7,7 @@ finds either the previous complete folder or the new one.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from ml_playground.core.atomic import replace_dir
 from ml_playground.core.errors import CheckpointError
 from ml_playground.training.checkpointing.service import CheckpointService
-from ml_playground.training.context import Hook, TrainingContext
+from ml_playground.training.context import Hook, HookPhase, TrainingContext
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -56,7 +57,12 @@ def check_adapters_match(adapter_dir: Path, base_model: str, loaded_from: str | 
 
 
 class AdapterExportHook(Hook):
-    """After each checkpoint: ``adapters/last``; when it is the best: ``adapters/best`` (and ``merged/``)."""
+    """After each checkpoint: ``adapters/last``; when it is the best: ``adapters/best``. ``merged/`` (the best
+    adapters merged into the base) is written once, when training ends: merging loads and writes the
+    whole base (6-8 s for SmolLM2, about two LoRA steps) at every new best. A new best
+    during training removes an older ``merged/`` first, so the folder never holds another step's weights."""
+
+    phase = HookPhase.REPORT  # at the end, after the checkpoint hook has written the last checkpoint
 
     def __init__(
         self,
@@ -72,6 +78,11 @@ class AdapterExportHook(Hook):
         self.out_dir = out_dir
         self.service = service
         self.merge = merge
+        self.merge_pending = False
+
+    def on_train_start(self, ctx: TrainingContext) -> None:
+        best, merged = self.out_dir / ADAPTERS_DIR / "best", self.out_dir / MERGED_DIR
+        self.merge_pending = (best / "adapter_config.json").is_file() and not merged.is_dir()  # a resumed run
 
     def _save_adapters(self, target: Path) -> None:
         def write(tmp: Path) -> None:
@@ -87,5 +98,11 @@ class AdapterExportHook(Hook):
         if best is not None and self.service.resolve("best") == path:
             self._save_adapters(adapters / "best")
             if self.merge is not None:
-                merge = self.merge
-                replace_dir(self.out_dir / MERGED_DIR, lambda tmp: merge(adapters / "best", tmp))
+                shutil.rmtree(self.out_dir / MERGED_DIR, ignore_errors=True)
+                self.merge_pending = True
+
+    def on_train_end(self, ctx: TrainingContext) -> None:
+        if self.merge is not None and self.merge_pending:
+            merge, best = self.merge, self.out_dir / ADAPTERS_DIR / "best"
+            replace_dir(self.out_dir / MERGED_DIR, lambda tmp: merge(best, tmp))
+            self.merge_pending = False

@@ -31,7 +31,7 @@ from ml_playground.families.hf_lora.chat import apply_text_format
 from ml_playground.families.hf_lora.generation import generate_ids
 from ml_playground.families.hf_lora.hub import load_pretrained_model
 from ml_playground.families.hf_lora.lora import apply_lora, load_adapters, parameter_counts
-from ml_playground.families.hf_lora.modules import LogitsOnly
+from ml_playground.families.hf_lora.modules import LogitsOnly, target_loss
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.context import Hook
 from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
@@ -197,4 +197,5 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
         load_trainable=load_trainable,
         generate_text=generate_text,
         make_hooks=make_hooks,
+        loss=target_loss(base, model),
     )

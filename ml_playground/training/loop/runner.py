@@ -40,6 +40,7 @@ class TrainingLoop:
         scaler: torch.amp.GradScaler | None = None,
         stop_signal: StopSignal | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         no_sync: Callable[[], AbstractContextManager[object]] | None = None,
         dist: DistributedContext = SINGLE_PROCESS,
         clock: Callable[[], float] = time.perf_counter,
@@ -56,6 +57,7 @@ class TrainingLoop:
         self.ema = ema
         self.stop_signal = stop_signal
         self.forward = forward if forward is not None else model
+        self.loss = loss if loss is not None else self._logits_loss
         self.no_sync = no_sync
         self.dist = dist
         self.clock = clock
@@ -79,7 +81,7 @@ class TrainingLoop:
         while ctx.state.step < self.max_iters and ctx.stop_reason is None:
             ctx.last_step = self._step(ctx.state.step + 1)
             ctx.state.step += 1
-            ctx.state.tokens_seen += self._tokens_per_step
+            ctx.state.tokens_seen += ctx.last_step.tokens
             # Wall time, evaluation and checkpointing included: what a user waits for.
             now = self.clock()
             ctx.state.elapsed_s += now - mark
@@ -97,9 +99,8 @@ class TrainingLoop:
             hook.on_train_end(ctx)
         return ctx
 
-    @property
-    def _tokens_per_step(self) -> int:
-        return self.batches.batch_size * self.batches.block_size * self.grad_accum_steps * self.dist.world_size
+    def _logits_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(self.forward(x), y)
 
     def _step(self, step: int) -> StepMetrics:
         started = self.clock()
@@ -107,15 +108,17 @@ class TrainingLoop:
         for group in self.optimizer.param_groups:  # lr_ratio: a group's peak rate relative to the schedule's
             group["lr"] = lr * group.get("lr_ratio", 1.0)
         total_loss = 0.0
+        tokens = 0  # what the model ran on: a batch of whole conversations ends with its longest one
         for micro in range(self.grad_accum_steps):
             x, y = self.batches.batch(step, micro)
+            tokens += x.numel()
             x, y = x.to(self.precision.device), y.to(self.precision.device)
             last_micro = micro == self.grad_accum_steps - 1
             # Gradients are all-reduced once per step, on the last micro-batch.
             sync = self.no_sync() if self.no_sync is not None and not last_micro else contextlib.nullcontext()
             with sync:
                 with self.precision.autocast():
-                    loss = cross_entropy(self.forward(x), y) / self.grad_accum_steps
+                    loss = self.loss(x, y) / self.grad_accum_steps
                 value = self.dist.mean(float(loss.detach()))  # the global batch's loss, the same on every rank
                 if not math.isfinite(value):
                     raise TrainingDivergedError(f"loss became {value * self.grad_accum_steps} at step {step}; stopped")
@@ -136,4 +139,5 @@ class TrainingLoop:
         if self.ema is not None:
             self.ema.update(step)
         elapsed = max(self.clock() - started, 1e-9)
-        return StepMetrics(total_loss, lr, grad_norm, self._tokens_per_step / elapsed, elapsed)
+        tokens *= self.dist.world_size
+        return StepMetrics(total_loss, lr, grad_norm, tokens / elapsed, elapsed, tokens)

@@ -8,7 +8,13 @@ import torch
 
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
-from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, open_dataset, sequential_windows
+from ml_playground.data_pipeline.batches import (
+    IGNORE_INDEX,
+    BatchSampler,
+    RecordWindows,
+    open_dataset,
+    sequential_windows,
+)
 from ml_playground.data_pipeline.preparer import prepare
 
 pytestmark = pytest.mark.unit
@@ -91,3 +97,18 @@ def test_open_dataset_checks_files_against_meta(tmp_path: Path, shakespeare_slic
     (tmp_path / "ds" / "meta.json").write_text("{")
     with pytest.raises(DataError, match="unreadable dataset metadata"):
         open_dataset(tmp_path / "ds")
+
+
+def test_a_batch_of_whole_records_is_cut_to_a_few_lengths_only() -> None:
+    """Rounded up to LENGTH_STEP after the longest record (few shapes for the kernels' caches), never past a
+    window, and the padding is never a target."""
+    lengths = [70, 130, 20, 200]
+    index = np.array([[sum(lengths[:i]), 3, n] for i, n in enumerate(lengths)], dtype=np.int64)
+    tokens = np.arange(1, sum(lengths) + 1, dtype=np.uint32)
+    windows = RecordWindows(tokens, None, index, block_size=200, whole=True)
+    for picks, expected in (([0], 128), ([0, 2], 128), ([1], 192), ([2], 64), ([3], 200)):
+        x, y = windows.batch(np.array(picks))
+        assert x.shape == (len(picks), expected)
+        longest = max(lengths[p] for p in picks)
+        assert (y[:, longest - 1 :] == IGNORE_INDEX).all()
+        assert (y[0, 3 : lengths[picks[0]] - 1] != IGNORE_INDEX).all()
