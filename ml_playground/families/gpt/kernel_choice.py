@@ -13,17 +13,14 @@ first file holds choices measured with a stride-0 gradient, which misled them). 
 
 from __future__ import annotations
 
-import json
-import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ml_playground.core.atomic import atomic_write_text
-from ml_playground.core.machine import cpu_facts, user_cache_dir
+from ml_playground.core.machine import cpu_facts
+from ml_playground.core.measured_choice import alternating_medians, cached_choice
 from ml_playground.families.gpt.kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
 
 MARGIN = 1.15
@@ -66,16 +63,8 @@ def measure(workload: Workload, repeats: int = 7, product: Product = linear) -> 
                 if workload.training:
                     out.backward(grad)  # type: ignore[no-untyped-call]
 
-    kernels: tuple[LinearKernel, ...] = ("aten", "onednn")
-    times: dict[LinearKernel, list[float]] = {"aten": [], "onednn": []}
-    for kernel in kernels:
-        run(kernel)  # warm-up: oneDNN builds its primitive on the first call
-    for _ in range(repeats):
-        for kernel in kernels:  # alternating: drift hits both alike
-            started = time.perf_counter()
-            run(kernel)
-            times[kernel].append(time.perf_counter() - started)
-    return {kernel: statistics.median(values) for kernel, values in times.items()}
+    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
+    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
 
 
 def choose_kernel(
@@ -85,26 +74,16 @@ def choose_kernel(
     measure_fn: Callable[[Workload], dict[LinearKernel, float]] = measure,
 ) -> LinearKernel:
     """The faster kernel for ``workload`` here, from the cache or measured now (and then cached)."""
-    path = (cache_dir or user_cache_dir()) / CACHE_FILE
-    key = workload.key()
-    try:
-        cached = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        cached = {}
-    entry = cached.get(key) if isinstance(cached, dict) else None
-    if isinstance(entry, dict) and entry.get("kernel") in ("aten", "onednn"):
-        chosen: LinearKernel = entry["kernel"]
-        return chosen
-    seconds = measure_fn(workload)
-    chosen = "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
-    cached = cached if isinstance(cached, dict) else {}
-    cached[key] = {"kernel": chosen, "seconds": seconds, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(cached, indent=1, sort_keys=True))
-    except OSError:  # a read-only home: measured again next time, nothing else lost
-        pass
-    return chosen
+
+    def decide(seconds: Mapping[str, float]) -> str:
+        return "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
+
+    def timed() -> Mapping[str, float]:
+        seconds = measure_fn(workload)
+        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+    chosen = cached_choice(CACHE_FILE, workload.key(), ("aten", "onednn"), timed, decide, cache_dir)
+    return "onednn" if chosen == "onednn" else "aten"
 
 
 def pick_linear_kernel(

@@ -74,13 +74,13 @@ def load_lora_model(
     model: PreTrainedModel | PeftModel
     if kind == "merged":
         assert folder is not None
-        model = load_pretrained_model(str(folder), revision=None, dtype=precision.dtype, key="sample.checkpoint")
+        model = load_pretrained_model(str(folder), revision=None, dtype=precision.weight_dtype, key="sample.checkpoint")
         tokenizer = load_pretrained_tokenizer(str(folder), key="sample.checkpoint")
         described = f"merged model {folder}"
     else:
         key = "train.model.base_model"
         model = load_pretrained_model(
-            settings.base_model, revision=settings.revision, dtype=precision.dtype, key=key, cache_dir=cache
+            settings.base_model, revision=settings.revision, dtype=precision.weight_dtype, key=key, cache_dir=cache
         )
         if kind == "adapters":
             assert folder is not None

@@ -19,7 +19,6 @@ from torch import nn
 
 from ml_playground.configuration.models import HfLoraModelConfig
 from ml_playground.core.console import say
-from ml_playground.core.devices import Precision
 from ml_playground.core.errors import DataError, UserError
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.sampling_rules import SamplingParams
@@ -35,11 +34,6 @@ from ml_playground.families.hf_lora.modules import LogitsOnly, target_loss
 from ml_playground.training.checkpointing.service import CheckpointService
 from ml_playground.training.context import Hook
 from ml_playground.training.memory import ModelShape, available_memory, check_fits, estimate_memory
-
-
-def weight_dtype(precision: Precision) -> torch.dtype:
-    """Base weights load in the run's half-precision dtype (memory); float32 runs stay float32."""
-    return precision.dtype
 
 
 def model_shape(model: nn.Module, total: int, trainable: int) -> ModelShape:
@@ -114,7 +108,7 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
     # the adapters' (and the merged model's) tokenizer carries the template the run trains with, or none for
     # a plain-text run: serve, chat and export then follow what the model saw
     apply_text_format(tokenizer.tokenizer, text_format(dataset.meta))
-    dtype = weight_dtype(precision)
+    dtype = precision.weight_dtype
     base = load_pretrained_model(
         settings.base_model, revision=settings.revision, dtype=dtype, cache_dir=config.prepare.cache_dir
     )

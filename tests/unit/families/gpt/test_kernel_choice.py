@@ -38,7 +38,7 @@ def test_the_choice_is_measured_once_per_machine_and_shape_then_read_from_the_ca
     assert choose_kernel(decoding, cache_dir=tmp_path, measure_fn=fixed(9.0, 1.0, calls)) == "aten"
     assert calls == [decoding, training]
     cached = json.loads((tmp_path / CACHE_FILE).read_text())
-    assert {entry["kernel"] for entry in cached.values()} == {"aten", "onednn"}
+    assert {entry["choice"] for entry in cached.values()} == {"aten", "onednn"}
     assert any(key.endswith("384 x 1 decode") for key in cached)
 
 
