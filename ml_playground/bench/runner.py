@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ml_playground.bench import model_benchmarks, process_benchmarks, serving_benchmarks, sharding
+from ml_playground.bench import lora_benchmarks, model_benchmarks, process_benchmarks, serving_benchmarks, sharding
 from ml_playground.bench.harness import BenchResult, machine_info, render_machine, render_table, write_results
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.data_pipeline.preparer import prepare
@@ -69,9 +69,22 @@ def run_benchmarks(
         # no target: training the merges is a cost no pretrained-tokenizer peer pays; the encode row has one
         add(process_benchmarks.prepare_throughput(corpus, work, "bpe", None, "; target on the encode row"))
         add(process_benchmarks.bpe_encode_throughput(corpus, work, 1.0, repeats=repeats))
+        add(
+            lora_benchmarks.lora_vs_hf_trainer(
+                bundestag.joinpath("19001.txt"), work, _lora_sizes(work, sample_text) if quick else None
+            )
+        )
     write_results(results, results_path, machine)
     emit("")
     emit(render_machine(machine))
     emit(render_table(results))
     emit(f"\nwrote {results_path}")
     return results
+
+
+def _lora_sizes(work: Path, text: str) -> lora_benchmarks.LoraBenchSizes:
+    """``--quick``: a tiny Llama-shaped model trained here stands in for SmolLM2 (the harness, not the speed)."""
+    from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+
+    tiny = build_tiny_causal_lm(work / "tiny-llama", [text[:20_000]], architecture="llama")
+    return lora_benchmarks.LoraBenchSizes(steps=3, base_model=str(tiny), block_size=32, dtypes=("float32",))

@@ -56,6 +56,13 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
     for prefix in ("prepare char", "BPE encode"):
         row = next(r for r in written["results"] if r["name"].startswith(prefix))
         assert row["peer_figure"] > 0, prefix
+    lora = [r for r in written["results"] if r["name"].startswith("LoRA ")]
+    assert [r["name"] for r in lora] == [
+        "LoRA train tokens/s vs HF Trainer + PEFT, float32",
+        "LoRA training peak RSS vs HF Trainer + PEFT, float32",
+    ]  # each side trained in a process of its own, so each peak memory is its own
+    assert all(r["figure"] > 0 and r["peer_figure"] > 0 for r in lora)
+    assert "Trainer + PEFT" in lora[0]["peer"]
     hf = next(r for r in written["results"] if "vs HF GPT2LMHeadModel" in r["name"])
     assert hf["peer_figure"] > 0
     assert hf["ratio"] == pytest.approx(hf["figure"] / hf["peer_figure"])
