@@ -9,7 +9,7 @@ For a trained chat experiment (``bundestag_qa_smollm2`` by default), on its vali
 3. the first 32 greedy tokens of the merged model in transformers against llama.cpp's on the f32 GGUF,
    from the same rendered prompt, on the first 10 questions.
 
-Usage: ``uv run python tools/chat_stops.py [EXPERIMENT] [--questions 50] [--threads 2]``; prints one line
+Usage: ``uv run python tools/chat_stops.py [EXPERIMENT] [--questions 50] [--threads 2] [--no-base]``; prints one line
 per figure and the JSON of all of them last. Needs a trained run (``ml_playground loop EXPERIMENT``).
 """
 
@@ -108,6 +108,7 @@ def main() -> int:
     parser.add_argument("experiment", nargs="?", default="bundestag_qa_smollm2")
     parser.add_argument("--questions", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-base", action="store_true", help="skip the base model's rows (its answers run long)")
     args = parser.parse_args()
     config = load_config(experiment_config_path(args.experiment))
     torch.set_num_threads(args.threads)
@@ -121,15 +122,17 @@ def main() -> int:
         hf_dir = run_export(config, ExportRequest("hf", Path(tmp) / "hf", "best")).out_dir
         figures["serve_stop_rate"], tuned = serve_stop_rate(config, questions, "best")
         print(f"serve, fine-tune: stop rate {figures['serve_stop_rate']:.2f}", flush=True)
-        base = config.model_copy(update={"sample": config.sample.model_copy(update={"require_adapters": False})})
-        figures["serve_stop_rate_base"], untuned = serve_stop_rate(base, questions, str(Path(tmp) / "no-adapters"))
-        print(f"serve, base model: stop rate {figures['serve_stop_rate_base']:.2f}", flush=True)
+        untuned = [""] * len(questions)
+        if not args.no_base:
+            base = config.model_copy(update={"sample": config.sample.model_copy(update={"require_adapters": False})})
+            figures["serve_stop_rate_base"], untuned = serve_stop_rate(base, questions, str(Path(tmp) / "no-adapters"))
+            print(f"serve, base model: stop rate {figures['serve_stop_rate_base']:.2f}", flush=True)
         for messages, ours, theirs in list(zip(questions, tuned, untuned, strict=True))[:SHOWN]:
-            print(f"\nQ: {messages[-1]['content']}\nbase: {theirs}\nfine-tune: {ours}", flush=True)
+            print(f"\nQ: {messages[-1]['content']}\nbase: {theirs or '(skipped)'}\nfine-tune: {ours}", flush=True)
         figures["llama_cpp_stop_rate"] = llama_cpp_stop_rate(gguf, questions, max_tokens, args.threads)
         print(f"llama.cpp, fine-tune (f32 GGUF): stop rate {figures['llama_cpp_stop_rate']:.2f}", flush=True)
         base_gguf = Path(str(config.train.model.base_model))  # type: ignore[attr-defined]
-        if base_gguf.suffix == ".gguf":
+        if base_gguf.suffix == ".gguf" and not args.no_base:
             figures["llama_cpp_stop_rate_base"] = llama_cpp_stop_rate(base_gguf, questions, max_tokens, args.threads)
             print(f"llama.cpp, base model ({base_gguf.name}): stop rate {figures['llama_cpp_stop_rate_base']:.2f}")
         same = agreement(hf_dir, gguf, questions[:AGREE_QUESTIONS], args.threads)
