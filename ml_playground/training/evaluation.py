@@ -20,7 +20,8 @@ from ml_playground.core.sampling_rules import grad_off
 from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, Index, Mask, sequential_windows
 from ml_playground.training.distributed import SINGLE_PROCESS, DistributedContext
 
-EVAL_BATCH_SIZE = 64  # windows per forward pass; any value gives the same loss
+EVAL_BATCH_SIZE = 64  # windows per batch; any value gives the same loss
+LOGITS_BYTES = 256 * 2**20  # float32 logits per forward pass: a batch is run a few windows at a time to stay below
 
 
 class EvaluationInterrupted(Exception):  # noqa: N818 (a control-flow signal, not an error)
@@ -49,6 +50,7 @@ def evaluate_split(
     token_bytes: npt.NDArray[np.int64] | None = None,
     interrupted: Callable[[], bool] | None = None,
     whole: bool = False,
+    logits_bytes: int = LOGITS_BYTES,
 ) -> SplitLoss:
     """Mean next-token loss over every target of ``tokens`` exactly once (those the mask keeps); ranks share.
 
@@ -66,6 +68,7 @@ def evaluate_split(
         model.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # (loss * tokens, tokens, nats of byte-carrying targets, bytes)
         lengths = torch.from_numpy(token_bytes) if token_bytes is not None else None
+        rows: int | None = None  # windows per forward pass: a large vocabulary's logits would not fit 64
         windows = sequential_windows(
             tokens,
             block_size,
@@ -97,22 +100,35 @@ def evaluate_split(
                     model(x[:1].to(precision.device))
                 continue
             x, y = x.to(precision.device), y.to(precision.device)
-            with precision.autocast():
-                logits = model(x)
-            sums[0] += cross_entropy(logits, y).double().cpu() * counted
-            sums[1] += counted
-            if lengths is not None:
-                per_token = F.cross_entropy(
-                    logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none"
-                ).cpu()  # 0 where ignored
-                targets = y.reshape(-1).cpu()
-                size = lengths[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
-                sums[2] += per_token[size > 0].double().sum()
-                sums[3] += size.sum()
+            start = 0
+            while start < len(x):  # FSDP: every rank one forward pass per batch, as the others
+                end = len(x) if sharded else start + (rows or 1)  # rows: known after the first pass
+                with precision.autocast():
+                    logits = model(x[start:end])
+                rows = rows or max(1, logits_bytes // (4 * logits[0].numel()))
+                _add_scores(sums, logits, y[start:end], lengths)
+                start = end
         dist.sum_(sums)
         model.train(was_training)
         bits_per_byte = float(sums[2] / math.log(2) / sums[3]) if lengths is not None and sums[3] > 0 else None
         return SplitLoss(float(sums[0] / sums[1]), int(sums[1]), bits_per_byte, int(sums[3]))
+
+
+def _add_scores(sums: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, lengths: torch.Tensor | None) -> None:
+    """Add (loss x targets, targets, nats of byte-carrying targets, their bytes) of one forward pass to ``sums``."""
+    counted = int((y != IGNORE_INDEX).sum())
+    if counted == 0:
+        return
+    sums[0] += cross_entropy(logits, y).double().cpu() * counted
+    sums[1] += counted
+    if lengths is not None:
+        per_token = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="none"
+        ).cpu()  # 0 where ignored
+        targets = y.reshape(-1).cpu()
+        size = lengths[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
+        sums[2] += per_token[size > 0].double().sum()
+        sums[3] += size.sum()
 
 
 def estimate_loss(model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision) -> float:

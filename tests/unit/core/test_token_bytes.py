@@ -88,3 +88,17 @@ def test_bits_per_byte_of_a_bpe_model_matches_a_hand_computation() -> None:
     target_bytes = len(tokenizer.decode(ids[1:].tolist()).encode("utf-8"))
     assert result.bytes == target_bytes
     assert result.bits_per_byte == pytest.approx(nats / math.log(2) / target_bytes, rel=1e-5)
+
+
+def test_a_batch_run_a_window_at_a_time_scores_the_same() -> None:
+    """Large vocabularies are scored a few windows per forward pass (the logits' memory); the sums are the same."""
+    tokenizer = CharTokenizer.train("abcdefgh ijk")
+    model = tiny_model(tokenizer.vocab_size)
+    ids = np.array(tokenizer.encode("abc defg hijk " * 40), dtype=np.uint32)
+    lengths = tokenizer.token_byte_lengths()
+    whole = evaluate_split(model, ids, block_size=16, precision=CPU, token_bytes=lengths)
+    one_window = 4 * 16 * tokenizer.vocab_size  # the float32 logits of one window of 16
+    pieces = evaluate_split(model, ids, block_size=16, precision=CPU, token_bytes=lengths, logits_bytes=one_window)
+    assert pieces.tokens == whole.tokens == len(ids) - 1
+    assert pieces.loss == pytest.approx(whole.loss, rel=1e-6)
+    assert pieces.bits_per_byte == pytest.approx(whole.bits_per_byte, rel=1e-6)
