@@ -59,8 +59,8 @@ def check_adapters_match(adapter_dir: Path, base_model: str, loaded_from: str | 
 class AdapterExportHook(Hook):
     """After each checkpoint: ``adapters/last``; when it is the best: ``adapters/best``. ``merged/`` (the best
     adapters merged into the base) is written once, when training ends: merging loads and writes the
-    whole base (6-8 s for SmolLM2, about two LoRA steps) at every new best. A new best
-    during training removes an older ``merged/`` first, so the folder never holds another step's weights."""
+    whole base, 6-8 s for SmolLM2 (about two LoRA steps), which used to be paid at every new best. A new
+    best during training removes an older ``merged/`` first, so the folder never holds another step's weights."""
 
     phase = HookPhase.REPORT  # at the end, after the checkpoint hook has written the last checkpoint
 
