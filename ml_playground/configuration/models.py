@@ -372,8 +372,8 @@ class ServeConfig(Section):
     max_concurrent: int = Field(
         default=8,
         ge=1,
-        description="Streams decoded at once: batched in one forward pass a step (gpt family), else in turn. "
-        "The batch's KV cache holds this many rows of a whole context.",
+        description="Streams decoded at once, batched in one forward pass a step (streams the batch does not take, "
+        "such as guided ones, in turn). The gpt family's batch holds a KV cache of this many whole contexts.",
     )
     queue_size: int = Field(default=64, ge=0, description="Requests that may wait for a slot; more get 503.")
     shutdown_grace_s: float = Field(default=30.0, ge=0.0, description="How long in-flight streams may finish.")

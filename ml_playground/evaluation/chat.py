@@ -23,7 +23,7 @@ from ml_playground.core.errors import ConfigError, DataError
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.data_pipeline.chat_corpus import VAL_CONVERSATIONS
 from ml_playground.families.base import InferenceModel
-from ml_playground.sampling.runner import decode_sample
+from ml_playground.sampling.batched import decode_many
 
 FUNCTION_WORDS = frozenset(
     {
@@ -139,13 +139,15 @@ def last_answer(messages: Sequence[dict[str, str]]) -> int:
     return max(i for i, m in enumerate(messages) if m["role"] == "assistant")
 
 
-def ask(model: InferenceModel, messages: Sequence[dict[str, str]], max_new_tokens: int) -> tuple[str, bool, int]:
-    """(answer, whether it ended at an end-of-turn token, its tokens), greedy."""
+def question_ids(model: InferenceModel, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The rendered chat prompt that asks for the next assistant turn."""
     if model.chat_ids is None:
         raise ConfigError("the checkpoint was trained as plain text; it has no chat template to answer through")
-    ids = model.chat_ids(messages)
-    text, stopped = decode_sample(model, ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    return text, stopped, len(model.tokenizer.encode(text))
+    return model.chat_ids(messages)
+
+
+def greedy(max_new_tokens: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
 
 
 def evaluate_chat(
@@ -154,14 +156,27 @@ def evaluate_chat(
     max_new_tokens: int,
     emit: Callable[[str], None] = lambda _: None,
 ) -> ChatEval:
-    """Ask each conversation's last assistant turn again (what came before it is the prompt)."""
+    """Ask each conversation's last assistant turn again (what came before it is the prompt).
+
+    The questions are decoded together where the family batches (``decode_many``)."""
+    lasts = [last_answer(messages) for messages in conversations]
+    jobs = [
+        (question_ids(model, messages[:last]), greedy(max_new_tokens))
+        for messages, last in zip(conversations, lasts, strict=True)
+    ]
+    finished = 0
+
+    def report(_index: int, answer: tuple[str, bool]) -> None:
+        nonlocal finished
+        finished += 1
+        emit(f"question {finished}/{len(conversations)}: {'stopped' if answer[1] else 'ran to the limit'}")
+
     answers: list[ChatAnswer] = []
-    for number, messages in enumerate(conversations, 1):
-        last = last_answer(messages)
-        text, stopped, tokens = ask(model, messages[:last], max_new_tokens)
-        reference = messages[last]["content"]
-        answers.append(ChatAnswer(messages[last - 1]["content"], text, reference, stopped, tokens))
-        emit(f"question {number}/{len(conversations)}: {'stopped' if stopped else 'ran to the limit'}, {tokens} tokens")
+    for messages, last, (text, stopped) in zip(
+        conversations, lasts, decode_many(model, jobs, on_done=report), strict=True
+    ):
+        tokens = len(model.tokenizer.encode(text))
+        answers.append(ChatAnswer(messages[last - 1]["content"], text, messages[last]["content"], stopped, tokens))
     if not answers:
         raise DataError("no validation conversations to ask")
     count = len(answers)

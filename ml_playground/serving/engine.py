@@ -1,6 +1,6 @@
 """One model, many clients: requests wait for a slot; the active streams are decoded together.
 
-A model whose family offers a batch decoder (``InferenceModel.batch_decoder``: the GPT family) is
+A model whose family offers a batch decoder (``InferenceModel.batch_decoder``: both families) is
 batched continuously: each step is one forward pass over every active stream, a new request is
 prefilled and joins at the next step, a finished or cancelled one leaves at once. Streams the batch
 does not take (guidance, or an answer longer than the context allows without sliding the window),

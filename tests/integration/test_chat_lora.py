@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import ConfigError, DataError
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, RecordWindows, open_dataset
 from ml_playground.data_pipeline.chat_encoding import ChatEncoder
 from ml_playground.data_pipeline.preparer import prepare
@@ -32,6 +35,7 @@ from ml_playground.families.registry import family_of
 from ml_playground.sampling.chat import chat
 from ml_playground.sampling.runner import prompt_ids_for
 from ml_playground.serving.app import create_app
+from ml_playground.serving.engine import Delta, Event, GenerationRequest
 from ml_playground.serving.server import build_served
 from tests.chat_helpers import EXPERIMENT, OUR_TEMPLATE, settings
 from tests.lora_helpers import assert_killed_run_resumes_to
@@ -99,6 +103,46 @@ def test_serve_renders_the_template_the_checkpoint_recorded(chat_run: Experiment
     response = post(chat_run, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 4})
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["prompt_tokens"] == len(model.chat_ids(MESSAGES))
+
+
+def test_serve_batches_the_fine_tune_and_each_answer_is_the_one_alone(chat_run: ExperimentConfig) -> None:
+    """The hf_lora family's batch decoder in serve's engine: requests that arrive together share forward
+    passes, and each greedy answer equals the one the same request gets alone."""
+    served = build_served(chat_run, "tiny")
+    questions = ["Wann kommt das Gesetz?", "Warum?", "Was sagt die Ministerin zum Haushalt des Jahres?", "Wer?"]
+    assert served.model.chat_ids is not None
+    requests = [
+        GenerationRequest(served.model.chat_ids([{"role": "user", "content": q}]), SamplingParams(16, temperature=0.0))
+        for q in questions
+    ]
+
+    def run(batch: list[GenerationRequest]) -> list[str]:
+        texts = [""] * len(batch)
+        ended = [threading.Event() for _ in batch]
+
+        def sink(i: int) -> Callable[[Event], None]:
+            def deliver(event: Event) -> None:
+                if isinstance(event, Delta):
+                    texts[i] += event.text
+                else:
+                    ended[i].set()
+
+            return deliver
+
+        for i, req in enumerate(batch):
+            served.engine.submit(req, sink(i))
+        assert all(e.wait(60) for e in ended)
+        return texts
+
+    try:
+        assert served.model.batch_decoder is not None
+        alone = [run([req])[0] for req in requests]
+        assert served.engine.largest_batch == 1
+        together = run(requests)
+    finally:
+        served.engine.stop()
+    assert together == alone
+    assert served.engine.largest_batch > 1  # the requests were decoded in one forward pass a step
 
 
 def load_tokenizer_of(config: ExperimentConfig) -> Any:

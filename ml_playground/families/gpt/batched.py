@@ -19,22 +19,12 @@ slides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ml_playground.core.sampling_rules import SamplingParams, next_token
+from ml_playground.core.sampling_rules import BatchRow, SamplingParams, draw_rows
 from ml_playground.families.gpt.decode import DecodeStep
 from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
-
-
-@dataclass
-class _Row:
-    handle: int
-    params: SamplingParams
-    generator: torch.Generator
-    last: int  # the token fed at the next step
 
 
 class BatchedDecoder:
@@ -53,7 +43,7 @@ class BatchedDecoder:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.rows: list[_Row] = []  # row i of the caches is self.rows[i]
+        self.rows: list[BatchRow] = []  # row i of the caches is self.rows[i]
         self.next_handle = 0
         self.inv_freq = 1.0 / (
             config.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)
@@ -90,12 +80,10 @@ class BatchedDecoder:
             self.keys[layer][slot, :, :length] = keys[0, :, :length]
             self.values[layer][slot, :, :length] = values[0, :, :length]
         self.lengths[slot] = length
-        generator = torch.Generator(device=device).manual_seed(params.seed)
-        token = int(next_token(logits, params, generator)[0, 0])
-        handle = self.next_handle
+        row = BatchRow.start(self.next_handle, params, logits)
         self.next_handle += 1
-        self.rows.append(_Row(handle, params, generator, token))
-        return handle, token
+        self.rows.append(row)
+        return row.handle, row.last
 
     def remove(self, handle: int) -> None:
         """The stream leaves; the last row moves into its slot."""
@@ -155,8 +143,4 @@ class BatchedDecoder:
             return {}
         with torch.inference_mode():
             logits = self.logits()
-        drawn: dict[int, int] = {}
-        for i, row in enumerate(self.rows):
-            row.last = int(next_token(logits[i : i + 1], row.params, row.generator)[0, 0])
-            drawn[row.handle] = row.last
-        return drawn
+        return draw_rows(logits, self.rows)

@@ -16,6 +16,7 @@ from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.tokenizer import PretrainedTokenizer
 from ml_playground.families.base import ChatMessages, InferenceModel
 from ml_playground.families.hf_lora.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
+from ml_playground.families.hf_lora.batched import HfBatchedDecoder
 from ml_playground.families.hf_lora.chat import apply_text_format, stop_ids
 from ml_playground.families.hf_lora.generation import stream_tokens
 from ml_playground.families.hf_lora.hub import load_pretrained_model, load_pretrained_tokenizer
@@ -127,10 +128,12 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
     loaded, tokenizer, described = load_lora_model(config, settings, which)
     model = merged(loaded)  # the adapters folded in: what export writes, and faster to decode
     pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
+    context = context_length(model, settings.block_size)
+    batched = HfBatchedDecoder.applies(model)
     return InferenceModel(
         module=LogitsOnly(model),
         tokenizer=PretrainedTokenizer(tokenizer, described),
-        context_length=context_length(model, settings.block_size),
+        context_length=context,
         stream=lambda prompt, params: stream_tokens(model, prompt, params),
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
@@ -139,4 +142,5 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),
         conditions=checkpoint_conditions(config, which),
+        batch_decoder=(lambda rows: HfBatchedDecoder(model, rows, context)) if batched else None,
     )

@@ -1,0 +1,119 @@
+"""Continuous batching for a Hugging Face causal LM: each row's logits are what the model gives its own tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
+from ml_playground.families.hf_lora.batched import HfBatchedDecoder
+from ml_playground.families.hf_lora.generation import generate_ids
+from ml_playground.families.hf_lora.hub import load_pretrained_model
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+
+pytestmark = pytest.mark.unit
+
+TEXT = "Sehr geehrte Frau Präsidentin! Meine Damen und Herren! Wir beraten heute den Haushalt. " * 3
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp(request.param), [TEXT], architecture=request.param)
+    model: nn.Module = load_pretrained_model(str(folder), revision=None, dtype=torch.float32, key="x")
+    return model.eval()
+
+
+def alone(lm: nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        logits: torch.Tensor = lm(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    return logits
+
+
+def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module) -> None:
+    assert HfBatchedDecoder.applies(lm)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64)
+    greedy = SamplingParams(max_new_tokens=20, temperature=0.0)
+    sequences: dict[int, list[int]] = {}
+
+    def join(prompt: list[int]) -> None:
+        handle, first = decoder.add(prompt, greedy)
+        assert first == int(alone(lm, prompt).argmax())
+        sequences[handle] = [*prompt, first]
+
+    join([5, 6, 7])
+    join([9] * 11)  # longer than the cache so far: the first row is padded on the left
+    for step in range(9):
+        if step == 2:
+            join([11, 12])  # shorter: padded itself
+        if step == 4:
+            width = decoder.mask.size(1)
+            decoder.remove(1)  # the longest row leaves: the columns only it used are cut off the front
+            del sequences[1]
+            assert decoder.mask.size(1) < width
+            assert decoder.mask.size(1) == max(len(s) for s in sequences.values()) - 1
+        if step == 6:
+            join([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])  # longer than everything in view
+        with torch.inference_mode():
+            logits = decoder.logits()
+        for i, row in enumerate(decoder.rows):
+            expected = alone(lm, sequences[row.handle])
+            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
+            row.last = int(expected.argmax())
+            sequences[row.handle].append(row.last)
+    assert sorted(sequences) == [0, 2, 3]
+    for handle in (2, 0, 3):
+        decoder.remove(handle)
+    assert len(decoder) == 0
+    assert decoder.step() == {}
+    join([5, 6, 7])  # an emptied batch starts again
+    assert len(decoder) == 1
+
+
+def test_answers_together_are_the_answers_alone(lm: nn.Module) -> None:
+    """Greedy and seeded samples: the same tokens beside others as decoded alone by ``stream_tokens``."""
+    prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
+    settings = [
+        SamplingParams(max_new_tokens=12, temperature=0.0),
+        SamplingParams(max_new_tokens=12, temperature=1.0, top_k=20, seed=3),
+        SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
+        SamplingParams(max_new_tokens=12, temperature=0.0),
+    ]
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64)
+    together: dict[int, list[int]] = {}
+    for prompt, params in zip(prompts, settings, strict=True):
+        handle, first = decoder.add(prompt, params)
+        together[handle] = [first]
+    for _ in range(11):
+        for handle, token in decoder.step().items():
+            together[handle].append(token)
+    for handle, (prompt, params) in enumerate(zip(prompts, settings, strict=True)):
+        assert together[handle] == generate_ids(lm, prompt, params, None)
+
+
+def test_the_batch_takes_what_fits_it(lm: nn.Module) -> None:
+    decoder = HfBatchedDecoder(lm, rows=1, context_length=16)
+    assert decoder.admits(4, SamplingParams(max_new_tokens=12))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=13))  # past the context
+    assert not decoder.admits(0, SamplingParams(max_new_tokens=2))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=2, use_kv_cache=False))
+    guided = SamplingParams(max_new_tokens=2, guidance=2.0, contrast=(ContrastPrompt((1,)), ContrastPrompt((2,))))
+    assert not decoder.admits(4, guided)
+    decoder.add([1, 2, 3, 4], SamplingParams(max_new_tokens=12))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=2))  # no free row
+    decoder.positions[0] = 16
+    with pytest.raises(ValueError, match="context length 16"):
+        decoder.step()
+
+
+def test_a_sliding_window_cache_keeps_the_one_stream_path(tmp_path: Path) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=8, max_window_layers=0,
+        layer_types=["sliding_attention", "sliding_attention"],
+    )  # fmt: skip
+    assert not HfBatchedDecoder.applies(Qwen2ForCausalLM(config).eval())
