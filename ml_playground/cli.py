@@ -321,7 +321,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     from ml_playground.evaluation.analysis import analyze
 
     def progress(text: str) -> None:
-        if not args.quiet:
+        if not args.quiet and not args.json:  # --json: standard output is the JSON alone
             console.print(text.rstrip("\n"), highlight=False, markup=False)
 
     report = analyze(_load(args), per_party=args.per_party, emit=progress)

@@ -22,8 +22,9 @@ from ml_playground.core.atomic import atomic_write_text, atomic_write_with
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
+from ml_playground.sampling.batched import Answer, Job, decode_many
 from ml_playground.sampling.conditioning import party_contrast, require_conditions
-from ml_playground.sampling.runner import Generator, decode_sample, load_generator
+from ml_playground.sampling.runner import Generator, load_generator
 
 MIN_SPEECHES_PER_PARTY = 20  # fewer real speeches make a class the classifier cannot learn
 MAX_PARTIES = 8
@@ -110,27 +111,61 @@ def _split_records(config: ExperimentConfig, parties: list[str]) -> tuple[list[A
     return records[:-n_val], records[-n_val:]
 
 
+def party_header(config: ExperimentConfig, party: str) -> str:
+    """The header a sample for ``party`` starts from: the party, ``sample.year`` and ``sample.topic``."""
+    return format_header({"party": party, "year": config.sample.year, "topic": config.sample.topic})
+
+
+def sample_from_text(party: str, header: str, text: str, stopped: bool) -> GeneratedSample:
+    """A generated continuation of ``header`` as a sample; ``stopped``: it ended at a stop token."""
+    parsed = parse_example(header + text)
+    # finished: at <|end|> (our GPT's header vocabulary) or at the base model's end of text (LoRA)
+    keeps = parsed is not None and (parsed.finished or stopped)
+    return GeneratedSample(party, parsed.text if parsed else text, keeps)
+
+
 def generate_samples(
     config: ExperimentConfig, parties: list[str], per_party: int, emit: Callable[[str], None], generator: Generator
 ) -> list[GeneratedSample]:
-    samples = []
+    """``per_party`` samples from each party's header, decoded together where the family batches."""
+    jobs: list[Job] = []
+    headers: list[tuple[str, str]] = []  # (party, header) of each job
     for party in parties:
-        fields = {"party": party, "year": config.sample.year, "topic": config.sample.topic}
-        header = format_header(fields)
+        header = party_header(config, party)
         prompt = generator.tokenizer.encode(header)
+        fields = {"party": party, "year": config.sample.year, "topic": config.sample.topic}
         contrast = party_contrast(generator.tokenizer, fields, parties) if config.sample.guidance > 0 else ()
         for index in range(per_party):
-            params = generator.params(config.sample, index, keep_prefix=len(prompt), contrast=contrast)
-            text, stopped = decode_sample(generator.inference, prompt, params)
-            parsed = parse_example(header + text)
-            # finished: at <|end|> (our GPT's header vocabulary) or at the base model's end of text (LoRA)
-            keeps = parsed is not None and (parsed.finished or stopped)
-            samples.append(GeneratedSample(party, parsed.text if parsed else text, keeps))
-        emit(f"generated {per_party} sample(s) for {party}\n")
-    return samples
+            jobs.append((prompt, generator.params(config.sample, index, keep_prefix=len(prompt), contrast=contrast)))
+            headers.append((party, header))
+    left = Counter(party for party, _ in headers)
+
+    def finished(index: int, _answer: Answer) -> None:
+        party = headers[index][0]
+        left[party] -= 1
+        if left[party] == 0:
+            emit(f"generated {per_party} sample(s) for {party}\n")
+
+    answers = decode_many(generator.inference, jobs, on_done=finished)
+    return [
+        sample_from_text(party, header, text, stopped)
+        for (party, header), (text, stopped) in zip(headers, answers, strict=True)
+    ]
 
 
-def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str], None] = print) -> AnalysisReport:
+Sampler = Callable[[ExperimentConfig, list[str], int, Callable[[str], None], Generator], list[GeneratedSample]]
+"""(config, parties, samples per party, emit, the loaded checkpoint) -> the samples, party by party."""
+
+
+def analyze(
+    config: ExperimentConfig,
+    per_party: int = 10,
+    emit: Callable[[str], None] = print,
+    sampler: Sampler = generate_samples,
+    out_name: str = "analysis",
+) -> AnalysisReport:
+    """``sampler``: our own decoding by default; another runtime (llama.cpp on the exported file) is judged by
+    the same classifier from the same prompts. The report goes to ``train.out_dir / out_name``."""
     generator = load_generator(config)
     conditions = require_conditions(generator.inference, config.prepare.dataset_dir, "analyze")
     counts: dict[str, int] = conditions["parties"]
@@ -145,7 +180,7 @@ def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str],
     predicted_real = classifier.predict([r.text for r in held_out])
     classifier_accuracy = sum(p == r.party for p, r in zip(predicted_real, held_out, strict=True)) / len(held_out)
     majority_share = Counter(r.party for r in held_out).most_common(1)[0][1] / len(held_out)
-    samples = generate_samples(config, parties, per_party, emit, generator)
+    samples = sampler(config, parties, per_party, emit, generator)
     predictions = classifier.predict([s.text or "-" for s in samples])
     samples = [GeneratedSample(s.party, s.text, s.keeps_format, p) for s, p in zip(samples, predictions, strict=True)]
     texts = [s.text for s in samples]
@@ -167,7 +202,7 @@ def analyze(config: ExperimentConfig, per_party: int = 10, emit: Callable[[str],
         checkpoint=generator.checkpoint,
         step=generator.step,
     )
-    out = config.train.out_dir / "analysis"
+    out = config.train.out_dir / out_name
     report.chart_path = out / "conditioning.png"
     atomic_write_with(report.chart_path, lambda path: _chart(report, path))
     report.report_path = out / "report.md"

@@ -66,7 +66,7 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
     assert "classified as the requested party" in table
     assert "classifier on held-out real speeches" in table
     analyzed = cli("analyze", "speakger", *args, "--per-party", "2", "--json")
-    report = json.loads(analyzed.stdout.strip().splitlines()[-1])
+    report = json.loads(analyzed.stdout)  # the JSON alone: progress lines stay out of it
     assert 0.0 <= report["conditioning_accuracy"] <= 1.0
     assert 0.0 < report["classifier_accuracy"] <= 1.0
     assert report["chance"] == pytest.approx(1 / len(report["parties"]))
