@@ -3,7 +3,8 @@
 For a trained chat experiment (``bundestag_qa_smollm2`` by default), on its validation questions:
 
 1. ``stop_rate`` through ``serve``'s ``/v1/chat/completions`` (a real server on loopback, the ``openai``
-   client, greedy, ``max_tokens`` = ``sample.max_new_tokens``), for the fine-tune and for the base model;
+   client, greedy, ``max_tokens`` = ``sample.max_new_tokens``, eight questions at a time as eight users would
+   ask them), for the fine-tune and for the base model;
 2. the same through llama.cpp (``Llama.create_chat_completion`` with the chat template the exported GGUF
    embeds) on the fine-tune exported as f32 GGUF, and on the base model's own GGUF file;
 3. the first 32 greedy tokens of the merged model in transformers against llama.cpp's on the f32 GGUF,
@@ -19,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from ml_playground.evaluation.chat import last_answer, read_val_conversations  #
 from ml_playground.export.request import ExportRequest  # noqa: E402
 
 AGREE_QUESTIONS = 10
+CLIENTS = 8  # questions asked of the server at once
 AGREE_TOKENS = 32
 SHOWN = 3  # questions whose answers (base and fine-tune) are printed
 
@@ -50,18 +53,19 @@ def serve_stop_rate(
 
     with serving_process(partial(build_served, config, "chat", checkpoint, engine_thread=False)) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="none", timeout=600)
-        stopped = 0
-        answers = []
-        for messages in questions:
+
+        def ask(messages: list[dict[str, str]]) -> tuple[bool, str]:
             answer = client.chat.completions.create(
                 model="chat",
                 messages=messages,  # type: ignore[arg-type]
                 temperature=0.0,
                 max_tokens=config.sample.max_new_tokens,
             )
-            stopped += answer.choices[0].finish_reason == "stop"
-            answers.append(answer.choices[0].message.content or "")
-        return stopped / len(questions), answers
+            return answer.choices[0].finish_reason == "stop", answer.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(max_workers=CLIENTS) as pool:  # as many users at once: the server batches them
+            answered = list(pool.map(ask, questions))
+        return sum(stopped for stopped, _ in answered) / len(questions), [text for _, text in answered]
 
 
 def llama_cpp_stop_rate(gguf: Path, questions: list[list[dict[str, str]]], max_tokens: int, threads: int) -> float:

@@ -9,13 +9,13 @@ import json
 import time
 
 
-def stream(url: str, tokens: int, seed: int, first: list[float] | None = None) -> int:
+def stream(url: str, tokens: int, seed: int, first: list[float] | None = None, prompt: str = "ROMEO:") -> int:
     """Stream one completion; its tokens, and (into ``first``) the seconds to its first text."""
     import httpx
 
     started = time.perf_counter()
     body: dict[str, object] = {
-        "prompt": "ROMEO:",
+        "prompt": prompt,
         "max_tokens": tokens,
         "seed": seed,
         "temperature": 1.0,
@@ -32,8 +32,13 @@ def stream(url: str, tokens: int, seed: int, first: list[float] | None = None) -
     return int(json.loads(lines[-1][len("data: ") :])["usage"]["completion_tokens"])
 
 
-def client(url: str, tokens: int, seed: int) -> tuple[int, float]:
+def client(url: str, tokens: int, seed: int, prompt: str = "ROMEO:") -> tuple[int, float]:
     """One client: (tokens received, seconds to its first text)."""
     first: list[float] = []
-    count = stream(url, tokens, seed, first)
+    count = stream(url, tokens, seed, first, prompt)
     return count, first[0]
+
+
+def ready(_: int) -> int:
+    """Nothing: a client process that has run it has started (and imported only this module)."""
+    return 0

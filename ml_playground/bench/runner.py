@@ -69,11 +69,18 @@ def run_benchmarks(
         # no target: training the merges is a cost no pretrained-tokenizer peer pays; the encode row has one
         add(process_benchmarks.prepare_throughput(corpus, work, "bpe", None, "; target on the encode row"))
         add(process_benchmarks.bpe_encode_throughput(corpus, work, 1.0, repeats=repeats))
+        tiny = _tiny_llama(work, sample_text) if quick else None
         add(
             lora_benchmarks.lora_vs_hf_trainer(
-                bundestag.joinpath("19001.txt"), work, _lora_sizes(work, sample_text) if quick else None
+                bundestag.joinpath("19001.txt"),
+                work,
+                lora_benchmarks.LoraBenchSizes(steps=3, base_model=tiny, block_size=32, dtypes=("float32",))
+                if quick
+                else None,
             )
         )
+        clients, tokens = (2, 8) if quick else (8, 128)
+        add(serving_benchmarks.pretrained_serving(tiny, work, clients=clients, tokens=tokens))
     write_results(results, results_path, machine)
     emit("")
     emit(render_machine(machine))
@@ -82,9 +89,8 @@ def run_benchmarks(
     return results
 
 
-def _lora_sizes(work: Path, text: str) -> lora_benchmarks.LoraBenchSizes:
+def _tiny_llama(work: Path, text: str) -> str:
     """``--quick``: a tiny Llama-shaped model trained here stands in for SmolLM2 (the harness, not the speed)."""
     from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
-    tiny = build_tiny_causal_lm(work / "tiny-llama", [text[:20_000]], architecture="llama")
-    return lora_benchmarks.LoraBenchSizes(steps=3, base_model=str(tiny), block_size=32, dtypes=("float32",))
+    return str(build_tiny_causal_lm(work / "tiny-llama", [text[:20_000]], architecture="llama"))

@@ -63,6 +63,13 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
     ]  # each side trained in a process of its own, so each peak memory is its own
     assert all(r["figure"] > 0 and r["peer_figure"] > 0 for r in lora)
     assert "Trainer + PEFT" in lora[0]["peer"]
+    pretrained = [r for r in written["results"] if r["name"].startswith(("serve a pretrained", "serve vs"))]
+    assert [r["name"] for r in pretrained] == [
+        "serve a pretrained model, 2 clients (aggregate)",
+        "serve vs transformers serve, 2 clients",
+    ]  # a tiny Llama stands in for SmolLM2: the same server, batched, against the same model in process and
+    # against transformers' own server with its continuous batching
+    assert all(r["figure"] > 0 and r["peer_figure"] > 0 for r in pretrained)
     hf = next(r for r in written["results"] if "vs HF GPT2LMHeadModel" in r["name"])
     assert hf["peer_figure"] > 0
     assert hf["ratio"] == pytest.approx(hf["figure"] / hf["peer_figure"])
