@@ -83,6 +83,12 @@ class PrepareConfig(Section):
         description="chat formats: longest conversation in tokens (cut after the last assistant turn that fits, "
         "else dropped); defaults to train.model.block_size + 1.",
     )
+    answer_max_chars: int = Field(
+        default=500,
+        ge=40,
+        description="bundestag_qa: an answer keeps its leading paragraphs up to this many characters (a longer "
+        "first paragraph is cut after a sentence), so the model learns an answer, not the speech that follows.",
+    )
     conditioning: Literal["none", "header"] = Field(
         default="none",
         description="header: each speech behind a speaker/party/year/topic header, never a target (special tokens "

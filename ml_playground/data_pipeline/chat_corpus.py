@@ -54,7 +54,7 @@ def read_conversations(
 
     # the protocols' own reader; interjections inside a question or an answer are not part of it
     speeches = iter_xml_speeches(config.model_copy(update={"interjections": "strip"}), sources, stats)
-    return list(qa_conversations(speeches, qa))
+    return list(qa_conversations(speeches, qa, config.answer_max_chars))
 
 
 def _pack(encoded: list[Any]) -> PackedTokens:

@@ -44,7 +44,6 @@ from ml_playground.data_pipeline.record_corpus import (
     write_record_files,
     write_speech_table_and_corpus,
 )
-from ml_playground.data_pipeline.sources.bundestag_qa import ANSWER_MAX_CHARS
 from ml_playground.data_pipeline.sources.records import ReadStats, SniffedFile, SpeechRecord, sniff_file
 from ml_playground.data_pipeline.sources.text import (
     SourceText,
@@ -206,7 +205,7 @@ def _settings_fingerprint(config: PrepareConfig) -> dict[str, Any]:
     settings["metadata_dir"] = str(config.metadata_dir) if config.metadata_dir else None
     settings["tiktoken_file"] = str(config.tiktoken_file) if config.tiktoken_file else None
     if config.format == "bundestag_qa":  # how much of an answer is kept is part of the data
-        settings["answer_max_chars"] = ANSWER_MAX_CHARS
+        settings["answer_max_chars"] = config.answer_max_chars
     return settings
 
 

@@ -10,7 +10,7 @@ Two places in a plenary session are question and answer by design:
 Each pair becomes a conversation: a short system prompt naming who answers (as the protocol prints
 the speaker), the question as the user turn, the answer as the assistant turn. An interposed
 question's answer runs on into the rest of the speech in the protocol; the answer kept is its
-paragraphs up to ``ANSWER_MAX_CHARS`` (at least one, cut at a sentence end when a single paragraph
+paragraphs up to ``prepare.answer_max_chars`` (at least one, cut at a sentence end when a single paragraph
 is longer), so the model learns an answer, not a speech.
 """
 
@@ -28,7 +28,7 @@ from ml_playground.data_pipeline.sources.records import PRESIDING_ROLES
 
 QUESTION_TIME = re.compile(r"Befragung der Bundesregierung|Fragestunde", re.IGNORECASE)
 INTERPOSED = re.compile(r"Zwischenfrage", re.IGNORECASE)
-ANSWER_MAX_CHARS = 500
+ANSWER_MAX_CHARS = 500  # the default of prepare.answer_max_chars
 MIN_CHARS = 40  # "Ja." or a bare thank-you is not a question or an answer
 SYSTEM_PROMPT = "Plenarsitzung des Deutschen Bundestages. Es antwortet {who}."
 
@@ -77,8 +77,8 @@ def first_answer(text: str, limit: int = ANSWER_MAX_CHARS) -> str:
     return answer.strip()
 
 
-def _pair(question: Speech, answer: Speech, kind: str, stats: QaStats) -> Conversation | None:
-    answer_text = first_answer(answer.text)
+def _pair(question: Speech, answer: Speech, kind: str, stats: QaStats, limit: int) -> Conversation | None:
+    answer_text = first_answer(answer.text, limit)
     if len(question.text) < MIN_CHARS or len(answer_text) < MIN_CHARS or "?" not in question.text:
         return None
     stats.pairs[kind] += 1
@@ -92,8 +92,13 @@ def _pair(question: Speech, answer: Speech, kind: str, stats: QaStats) -> Conver
     return Conversation(messages, f"{answer.source_file} ({answer.date}): {kind}")
 
 
-def qa_conversations(speeches: Iterable[Speech], stats: QaStats) -> Iterator[Conversation]:
-    """Pairs in protocol order from the speeches of the XML reader (chair and interjection records included)."""
+def qa_conversations(
+    speeches: Iterable[Speech], stats: QaStats, answer_max_chars: int = ANSWER_MAX_CHARS
+) -> Iterator[Conversation]:
+    """Pairs in protocol order from the speeches of the XML reader (chair and interjection records included).
+
+    An answer keeps its leading paragraphs up to ``answer_max_chars`` characters (``first_answer``).
+    """
     previous: Speech | None = None  # the last member who spoke (chair and interjections aside)
     speaker_before_chair: Speech | None = None  # who had the floor when the chair offered a question
     offered = False  # the chair has just mentioned an interposed question
@@ -109,13 +114,13 @@ def qa_conversations(speeches: Iterable[Speech], stats: QaStats) -> Iterator[Con
         found: Conversation | None = None
         if previous is not None and previous.speaker != speech.speaker:
             if QUESTION_TIME.search(speech.topic) and speech.role and not previous.role:
-                found = _pair(previous, speech, "question_time", stats)
+                found = _pair(previous, speech, "question_time", stats, answer_max_chars)
             elif (
                 speaker_before_chair is not None
                 and speech.speaker == speaker_before_chair.speaker
                 and previous.speaker != speaker_before_chair.speaker
             ):
-                found = _pair(previous, speech, "interposed", stats)
+                found = _pair(previous, speech, "interposed", stats, answer_max_chars)
                 speaker_before_chair = None
         if found is not None:
             yield found

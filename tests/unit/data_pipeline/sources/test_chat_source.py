@@ -82,6 +82,9 @@ def test_question_time_and_interposed_questions_become_pairs() -> None:
     assert len(pairs[1].messages[2]["content"]) <= ANSWER_MAX_CHARS
     assert dict(stats.pairs) == {"question_time": 1, "interposed": 1}
     assert "question/answer pairs: 2 (question time 1, interposed questions 1)" in stats.details()[0]
+    longer = list(qa_conversations(speeches, QaStats(), answer_max_chars=2000))  # prepare.answer_max_chars
+    assert ANSWER_MAX_CHARS < len(longer[1].messages[2]["content"]) <= 2000  # the next paragraph fits now
+    assert longer[0].messages[2]["content"] == pairs[0].messages[2]["content"]
 
 
 def test_an_answer_is_its_leading_paragraphs_or_sentences() -> None:
