@@ -65,6 +65,7 @@ def test_bench_quick_writes_every_result(tmp_path: Path, shared_data: Path, caps
     assert "Trainer + PEFT" in lora[0]["peer"]
     pretrained = [r for r in written["results"] if r["name"].startswith(("serve a pretrained", "serve vs"))]
     assert [r["name"] for r in pretrained] == [
+        "serve a pretrained model, 1 client (aggregate)",
         "serve a pretrained model, 2 clients (aggregate)",
         "serve vs transformers serve, 2 clients",
     ]  # a tiny Llama stands in for SmolLM2: the same server, batched, against the same model in process and
