@@ -120,16 +120,21 @@ def client_pool(clients: int) -> ProcessPoolExecutor:
     return pool
 
 
+def one_stream(model: InferenceModel, prompt: list[int], tokens: int) -> float:
+    """The peer: tokens/s of one stream decoded in this process as ``sample`` does it (at most ``tokens``, at
+    temperature 1; a pretrained model may end sooner, so the tokens of the text are what is counted)."""
+    started = time.perf_counter()
+    text = stream_decode(model, prompt, SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=1), lambda _: None)
+    return len(model.tokenizer.encode(text)) / (time.perf_counter() - started)
+
+
 def serving(sizes: BenchSizes) -> list[BenchResult]:
     model = bench_model(sizes)
     n_layer, _, n_embd = sizes.sample_shape
     tokens = min(200, sizes.sample_new_tokens)
     prompt = model.tokenizer.encode("ROMEO:")
 
-    def in_process() -> float:
-        started = time.perf_counter()
-        stream_decode(model, prompt, SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=1), lambda _: None)
-        return tokens / (time.perf_counter() - started)
+    in_process = partial(one_stream, model, prompt, tokens)
 
     results = []
     with serving_process(partial(bench_served, sizes, max(sizes.serve_clients))) as url:
@@ -229,11 +234,7 @@ def pretrained_serving(
     shape = f"{sum(p.numel() for p in model.module.parameters()) / 1e6:.0f}M parameters, float32"
     note = f"{Path(settings.base_model).name} ({shape}), {tokens} tokens a client, temperature 1"
 
-    def in_process() -> float:
-        started = time.perf_counter()
-        params = SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=1)
-        text = stream_decode(model, prompt, params, lambda _: None)
-        return len(model.tokenizer.encode(text)) / (time.perf_counter() - started)
+    in_process = partial(one_stream, model, prompt, tokens)
 
     results: list[BenchResult] = []
     ours: dict[int, ClientRun] = {}

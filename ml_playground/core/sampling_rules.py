@@ -28,6 +28,11 @@ class SamplingParams:
     guidance: float = 0.0  # condition guidance weight (0: off); needs ``contrast``
     contrast: tuple[ContrastPrompt, ...] = ()  # the prompt under each known condition, the asked one included
 
+    @property
+    def guided(self) -> bool:
+        """Whether condition guidance applies: a weight and more than the asked condition to contrast it with."""
+        return self.guidance > 0 and len(self.contrast) > 1
+
 
 @dataclass(frozen=True)
 class ContrastPrompt:
@@ -77,28 +82,3 @@ def guided_logits(asked: torch.Tensor, alternatives: list[torch.Tensor], weight:
     stacked = torch.stack([torch.log_softmax(a.float(), dim=-1) for a in alternatives])
     marginal = torch.logsumexp(stacked, dim=0) - math.log(len(alternatives))
     return lp + weight * (lp - marginal)
-
-
-@dataclass
-class BatchRow:
-    """One stream of a batch decoder: its handle, its own settings and seeded generator, the token it feeds next."""
-
-    handle: int
-    params: SamplingParams
-    generator: torch.Generator
-    last: int
-
-    @classmethod
-    def start(cls, handle: int, params: SamplingParams, logits: torch.Tensor) -> BatchRow:
-        """A new stream whose prompt ended in ``logits`` (1, V): its first token drawn with its own generator."""
-        generator = torch.Generator(device=logits.device).manual_seed(params.seed)
-        return cls(handle, params, generator, int(next_token(logits, params, generator)[0, 0]))
-
-
-def draw_rows(logits: torch.Tensor, rows: list[BatchRow]) -> dict[int, int]:
-    """Each row's next token from its row of ``logits`` (rows, V), with the row's own settings, by handle."""
-    drawn: dict[int, int] = {}
-    for i, row in enumerate(rows):
-        row.last = int(next_token(logits[i : i + 1], row.params, row.generator)[0, 0])
-        drawn[row.handle] = row.last
-    return drawn

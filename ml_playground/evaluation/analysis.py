@@ -111,9 +111,14 @@ def _split_records(config: ExperimentConfig, parties: list[str]) -> tuple[list[A
     return records[:-n_val], records[-n_val:]
 
 
+def party_fields(config: ExperimentConfig, party: str) -> dict[str, Any]:
+    """What a sample for ``party`` is asked for: the party, ``sample.year`` and ``sample.topic``."""
+    return {"party": party, "year": config.sample.year, "topic": config.sample.topic}
+
+
 def party_header(config: ExperimentConfig, party: str) -> str:
-    """The header a sample for ``party`` starts from: the party, ``sample.year`` and ``sample.topic``."""
-    return format_header({"party": party, "year": config.sample.year, "topic": config.sample.topic})
+    """The header a sample for ``party`` starts from."""
+    return format_header(party_fields(config, party))
 
 
 def sample_from_text(party: str, header: str, text: str, stopped: bool) -> GeneratedSample:
@@ -133,8 +138,11 @@ def generate_samples(
     for party in parties:
         header = party_header(config, party)
         prompt = generator.tokenizer.encode(header)
-        fields = {"party": party, "year": config.sample.year, "topic": config.sample.topic}
-        contrast = party_contrast(generator.tokenizer, fields, parties) if config.sample.guidance > 0 else ()
+        contrast = (
+            party_contrast(generator.tokenizer, party_fields(config, party), parties)
+            if config.sample.guidance > 0
+            else ()
+        )
         for index in range(per_party):
             jobs.append((prompt, generator.params(config.sample, index, keep_prefix=len(prompt), contrast=contrast)))
             headers.append((party, header))

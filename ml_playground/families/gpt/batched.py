@@ -22,29 +22,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ml_playground.core.sampling_rules import BatchRow, SamplingParams, draw_rows
+from ml_playground.core.batch_rows import RowBatch
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep
 from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
 
 
-class BatchedDecoder:
+class BatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one GPT decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(self, model: GPT, rows: int) -> None:
+        super().__init__(rows, model.config.block_size)
         self.model = model
         self.step_weights = DecodeStep(model)
         config = model.config
-        self.block = config.block_size
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         device = model.wte.weight.device
         dtype = model.wte.weight.dtype
-        shape = (rows, self.n_head, self.block, self.head_dim)
+        shape = (rows, self.n_head, self.context_length, self.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.rows: list[BatchRow] = []  # row i of the caches is self.rows[i]
-        self.next_handle = 0
         self.inv_freq = 1.0 / (
             config.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)
         )
@@ -53,24 +52,11 @@ class BatchedDecoder:
     def applies(model: GPT) -> bool:
         return DecodeStep.applies(model)
 
-    def admits(self, prompt_tokens: int, params: SamplingParams) -> bool:
-        """Whether a stream can join: a free row, no guidance, its whole answer inside the context."""
-        return (
-            len(self.rows) < self.keys[0].size(0)
-            and params.use_kv_cache
-            and not (params.guidance > 0 and len(params.contrast) > 1)
-            and prompt_tokens > 0
-            and prompt_tokens + params.max_new_tokens <= self.block
-        )
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
         """Prefill a new stream into the next row: (its handle, its first token)."""
         slot = len(self.rows)
         device = self.lengths.device
-        cache = KVCache(len(self.keys), capacity=self.block)
+        cache = KVCache(len(self.keys), capacity=self.context_length)
         with torch.inference_mode():
             logits = self.model(torch.tensor([prompt_ids], dtype=torch.long, device=device), cache)[:, -1, :]
         length = len(prompt_ids)
@@ -80,14 +66,11 @@ class BatchedDecoder:
             self.keys[layer][slot, :, :length] = keys[0, :, :length]
             self.values[layer][slot, :, :length] = values[0, :, :length]
         self.lengths[slot] = length
-        row = BatchRow.start(self.next_handle, params, logits)
-        self.next_handle += 1
-        self.rows.append(row)
-        return row.handle, row.last
+        return self._join(params, logits)
 
     def remove(self, handle: int) -> None:
         """The stream leaves; the last row moves into its slot."""
-        slot = next(i for i, row in enumerate(self.rows) if row.handle == handle)
+        slot = self._slot(handle)
         last = len(self.rows) - 1
         if slot != last:
             length = int(self.lengths[last])
@@ -106,8 +89,8 @@ class BatchedDecoder:
         C, H, D = weights.width[0], self.n_head, self.head_dim
         device = self.lengths.device
         positions = self.lengths[:n].clone()
-        if int(positions.max()) + 1 > self.block:
-            raise ValueError(f"a row would exceed block_size {self.block}")
+        if int(positions.max()) + 1 > self.context_length:
+            raise ValueError(f"a row would exceed block_size {self.context_length}")
         idx = torch.tensor([[row.last] for row in self.rows], dtype=torch.long, device=device)
         x = F.embedding(idx, weights.wte)
         rotary = None
@@ -136,11 +119,3 @@ class BatchedDecoder:
             x = x + product(h, *block.mlp_proj)
         self.lengths[:n] += 1
         return product(F.layer_norm(x, weights.width, *weights.ln_f, 1e-5), weights.head, None)[:, 0, :]
-
-    def step(self) -> dict[int, int]:
-        """The next token of every stream, by handle (each drawn with the stream's own settings and generator)."""
-        if not self.rows:
-            return {}
-        with torch.inference_mode():
-            logits = self.logits()
-        return draw_rows(logits, self.rows)

@@ -65,7 +65,7 @@ def _generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -
     model.eval()
     generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
     context = _Context(model, prompt, params.keep_prefix, params.use_kv_cache)
-    guided = params.guidance > 0 and len(params.contrast) > 1
+    guided = params.guided
     if guided and prompt.size(0) != 1:
         raise ValueError("guidance generates one sequence at a time")
     asked = [p for p in params.contrast if list(p.ids) == prompt[0].tolist()]

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml_playground.core.sampling_rules import BatchRow, SamplingParams, draw_rows
+from ml_playground.core.batch_rows import RowBatch
+from ml_playground.core.sampling_rules import SamplingParams
 
 
 def _pad_left(tensor: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
@@ -50,19 +51,16 @@ def _full_attention_layers(cache: Any) -> list[Any]:
     return layers if all(type(layer) is DynamicLayer for layer in layers) else []
 
 
-class HfBatchedDecoder:
+class HfBatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one causal LM decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(self, lm: nn.Module, rows: int, context_length: int) -> None:
+        super().__init__(rows, context_length)
         self.lm = lm
-        self.capacity = rows
-        self.context_length = context_length
         self.device = next(lm.parameters()).device
         self.past: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # (rows, cache columns)
         self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next position
-        self.rows: list[BatchRow] = []  # row i of the cache is self.rows[i]
-        self.next_handle = 0
 
     @staticmethod
     def applies(lm: nn.Module) -> bool:
@@ -71,19 +69,6 @@ class HfBatchedDecoder:
         with torch.inference_mode():
             output = lm(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=True)
         return bool(_full_attention_layers(output.past_key_values))
-
-    def admits(self, prompt_tokens: int, params: SamplingParams) -> bool:
-        """Whether a stream can join: a free row, no guidance, its whole answer inside the context."""
-        return (
-            len(self.rows) < self.capacity
-            and params.use_kv_cache
-            and not (params.guidance > 0 and len(params.contrast) > 1)
-            and prompt_tokens > 0
-            and prompt_tokens + params.max_new_tokens <= self.context_length
-        )
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
         """Prefill a new stream alone and put it in the last row: (its handle, its first token)."""
@@ -104,14 +89,11 @@ class HfBatchedDecoder:
                 layer.values = torch.cat([_pad_left(layer.values, grow, -2), _pad_left(new.values, pad, -2)])
             self.mask = torch.cat([_pad_left(self.mask, grow, 1), _pad_left(row_mask, pad, 1)])
         self.positions = torch.cat([self.positions, self.positions.new_tensor([length])])
-        row = BatchRow.start(self.next_handle, params, logits)
-        self.next_handle += 1
-        self.rows.append(row)
-        return row.handle, row.last
+        return self._join(params, logits)
 
     def remove(self, handle: int) -> None:
         """The stream leaves; columns that are padding for every row left are cut off the front."""
-        slot = next(i for i, row in enumerate(self.rows) if row.handle == handle)
+        slot = self._slot(handle)
         self.rows.pop(slot)
         if not self.rows:
             self.past = None
@@ -145,11 +127,3 @@ class HfBatchedDecoder:
         self.positions = self.positions + 1
         logits: torch.Tensor = output.logits[:, -1, :].float()
         return logits
-
-    def step(self) -> dict[int, int]:
-        """The next token of every stream, by handle (each drawn with the stream's own settings and generator)."""
-        if not self.rows:
-            return {}
-        with torch.inference_mode():
-            logits = self.logits()
-        return draw_rows(logits, self.rows)

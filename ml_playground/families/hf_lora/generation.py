@@ -79,7 +79,7 @@ def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -
     """
     lm.eval()
     generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
-    guided = params.guidance > 0 and len(params.contrast) > 1
+    guided = params.guided
     if guided:
         if prompt.size(0) != 1:
             raise ValueError("guidance generates one sequence at a time")

@@ -1,0 +1,77 @@
+"""What every family's batch decoder shares: its streams as rows, who may join, and one draw per row a step.
+
+A family's decoder (``families/gpt/batched.py``, ``families/hf_lora/batched.py``) keeps its own cache
+and computes one step's logits for all rows; this base keeps the rows (each stream's handle, settings,
+seeded generator and the token it feeds next), decides which streams the batch takes, and draws each
+row's next token with the row's own settings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ml_playground.core.sampling_rules import SamplingParams, next_token
+
+
+@dataclass
+class BatchRow:
+    """One stream of a batch: its handle, its own settings and seeded generator, the token it feeds next."""
+
+    handle: int
+    params: SamplingParams
+    generator: torch.Generator
+    last: int
+
+
+class RowBatch(ABC):
+    """Up to ``capacity`` streams whose whole answers fit in ``context_length`` tokens; ``logits()`` is the family's."""
+
+    def __init__(self, capacity: int, context_length: int) -> None:
+        self.capacity = capacity
+        self.context_length = context_length
+        self.rows: list[BatchRow] = []  # row i of the family's cache is self.rows[i]
+        self.next_handle = 0
+
+    def admits(self, prompt_tokens: int, params: SamplingParams) -> bool:
+        """Whether a stream can join: a free row, no guidance, its whole answer inside the context."""
+        return (
+            len(self.rows) < self.capacity
+            and params.use_kv_cache
+            and not params.guided
+            and prompt_tokens > 0
+            and prompt_tokens + params.max_new_tokens <= self.context_length
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _join(self, params: SamplingParams, logits: torch.Tensor) -> tuple[int, int]:
+        """A new last row whose prompt ended in ``logits`` (1, V): (its handle, its first token, drawn with its own
+        seeded generator)."""
+        generator = torch.Generator(device=logits.device).manual_seed(params.seed)
+        row = BatchRow(self.next_handle, params, generator, int(next_token(logits, params, generator)[0, 0]))
+        self.next_handle += 1
+        self.rows.append(row)
+        return row.handle, row.last
+
+    def _slot(self, handle: int) -> int:
+        return next(i for i, row in enumerate(self.rows) if row.handle == handle)
+
+    @abstractmethod
+    def logits(self) -> torch.Tensor:
+        """One step over every row: the next-token logits (rows, V) after each row's last token."""
+
+    def step(self) -> dict[int, int]:
+        """The next token of every stream, by handle (each drawn with the stream's own settings and generator)."""
+        if not self.rows:
+            return {}
+        with torch.inference_mode():
+            logits = self.logits()
+        drawn: dict[int, int] = {}
+        for i, row in enumerate(self.rows):
+            row.last = int(next_token(logits[i : i + 1], row.params, row.generator)[0, 0])
+            drawn[row.handle] = row.last
+        return drawn
