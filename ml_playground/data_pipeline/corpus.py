@@ -1,18 +1,23 @@
-"""Decoded sources -> the training corpus, per ``prepare.format``.
+"""The source stage of ``prepare``: the inputs of ``prepare.format`` -> what ``prepare.filters`` keeps of them.
 
-``text`` concatenates the files. ``bundestag`` parses plenary protocols into speeches (a speeches
-table beside the corpus) and renders each speech as its speaker line followed by the text, so that
-sampling can start from a speaker line such as ``Dr. Angela Merkel, Bundeskanzlerin:``.
+Three kinds of source (``stages.choose_stages`` says which): plain text, streamed in chunks; plenary
+protocols (text or XML) -> speeches, rendered as the speaker line followed by the text, so that
+sampling can start from a speaker line such as ``Dr. Angela Merkel, Bundeskanzlerin:``; and speech
+records (SpeakGer, CSV, speech files, JSONL, and every format when a conditioning header is asked
+for). ``corpus_text`` renders the same filtered items as ``corpus.txt`` holds them, for ``eval --data``.
+Conversations (the chat formats) have their own source: ``chat_corpus``.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from ml_playground.configuration.models import PrepareConfig
 from ml_playground.core.errors import DataError
@@ -46,14 +51,10 @@ from ml_playground.data_pipeline.sources.text import (
     read_sources,
     resolve_input,
 )
+from ml_playground.data_pipeline.stages import PROTOCOL_FORMATS
+from ml_playground.data_pipeline.streaming import iter_chunks
 
-RECORD_FORMATS = ("speakger", "csv", "speech_txt")
 CSV_SUFFIXES = {".csv", ".tsv"}
-
-
-def streams(config: PrepareConfig) -> bool:
-    """Plain text with our own tokenizers is prepared in chunks (bounded memory, any corpus size)."""
-    return config.format == "text" and config.tokenizer != "hf"
 
 
 def read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFile]]:
@@ -61,7 +62,7 @@ def read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFi
     if config.format in ("bundestag_xml", "bundestag_qa"):
         paths = list_xml_inputs(resolve_input(config.input_path, config.cache_dir))
         return [SourceText(path, "", file_sha256(path), "xml") for path in paths], []
-    if config.format not in ("speakger", "csv") and not streams(config):
+    if config.format not in ("speakger", "csv", "text"):
         return read_sources(config.input_path, config.cache_dir, config.encoding), []
     suffixes = CSV_SUFFIXES if config.format in ("speakger", "csv") else TEXT_SUFFIXES
     files = list_text_files(resolve_input(config.input_path, config.cache_dir), suffixes)
@@ -69,57 +70,106 @@ def read_inputs(config: PrepareConfig) -> tuple[list[SourceText], list[SniffedFi
     return [SourceText(f.path, "", f.sha256, f.encoding) for f in sniffed], sniffed
 
 
+Passage = str
+"""The text of an input file that is no plenary protocol (``prepare.non_protocol = "plain"``), kept as it is."""
+
+
+def render_speech(item: Speech | Passage) -> str:
+    """A protocol speech as ``corpus.txt`` holds it: speaker line, text, blank line (interjections: nothing)."""
+    if isinstance(item, str):
+        return item.strip() + "\n\n"
+    return f"{item.header()}\n{item.text}\n\n" if item.kind == "speech" else ""
+
+
+DROPOUT_SEED = 20240229
+
+
+def dropout_draws() -> Iterator[npt.NDArray[np.float64]]:
+    """One (speaker, topic) draw per record, in record order: the same for ``corpus.txt`` and the encoder."""
+    rng = np.random.default_rng(DROPOUT_SEED)
+    while True:
+        yield rng.random(2)
+
+
+def header_fields(record: SpeechRecord, draws: npt.NDArray[np.float64], config: PrepareConfig) -> dict[str, object]:
+    """The record's conditioning fields, less those ``speaker_dropout`` / ``topic_dropout`` leave out this time."""
+    fields = record.conditioning_fields
+    if draws[0] < config.speaker_dropout:
+        fields = {**fields, "speaker": None}
+    if draws[1] < config.topic_dropout:
+        fields = {**fields, "topic": None}
+    return fields
+
+
+def render_record(record: SpeechRecord, config: PrepareConfig, draws: npt.NDArray[np.float64]) -> str:
+    """A speech record as ``corpus.txt`` holds it: after its conditioning header as drawn, or its text and a
+    blank line."""
+    if config.conditioning == "header":
+        return format_example(header_fields(record, draws, config), record.text)
+    return f"{record.text}\n\n"
+
+
 def corpus_text(config: PrepareConfig) -> str:
     """The text the source stage makes of ``config.input_path``: records rendered and filtered as prepare
-    renders them for every format (``eval --data`` reads through this, conditioning aside)."""
+    renders them into ``corpus.txt`` (``eval --data`` reads through this, conditioning aside)."""
+    sources, files = read_inputs(config)
+    stats = ReadStats()
     if config.format == "text":
-        return "\n".join(source.text for source in read_sources(config.input_path, config.cache_dir, config.encoding))
-    sources, csv_files = read_inputs(config)
-    return build_corpus(config, sources, csv_files).text
+        return "".join(iter_chunks(files))
+    if config.format in PROTOCOL_FORMATS and config.conditioning == "none":
+        return "".join(render_speech(item) for item in kept_speeches(config, sources, stats))
+    draws = dropout_draws()
+    return "".join(
+        render_record(record, config, next(draws)) for record, _ in kept_records(config, sources, files, stats)
+    )
 
 
-@dataclass
-class Corpus:
-    text: str
-    records: list[dict[str, Any]] | None = None
-    warnings: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)
-    speech_records: list[SpeechRecord] | None = None
+def kept_speeches(config: PrepareConfig, sources: list[SourceText], stats: ReadStats) -> Iterator[Speech | Passage]:
+    """The protocols' speeches (interjection records too) that ``prepare.filters`` keeps, and plain passages."""
+    for item in iter_protocol_items(config, sources, stats):
+        if isinstance(item, str):
+            yield item
+        elif (kept := keep_speech(item, config.filters, stats)) is not None:
+            yield kept
 
 
-def render_speeches(speeches: list[Speech]) -> str:
-    """Speaker line, text, blank line; interjection records are not part of the corpus."""
-    return "".join(f"{s.header()}\n{s.text}\n\n" for s in speeches if s.kind == "speech")
-
-
-def build_corpus(
-    config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile] | None = None
-) -> Corpus:
-    """``csv_files`` (formats speakger and csv) are streamed; ``sources`` hold decoded text files."""
-    if config.format == "text":
-        return Corpus("\n".join(source.text for source in sources))
-    if config.conditioning == "header" or config.format in RECORD_FORMATS:
-        return _record_corpus(config, sources, csv_files or [])
+def kept_records(
+    config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile], stats: ReadStats
+) -> Iterator[tuple[SpeechRecord, dict[str, Any]]]:
+    """The records ``prepare.filters`` keeps, each with the fields a template may name (a JSONL line's own
+    keys, or the record's)."""
     if config.format == "jsonl":
-        return _jsonl_corpus(sources, config)
+        for raw in _jsonl_records(sources):
+            kept = keep(_jsonl_record(raw), config.filters, stats)
+            if kept is not None:
+                yield kept, {**raw, "text": kept.text}
+        return
+    for read in iter_speech_records(config, sources, csv_files, stats):
+        if (record := keep(read, config.filters, stats)) is not None:
+            yield record, record.as_dict()
+
+
+def iter_protocol_items(
+    config: PrepareConfig, sources: list[SourceText], stats: ReadStats
+) -> Iterator[Speech | Passage]:
+    """Every speech of the protocols (XML or text), in file order; a text file that is no protocol is
+    refused or kept as a plain passage (``prepare.non_protocol``)."""
     if config.format == "bundestag_xml":
-        stats = ReadStats()
-        speeches = _kept_speeches(iter_xml_speeches(config, sources, stats), config, stats)
-        if not any(s.kind == "speech" for s in speeches):
-            raise DataError("no speeches left after reading and filtering", key="prepare.filters")
-        return Corpus(render_speeches(speeches), [s.as_record() for s in speeches], details=_dropped(stats))
-    return _bundestag_corpus(config, sources)
-
-
-def _kept_speeches(speeches: Iterable[Speech], config: PrepareConfig, stats: ReadStats) -> list[Speech]:
-    """The speeches ``prepare.filters`` keeps (the reasons for the others counted in ``stats``)."""
-    return [s for speech in speeches if (s := keep_speech(speech, config.filters, stats)) is not None]
-
-
-def _dropped(stats: ReadStats) -> list[str]:
-    if not stats.dropped:
-        return []
-    return ["dropped by prepare.filters: " + ", ".join(f"{why} {n:,}" for why, n in sorted(stats.dropped.items()))]
+        yield from iter_xml_speeches(config, sources, stats)
+        return
+    for source in sources:
+        try:
+            protocol = parse_protocol(source.text, str(source.path), config.interjections)
+        except NotAProtocolError as exc:
+            if config.non_protocol == "error":
+                raise DataError(
+                    f'{exc.message}; set prepare.non_protocol = "plain" to use it as plain text', path=source.path
+                ) from None
+            stats.notes.append(f"{source.path}: not a plenary protocol ({exc.message}); used as plain text")
+            yield source.text
+            continue
+        stats.lines_dropped.update(protocol.dropped_lines)
+        yield from protocol.speeches
 
 
 def iter_xml_speeches(config: PrepareConfig, sources: list[SourceText], stats: ReadStats) -> Iterator[Speech]:
@@ -177,40 +227,9 @@ def iter_speech_records(
     elif config.format == "bundestag_xml":
         yield from (from_protocol_speech(speech) for speech in iter_xml_speeches(config, sources, stats))
     else:
-        corpus = _bundestag_corpus(config, sources)
-        stats.notes.extend(corpus.warnings)
-        for record in corpus.records or []:
-            yield from_protocol_speech(Speech(**{k: v for k, v in record.items() if k != "speaker_line"}))
-
-
-def _record_corpus(config: PrepareConfig, sources: list[SourceText], csv_files: list[SniffedFile]) -> Corpus:
-    stats = ReadStats()
-    read = iter_speech_records(config, sources, csv_files, stats)
-    kept = [record for r in read if (record := keep(r, config.filters, stats)) is not None]
-    if not kept:
-        raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
-    if config.conditioning == "header":
-        text = "".join(format_example(r.conditioning_fields, r.text) for r in kept)
-    else:
-        text = "".join(f"{r.text}\n\n" for r in kept)
-    parties = Counter(r.party or "(none)" for r in kept)
-    decades = Counter(f"{r.year // 10 * 10}s" if r.year else "(unknown)" for r in kept)
-    details, warnings = stats.summary(len(kept), parties, decades)
-    return Corpus(text, None, warnings, details, kept)
-
-
-def _jsonl_corpus(sources: list[SourceText], config: PrepareConfig) -> Corpus:
-    """The records ``prepare.filters`` keeps, their texts one after another."""
-    stats = ReadStats()
-    records: list[dict[str, Any]] = []
-    for record in _jsonl_records(sources):
-        kept = keep(_jsonl_record(record), config.filters, stats)
-        if kept is not None:
-            records.append({**record, "text": kept.text})
-    if not records:
-        raise DataError("no records left after filtering", key="prepare.filters")
-    text = "".join(f"{record['text']}\n\n" for record in records)
-    return Corpus(text, records, details=[f"records: {len(records):,}", *_dropped(stats)])
+        for item in iter_protocol_items(config, sources, stats):
+            if not isinstance(item, str):
+                yield from_protocol_speech(item)
 
 
 def _jsonl_records(sources: list[SourceText]) -> list[dict[str, Any]]:
@@ -231,41 +250,3 @@ def _jsonl_records(sources: list[SourceText]) -> list[dict[str, Any]]:
     if not records:
         raise DataError("no records with text", key="prepare.input_path")
     return records
-
-
-def _bundestag_corpus(config: PrepareConfig, sources: list[SourceText]) -> Corpus:
-    parts: list[str] = []
-    speeches: list[Speech] = []
-    warnings: list[str] = []
-    stats = ReadStats()
-    dropped: Counter[str] = Counter()
-    for source in sources:
-        try:
-            protocol = parse_protocol(source.text, str(source.path), config.interjections)
-        except NotAProtocolError as exc:
-            if config.non_protocol == "error":
-                raise DataError(
-                    f'{exc.message}; set prepare.non_protocol = "plain" to use it as plain text', path=source.path
-                ) from None
-            warnings.append(f"{source.path}: not a plenary protocol ({exc.message}); used as plain text")
-            parts.append(source.text.strip() + "\n\n")
-            continue
-        kept = _kept_speeches(protocol.speeches, config, stats) if protocol.speeches else []
-        speeches.extend(kept)
-        dropped.update(protocol.dropped_lines)
-        parts.append(render_speeches(kept))
-    spoken = [s for s in speeches if s.kind == "speech"]
-    if sources and not spoken and not any(p.strip() for p in parts):
-        if stats.dropped:
-            raise DataError("no speeches left after filtering", key="prepare.filters")
-        raise DataError("no speeches found in these protocols", key="prepare.input_path")
-    parties = Counter(s.party for s in spoken if s.party)
-    details = [
-        f"speeches: {len(spoken):,} by {len({s.speaker for s in spoken}):,} speakers"
-        + (f", {len(speeches) - len(spoken):,} interjection records" if config.interjections == "separate" else ""),
-        "parties: " + (", ".join(f"{party} {count}" for party, count in parties.most_common()) or "none"),
-        "dropped lines: "
-        + (", ".join(f"{what} {count:,}" for what, count in sorted(dropped.items()) if count) or "none"),
-        *_dropped(stats),
-    ]
-    return Corpus("".join(parts), [s.as_record() for s in speeches], warnings, details)

@@ -1,169 +1,90 @@
-"""Speech records -> files in ``dataset_dir``, streamed: memory grows with one batch of records, not the corpus.
+"""The records stage of ``prepare``: what the source stage kept -> the files beside the dataset, streamed.
 
-Two shapes, both written in passes over the records on disk rather than a list in memory:
+Each file has one writer, and memory grows with counters, not with the corpus:
 
-- ``conditioning = "header"``: ``records.jsonl`` + ``conditions.json`` first, then the BPE tokenizer is
-  trained on the training records and every record is encoded as ``header + text + <|end|>\\n`` into
-  ``{split}.bin``, with ``{split}_mask.bin`` (0 on header tokens: conditions are given, never learnt as
-  targets) and ``{split}_index.bin`` (start, header tokens, all tokens of each record), which the
-  record-aware batch sampler reads. The last ``val_fraction`` of the records are validation.
-- protocols without a header (``bundestag_xml``): the speeches table (``speeches.jsonl``/``.csv``) and
-  ``corpus.txt`` (speaker line, text, blank line), which the streaming text path then tokenizes.
+- plenary protocols: the speeches table (``speeches.jsonl``/``.csv``: every speech kept, interjection
+  records too) and ``corpus.txt`` (speaker line, text, blank line per speech);
+- speech records: ``records.jsonl`` + ``conditions.json`` (``speeches.write_records``) and
+  ``corpus.txt`` (each record's text, after its conditioning header when one is asked for).
 
-``speaker_dropout`` / ``topic_dropout`` leave a field out of that share of the headers (a fixed draw per
-record), so a prompt that names only a party is as familiar to the model as one that names a speaker.
+``corpus.txt`` is the text the model trains on: the stream layout encodes it as it is, and with a
+conditioning header it shows each header as drawn. ``speaker_dropout`` / ``topic_dropout`` leave a
+field out of that share of the headers (a fixed draw per record, in record order), so a prompt that
+names only a party is as familiar to the model as one that names a speaker.
+
+What comes out is a ``RecordSet``: the text files the stream layout encodes, and the records, read
+back in order, that the records layout encodes one by one.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
+from typing import Any
 
 from ml_playground.configuration.models import PrepareConfig
-from ml_playground.core.atomic import atomic_open, atomic_open_text
+from ml_playground.core.atomic import atomic_open_text
 from ml_playground.core.errors import DataError
-from ml_playground.core.tokenizer import BpeTokenizer
-from ml_playground.core.tokenizer_protocol import Tokenizer
-from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_example, format_header
+from ml_playground.data_pipeline.corpus import Passage, dropout_draws, render_record, render_speech
 from ml_playground.data_pipeline.sources.bundestag import Speech
-from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord, from_protocol_speech, keep, keep_speech
+from ml_playground.data_pipeline.sources.records import (
+    ReadStats,
+    SniffedFile,
+    SpeechRecord,
+    from_protocol_speech,
+    sniff_file,
+)
 from ml_playground.data_pipeline.speeches import (
+    CONDITIONS_FILE,
     CSV_FILE,
     JSONL_FILE,
+    RECORDS_FILE,
     REQUIRED_KEYS,
     iter_records,
+    iter_speeches,
     write_records,
 )
-from ml_playground.data_pipeline.streaming import TokenFileWriter, token_dtype
 
 CORPUS_FILE = "corpus.txt"
-ENCODE_BATCH = 512  # records encoded together (in parallel by ``tokenizers``)
-DROPOUT_SEED = 20240229
 SPEECH_COLUMNS = (*REQUIRED_KEYS, "period", "constituency", "kind", "topic", "speaker_id", "speaker_line")
 
 
 @dataclass
-class RecordSummary:
-    """What was read and kept, for the prepare summary."""
+class RecordSet:
+    """What the source and records stages made, for the encoder and layout stages."""
 
-    kept: int = 0
-    characters: int = 0
+    text_files: list[SniffedFile]  # the text the stream layout encodes (the inputs, or corpus.txt)
+    read: Callable[[], Iterator[Any]]  # the records in order, for the records layout (read again on each call)
+    count: int = 0
+    characters: int = 0  # of the text the records layout encodes (``corpus.txt``), for the summary
+    written: tuple[str, ...] = ()  # the files beside the dataset, which a prepared dataset must still have
     details: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class EncodedSplits:
-    tokenizer: Tokenizer
-    train_tokens: int
-    val_tokens: int
-    train_records: int
-    val_records: int
-
-
-def _summary(parties: Counter[str], decades: Counter[str], stats: ReadStats, kept: int) -> RecordSummary:
-    details, warnings = stats.summary(kept, parties, decades)
-    return RecordSummary(kept, 0, details, warnings)
-
-
-def write_record_files(
-    records: Iterator[SpeechRecord], out: Path, config: PrepareConfig, stats: ReadStats
-) -> RecordSummary:
-    """Filter and write ``records.jsonl`` and ``conditions.json``; nothing is held but counters."""
-    kept = (record for read in records if (record := keep(read, config.filters, stats)) is not None)
-    counts = write_records(out, kept, conditioning=config.conditioning)
-    summary = _summary(counts.parties, counts.decades, stats, counts.count)
-    summary.characters = counts.characters
-    return summary
-
-
 def validation_records(config: PrepareConfig, total: int) -> int:
+    """The last ``val_fraction`` of the records (at least one) is validation."""
     n_val = max(1, round(total * config.val_fraction))
     if total <= n_val:
         raise DataError(f"{total} record(s) are too few to split into train and validation", key="prepare.input_path")
     return n_val
 
 
-def header_fields(record: SpeechRecord, draws: npt.NDArray[np.float64], config: PrepareConfig) -> dict[str, object]:
-    fields = record.conditioning_fields
-    if draws[0] < config.speaker_dropout:
-        fields = {**fields, "speaker": None}
-    if draws[1] < config.topic_dropout:
-        fields = {**fields, "topic": None}
-    return fields
+def _decade(year: int | None) -> str:
+    return f"{year // 10 * 10}s" if year else "(unknown)"
 
 
-def encode_header_records(config: PrepareConfig, out: Path, total: int) -> EncodedSplits:
-    """Train the BPE on the training records, then write tokens, masks and record indexes of both splits."""
-    n_train = total - validation_records(config, total)
-    train_records = itertools.islice(iter_records(out), n_train)
-    examples = (format_example(r.conditioning_fields, r.text) for r in train_records)
-    tokenizer = BpeTokenizer.train(examples, config.bpe_vocab_size, SPECIAL_TOKENS)
-    dtype = token_dtype(tokenizer.vocab_size)
-    rng = np.random.default_rng(DROPOUT_SEED)
-    counts: dict[str, int] = {}
-    with (
-        atomic_open(out / "train.bin") as train_ids,
-        atomic_open(out / "val.bin") as val_ids,
-        atomic_open(out / "train_mask.bin") as train_mask,
-        atomic_open(out / "val_mask.bin") as val_mask,
-        atomic_open(out / "train_index.bin") as train_index,
-        atomic_open(out / "val_index.bin") as val_index,
-        atomic_open_text(out / CORPUS_FILE) as corpus,
-    ):
-        writers = {
-            "train": (TokenFileWriter(train_ids, dtype), train_mask, train_index),
-            "val": (TokenFileWriter(val_ids, dtype), val_mask, val_index),
-        }
-        number = 0
-        for batch in _batches(iter_records(out), ENCODE_BATCH):
-            draws = rng.random((len(batch), 2))
-            headers = [format_header(header_fields(r, d, config)) for r, d in zip(batch, draws, strict=True)]
-            bodies = [f"{r.text.strip()}{END_TOKEN}\n" for r in batch]
-            encoded = tokenizer.encode_batch(headers + bodies)
-            for position, (header, body) in enumerate(zip(encoded[: len(batch)], encoded[len(batch) :], strict=True)):
-                split = "train" if number < n_train else "val"
-                ids, mask, index = writers[split]
-                row = np.asarray([[ids.count, len(header), len(header) + len(body)]], dtype=np.int64)
-                ids.write(np.asarray(header + body, dtype=np.int64))
-                mask.write(bytes(len(header)) + b"\x01" * len(body))
-                index.write(row.tobytes())
-                corpus.write(headers[position] + bodies[position])
-                counts[split] = counts.get(split, 0) + 1
-                number += 1
-        train_count, val_count = writers["train"][0].count, writers["val"][0].count
-    return EncodedSplits(tokenizer, train_count, val_count, counts.get("train", 0), counts.get("val", 0))
-
-
-def _batches(records: Iterator[SpeechRecord], size: int) -> Iterator[list[SpeechRecord]]:
-    batch: list[SpeechRecord] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def write_speech_table_and_corpus(
-    speeches: Iterator[Speech],
-    out: Path,
-    config: PrepareConfig,
-    stats: ReadStats,
-) -> RecordSummary:
-    """``speeches.jsonl``/``.csv`` (every record kept by the filters, interjections too) and ``corpus.txt``
-    (speaker line, text, blank line per speech), streamed."""
+def write_protocol_files(
+    items: Iterator[Speech | Passage], out: Path, config: PrepareConfig, stats: ReadStats
+) -> RecordSet:
+    """``speeches.jsonl``/``.csv`` and ``corpus.txt`` from the kept speeches (and plain passages)."""
     parties: Counter[str] = Counter()
     decades: Counter[str] = Counter()
+    speakers: set[str] = set()
     count = characters = 0
     with (
         atomic_open_text(out / JSONL_FILE) as jsonl,
@@ -172,23 +93,64 @@ def write_speech_table_and_corpus(
     ):
         writer: csv.DictWriter[str] = csv.DictWriter(table, fieldnames=list[str](SPEECH_COLUMNS))
         writer.writeheader()
-        for speech in speeches:
-            kept = keep_speech(speech, config.filters, stats)
-            if kept is None:
+        for item in items:
+            rendered = render_speech(item)
+            corpus.write(rendered)
+            characters += len(rendered)
+            if isinstance(item, str):
                 continue
-            speech = kept
-            row = speech.as_record()
+            row = item.as_record()
             jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
             writer.writerow(row)
-            if speech.kind == "speech":
-                corpus.write(f"{speech.header()}\n{speech.text}\n\n")
+            if item.kind == "speech":
                 count += 1
-                characters += len(speech.text)
-                parties[speech.party or "(none)"] += 1
-                year = from_protocol_speech(speech).year
-                decades[f"{year // 10 * 10}s" if year else "(unknown)"] += 1
-        if count == 0:
-            raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
-    summary = _summary(parties, decades, stats, count)
-    summary.characters = characters
-    return summary
+                speakers.add(item.speaker)
+                parties[item.party or "(none)"] += 1
+                decades[_decade(from_protocol_speech(item).year)] += 1
+        if characters == 0:
+            raise stats.nothing_kept("speeches")
+    details, warnings = stats.summary(count, parties, decades)
+    details.insert(1, f"speakers: {len(speakers):,}")
+
+    def speeches() -> Iterator[dict[str, Any]]:
+        return (row for row in iter_speeches(out / JSONL_FILE) if row.get("kind", "speech") == "speech")
+
+    return RecordSet(
+        [_corpus_file(out)], speeches, count, characters, (JSONL_FILE, CSV_FILE, CORPUS_FILE), details, warnings
+    )
+
+
+def write_record_files(
+    records: Iterator[tuple[SpeechRecord, dict[str, Any]]], out: Path, config: PrepareConfig, stats: ReadStats
+) -> RecordSet:
+    """``records.jsonl``, ``conditions.json`` and ``corpus.txt`` from the kept records.
+
+    A JSONL input keeps its lines' own keys for a template to name (held in memory, as the input was);
+    every other source is read back from ``records.jsonl``."""
+    own_keys: list[dict[str, Any]] | None = [] if config.format == "jsonl" and config.conditioning == "none" else None
+    characters = 0
+    draws = dropout_draws()
+    with atomic_open_text(out / CORPUS_FILE) as corpus:
+
+        def rendered() -> Iterator[SpeechRecord]:
+            nonlocal characters
+            for record, keys in records:
+                text = render_record(record, config, next(draws))
+                corpus.write(text)
+                characters += len(text)
+                if own_keys is not None:
+                    own_keys.append(keys)
+                yield record
+
+        counts = write_records(out, rendered(), conditioning=config.conditioning, stats=stats)
+    details, warnings = stats.summary(counts.count, counts.parties, counts.decades)
+
+    def read() -> Iterator[dict[str, Any]]:
+        return iter(own_keys) if own_keys is not None else (r.as_dict() for r in iter_records(out))
+
+    files = (RECORDS_FILE, CONDITIONS_FILE, CORPUS_FILE)
+    return RecordSet([_corpus_file(out)], read, counts.count, characters, files, details, warnings)
+
+
+def _corpus_file(out: Path) -> SniffedFile:
+    return sniff_file(out / CORPUS_FILE, "utf-8")

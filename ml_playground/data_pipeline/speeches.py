@@ -1,43 +1,30 @@
-"""The speeches table: one record per speech, as ``speeches.jsonl`` and ``speeches.csv`` in a dataset folder.
+"""The speeches table (``speeches.jsonl`` and ``speeches.csv``) and the records (``records.jsonl`` with
+``conditions.json``) in a dataset folder.
 
-Written by the Bundestag preparer; read by anything that trains on speeches (SpeakGer, LoRA
-fine-tuning). Required keys: ``speaker``, ``role``, ``party``, ``session``, ``date``, ``text``,
-``source_file``; the parser adds ``period``, ``constituency`` and ``kind`` (speech or interjection).
+The speeches table is written by ``record_corpus.write_protocol_files`` and read by anything that
+trains on speeches (SpeakGer, LoRA fine-tuning). Required keys: ``speaker``, ``role``, ``party``,
+``session``, ``date``, ``text``, ``source_file``; the parser adds ``period``, ``constituency`` and
+``kind`` (speech or interjection).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ml_playground.core.atomic import atomic_open_text
 from ml_playground.core.errors import DataError
-from ml_playground.data_pipeline.sources.records import SpeechRecord
+from ml_playground.data_pipeline.sources.records import ReadStats, SpeechRecord
 
 JSONL_FILE = "speeches.jsonl"
 RECORDS_FILE = "records.jsonl"
 CONDITIONS_FILE = "conditions.json"
 CSV_FILE = "speeches.csv"
 REQUIRED_KEYS = ("speaker", "role", "party", "session", "date", "text", "source_file")
-
-
-def write_speeches(directory: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Both files, atomically; the column order is the required keys, then any others in first-seen order."""
-    columns: list[str] = list(REQUIRED_KEYS)
-    for record in records:
-        columns.extend(key for key in record if key not in columns)
-    with atomic_open_text(directory / JSONL_FILE) as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    with atomic_open_text(directory / CSV_FILE, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
 
 
 def iter_speeches(path: Path) -> Iterator[dict[str, Any]]:
@@ -70,7 +57,9 @@ class RecordCounts:
     decades: Counter[str] = field(default_factory=Counter)
 
 
-def write_records(directory: Path, records: Iterable[SpeechRecord], *, conditioning: str) -> RecordCounts:
+def write_records(
+    directory: Path, records: Iterable[SpeechRecord], *, conditioning: str, stats: ReadStats
+) -> RecordCounts:
     """``records.jsonl`` (every speech kept, normalised) and ``conditions.json`` (the known speakers and
     parties, for checking and completing sampling requests), streamed: the one writer of both files."""
     counts = RecordCounts()
@@ -88,7 +77,7 @@ def write_records(directory: Path, records: Iterable[SpeechRecord], *, condition
             if record.speaker:
                 speakers.setdefault(record.speaker, Counter())[record.party] += 1
         if counts.count == 0:
-            raise DataError("no speeches left after reading and filtering", key="prepare.input_path")
+            raise stats.nothing_kept("speeches")
     conditions = {
         "conditioning": conditioning,
         "parties": {party: n for party, n in counts.parties.most_common() if party != "(none)"},

@@ -117,13 +117,13 @@ class TokenFileWriter:
 
 
 def encode_into(
-    files: list[SniffedFile],
+    chunks: Iterator[str],
     split: Split,
     encode: Callable[[str], npt.NDArray[np.int64]],
     train: TokenFileWriter,
     val: TokenFileWriter,
 ) -> None:
-    for train_part, val_part in split.parts(iter_chunks(files)):
+    for train_part, val_part in split.parts(chunks):
         if train_part:
             train.write(encode(train_part))
         if val_part:

@@ -37,7 +37,7 @@ def test_loop_bundestag_char_then_sample_from_a_speaker_line(tmp_path: Path, two
     loop = cli("loop", "bundestag_char", *args, "--quiet")
     assert "19009.txt: utf-8-sig" in loop.stdout
     assert "speeches:" in loop.stdout
-    assert "parties:" in loop.stdout
+    assert "per party:" in loop.stdout
     records = [json.loads(line) for line in (tmp_path / "dataset" / "speeches.jsonl").read_text("utf-8").splitlines()]
     assert {r["session"] for r in records} == {1, 9}
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -61,6 +61,7 @@ class ReadStats:
     malformed_examples: list[str] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    lines_dropped: Counter[str] = field(default_factory=Counter)  # protocol lines that are no speech
 
     def summary(self, kept: int, parties: Counter[str], decades: Counter[str]) -> tuple[list[str], list[str]]:
         """(details, warnings) for the prepare summary: what was kept, per party and decade, what was dropped."""
@@ -72,6 +73,9 @@ class ReadStats:
         ]
         if self.dropped:
             details.append("dropped: " + ", ".join(f"{why} {count:,}" for why, count in sorted(self.dropped.items())))
+        if +self.lines_dropped:
+            lines = ", ".join(f"{what} {count:,}" for what, count in sorted(self.lines_dropped.items()) if count)
+            details.append(f"protocol lines that are no speech: {lines}")
         warnings = list(self.notes)
         if self.malformed:
             warnings.append(
@@ -79,6 +83,12 @@ class ReadStats:
                 + "; ".join(self.malformed_examples)
             )
         return details, warnings
+
+    def nothing_kept(self, what: str) -> DataError:
+        """No record survived: the filters' doing when they dropped any, else the input's."""
+        if self.dropped:
+            return DataError(f"no {what} left after filtering", key="prepare.filters")
+        return DataError(f"no {what} found in the input", key="prepare.input_path")
 
     def bad_row(self, where: str, policy: str, path: Path) -> None:
         if policy == "error":

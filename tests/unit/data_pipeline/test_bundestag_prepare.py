@@ -59,7 +59,9 @@ def test_speeches_table_corpus_and_summary(tmp_path: Path, two_protocols: Path) 
     assert not {"Ã", "\r", "\u00a0"} & set(corpus)
     summary = report.summary()
     assert "19001.txt: cp1252" in summary
-    assert f"speeches: {len(records):,} by" in summary
+    assert f"speeches: {len(records):,} kept of {len(records):,} read" in summary
+    assert "speakers: " in summary
+    assert "protocol lines that are no speech: annex" in summary
     assert "CDU/CSU" in summary
     assert "characters/token" in summary
     assert report.characters == len(corpus)

@@ -108,7 +108,7 @@ def test_bundestag_protocols_keep_only_the_asked_party(tmp_path: Path, shared_da
     assert rows
     assert {row["party"] for row in rows} == {"AfD"}
     assert "(SPD):" not in corpus_of(config)
-    assert "dropped by prepare.filters: " in report.summary()
+    assert "dropped: party " in report.summary()
 
 
 def test_xml_protocols_with_a_pretrained_tokenizer_keep_only_the_asked_party(
@@ -127,7 +127,7 @@ def test_xml_protocols_with_a_pretrained_tokenizer_keep_only_the_asked_party(
     assert "(AfD):" in corpus
     assert "(SPD):" not in corpus
     assert "(CDU/CSU):" not in corpus
-    assert "dropped by prepare.filters: " in report.summary()
+    assert "dropped: party " in report.summary()
 
 
 def test_filters_that_would_keep_nothing_name_the_filters(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_filters_that_would_keep_nothing_name_the_filters(tmp_path: Path) -> Non
     )
     with pytest.raises(Exception, match=r"prepare\.filters") as info:
         prepare(config)
-    assert "no records left" in str(info.value)
+    assert "left after filtering" in str(info.value)
     assert not (tmp_path / "ds" / "train.bin").exists()
 
 

@@ -22,7 +22,7 @@ def test_jsonl_records_become_the_corpus(tmp_path: Path) -> None:
     lines.append({"text": "(Beifall)", "kind": "interjection"})
     source.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     report = prepare(config(tmp_path, source))
-    assert "records: 30" in report.summary()
+    assert "speeches: 30 kept of 30 read" in report.summary()
     corpus = (tmp_path / "ds" / "corpus.txt").read_text("utf-8")
     assert corpus.startswith("Rede Nummer 0.\n\nRede Nummer 1.")
     assert "Beifall" not in corpus

@@ -201,6 +201,6 @@ def test_preparing_again_is_a_no_op_unless_the_index_is_gone(tmp_path: Path) -> 
 
 def test_records_filtered_away_entirely_are_one_error(tmp_path: Path) -> None:
     config = header_config(tmp_path).model_copy(update={"filters": FiltersConfig(parties=["Piraten"])})
-    with pytest.raises(DataError, match="no speeches left after reading and filtering"):
+    with pytest.raises(DataError, match=r"prepare\.filters: no speeches left after filtering"):
         prepare(config)
     assert not (tmp_path / "ds" / "meta.json").exists()

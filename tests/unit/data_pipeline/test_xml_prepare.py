@@ -91,15 +91,17 @@ def test_a_malformed_session_is_counted_or_refused(tmp_path: Path, xml_sessions:
     assert not (tmp_path / "other" / "meta.json").exists()
 
 
-def test_the_corpus_builder_renders_xml_protocols_as_speaker_lines(tmp_path: Path, xml_archive: Path) -> None:
-    """What ``eval --data`` and the Hugging Face path read: speaker line, text, blank line."""
-    from ml_playground.data_pipeline.corpus import build_corpus
-    from ml_playground.data_pipeline.sources.text import SourceText
+def test_the_source_stage_renders_xml_protocols_as_speaker_lines(tmp_path: Path, xml_archive: Path) -> None:
+    """What ``eval --data`` reads is what prepare wrote to ``corpus.txt``: speaker line, text, blank line."""
+    from ml_playground.data_pipeline.corpus import corpus_text
+    from ml_playground.data_pipeline.speeches import iter_speeches
 
-    corpus = build_corpus(xml_config(tmp_path, xml_archive), [SourceText(xml_archive, "", "x", "xml")])
-    assert corpus.records is not None
-    first = corpus.records[0]
-    assert corpus.text.startswith(f"{first['speaker_line']}\n{first['text']}\n\n")
+    config = xml_config(tmp_path, xml_archive)
+    prepare(config)
+    first = next(iter_speeches(config.dataset_dir / "speeches.jsonl"))
+    text = corpus_text(config)
+    assert text.startswith(f"{first['speaker_line']}\n{first['text']}\n\n")
+    assert text == (config.dataset_dir / "corpus.txt").read_text("utf-8")
 
 
 def test_records_without_a_header_are_prepared_as_plain_speeches(tmp_path: Path) -> None:
