@@ -62,8 +62,23 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     if params.temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
-    probs = torch.softmax(logits.float(), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return draw(torch.softmax(logits.float(), dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``probs`` (B, V), drawn with its probability: where one uniform number falls in the
+    row's cumulative distribution (summed in float64). A token of probability 0 is never drawn.
+
+    Why not ``torch.multinomial``: on a CPU it costs about 0.9 ms for one draw from a 49,152-token
+    vocabulary (SmolLM2's), 8% of a batched decode step of eight rows; this costs about 35 us. Drawing one
+    exponential per token (the Gumbel trick) costs the same 0.9 ms: the time goes into random numbers, so
+    drawing one instead of one per token is the saving on any CPU."""
+    cdf = probs.to(torch.float64).cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64)
+    # below the total even where u * total rounds up to it, so the token found always has a probability above 0
+    point = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, point, right=True)
 
 
 def grad_off(model: nn.Module) -> torch.no_grad | torch.inference_mode:
