@@ -338,6 +338,13 @@ class SampleConfig(Section):
     temperature: float = Field(default=0.8, ge=0.0, description="0 means greedy.")
     top_k: int | None = Field(default=200, ge=1)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=2.0,
+        description="Above 1, every token already in the answer is less likely (CTRL's penalty, as llama.cpp's "
+        "repeat_penalty over the whole answer; the prompt's tokens are not counted); 1 is off.",
+    )
     seed: int = 1337
     checkpoint: str = Field(default="best", description="best, last, or a checkpoint folder path.")
     weights: Literal["raw", "ema"] = "raw"

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ml_playground.core.sampling_rules import SamplingParams, next_token
+from ml_playground.core.sampling_rules import SamplingParams, TokenSampler
 
 
 @dataclass
 class BatchRow:
-    """One stream of a batch: its handle, its own settings and seeded generator, the token it feeds next."""
+    """One stream of a batch: its handle, its own sampler (settings, seeded generator, the tokens a repetition
+    penalty counts), the token it feeds next."""
 
     handle: int
-    params: SamplingParams
-    generator: torch.Generator
+    sampler: TokenSampler
     last: int
 
 
@@ -49,10 +49,10 @@ class RowBatch(ABC):
         return len(self.rows)
 
     def _join(self, params: SamplingParams, logits: torch.Tensor) -> tuple[int, int]:
-        """A new last row whose prompt ended in ``logits`` (1, V): (its handle, its first token, drawn with its own
-        seeded generator)."""
-        generator = torch.Generator(device=logits.device).manual_seed(params.seed)
-        row = BatchRow(self.next_handle, params, generator, int(next_token(logits, params, generator)[0, 0]))
+        """A new last row whose prompt ended in ``logits`` (1, V): (its handle, its first token, drawn by its own
+        sampler as the stream would be drawn alone)."""
+        sampler = TokenSampler(params, logits.device)
+        row = BatchRow(self.next_handle, sampler, int(sampler(logits)[0, 0]))
         self.next_handle += 1
         self.rows.append(row)
         return row.handle, row.last
@@ -65,13 +65,13 @@ class RowBatch(ABC):
         """One step over every row: the next-token logits (rows, V) after each row's last token."""
 
     def step(self) -> dict[int, int]:
-        """The next token of every stream, by handle (each drawn with the stream's own settings and generator)."""
+        """The next token of every stream, by handle (each drawn by the stream's own sampler)."""
         if not self.rows:
             return {}
         with torch.inference_mode():
             logits = self.logits()
         drawn: dict[int, int] = {}
         for i, row in enumerate(self.rows):
-            row.last = int(next_token(logits[i : i + 1], row.params, row.generator)[0, 0])
+            row.last = int(row.sampler(logits[i : i + 1])[0, 0])
             drawn[row.handle] = row.last
         return drawn

@@ -27,6 +27,7 @@ class SamplingParams:
     keep_prefix: int = 0  # prompt tokens that stay in view when the window moves (at most half a block)
     guidance: float = 0.0  # condition guidance weight (0: off); needs ``contrast``
     contrast: tuple[ContrastPrompt, ...] = ()  # the prompt under each known condition, the asked one included
+    repetition_penalty: float = 1.0  # > 1: tokens already in the answer are less likely (1: off)
 
     @property
     def guided(self) -> bool:
@@ -55,6 +56,38 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty of CTRL (Keskar et al. 2019), as Hugging Face's ``repetition_penalty`` and
+    llama.cpp's ``repeat_penalty`` apply it: the logit of every token in ``seen`` (B, V bool) is divided by
+    ``penalty`` where it is positive and multiplied by it where it is negative."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+class TokenSampler:
+    """One stream's draws: its settings, its seeded generator, and the tokens it drew, which the repetition
+    penalty counts. The prompt's tokens are not counted, as in llama.cpp (its penalty sampler sees the
+    tokens it drew; Hugging Face's ``repetition_penalty`` counts the prompt too): an answer may use the
+    question's words."""
+
+    def __init__(self, params: SamplingParams, device: torch.device) -> None:
+        self.params = params
+        self.generator = torch.Generator(device=device).manual_seed(params.seed)
+        self.penalized = params.repetition_penalty != 1.0
+        self.seen: torch.Tensor | None = None  # (B, V): drawn so far, made at the first draw
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each row, (B, V) -> (B, 1)."""
+        if self.seen is not None:
+            logits = penalize_repeats(logits, self.seen, self.params.repetition_penalty)
+        token = next_token(logits, self.params, self.generator)
+        if self.penalized:
+            if self.seen is None:
+                self.seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            self.seen.scatter_(1, token, True)
+        return token
 
 
 def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:

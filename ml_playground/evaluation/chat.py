@@ -2,7 +2,8 @@
 which language.
 
 The validation conversations prepare wrote (``val_conversations.jsonl``) are asked again without their
-last assistant turn, greedily, through the checkpoint's own chat template (the one it trained with):
+last assistant turn, greedily with the experiment's ``sample.repetition_penalty``, through the
+checkpoint's own chat template (the one it trained with):
 
 - ``stop_rate``: the share of answers that end with an end-of-turn token within ``max_new_tokens``;
 - ``answer_tokens`` against ``reference_tokens``: mean lengths of the model's answers and the real ones;
@@ -146,8 +147,8 @@ def question_ids(model: InferenceModel, messages: Sequence[dict[str, str]]) -> l
     return model.chat_ids(messages)
 
 
-def greedy(max_new_tokens: int) -> SamplingParams:
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+def greedy(max_new_tokens: int, repetition_penalty: float = 1.0) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=repetition_penalty)
 
 
 def evaluate_chat(
@@ -155,13 +156,14 @@ def evaluate_chat(
     conversations: Sequence[Sequence[dict[str, str]]],
     max_new_tokens: int,
     emit: Callable[[str], None] = lambda _: None,
+    repetition_penalty: float = 1.0,
 ) -> ChatEval:
     """Ask each conversation's last assistant turn again (what came before it is the prompt).
 
     The questions are decoded together where the family batches (``decode_many``)."""
     lasts = [last_answer(messages) for messages in conversations]
     jobs = [
-        (question_ids(model, messages[:last]), greedy(max_new_tokens))
+        (question_ids(model, messages[:last]), greedy(max_new_tokens, repetition_penalty))
         for messages, last in zip(conversations, lasts, strict=True)
     ]
     finished = 0

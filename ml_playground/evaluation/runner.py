@@ -82,7 +82,9 @@ def evaluate_checkpoint(
         result = _score_split(scored, dataset, precision, lengths, max_tokens)
         if questions > 0 and dataset.meta.get("chat"):
             asked = read_val_conversations(config.prepare.dataset_dir)[:questions]
-            chat = evaluate_chat(scored, asked, config.sample.max_new_tokens, emit)
+            chat = evaluate_chat(
+                scored, asked, config.sample.max_new_tokens, emit, repetition_penalty=config.sample.repetition_penalty
+            )
     else:
         text = read_eval_text(config, data)
         ids, notes = encode_eval_text(scored.tokenizer, text, data)

@@ -34,5 +34,7 @@ def modelfile(
         lines.append(f"PARAMETER top_k {sample.top_k}")
     if sample.top_p is not None:
         lines.append(f"PARAMETER top_p {sample.top_p}")
+    # Ollama's own default is 1.1 over the last 64 tokens; ours is the sample section's over the whole answer
+    lines += [f"PARAMETER repeat_penalty {sample.repetition_penalty}", "PARAMETER repeat_last_n -1"]
     lines += [f"PARAMETER stop {json.dumps(token, ensure_ascii=False)}" for token in stop]
     return "\n".join(lines) + "\n"

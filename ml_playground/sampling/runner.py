@@ -97,6 +97,7 @@ def sampling_params(
         temperature=sc.temperature,
         top_k=sc.top_k,
         top_p=sc.top_p,
+        repetition_penalty=sc.repetition_penalty,
         seed=sc.seed + index,
         use_kv_cache=sc.use_kv_cache,
     )

@@ -178,6 +178,7 @@ def _params(
         temperature=sc.temperature if fields.temperature is None else fields.temperature,
         top_k=sc.top_k if fields.top_k is None else fields.top_k,
         top_p=sc.top_p if fields.top_p is None else fields.top_p,
+        repetition_penalty=sc.repetition_penalty if fields.repetition_penalty is None else fields.repetition_penalty,
         seed=secrets.randbits(31) if fields.seed is None else fields.seed,
         use_kv_cache=sc.use_kv_cache,
         keep_prefix=keep_prefix,

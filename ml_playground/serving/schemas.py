@@ -38,6 +38,12 @@ class GenerationFields(Strict):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1)
+    repetition_penalty: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=2.0,
+        description="Over the answer's tokens, as llama.cpp's repeat_penalty; 1 is off. Default: the experiment's.",
+    )
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False

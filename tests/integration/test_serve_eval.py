@@ -138,6 +138,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
     ("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 40, "logprobs": 1}, "max_tokens"),
     ("/v1/completions", {"prompt": "a", "best_of": 2}, "best_of"),
+    ("/v1/completions", {"prompt": "a", "repetition_penalty": 2.5}, "repetition_penalty"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),
     ("/tokenize", {"prompt": "€"}, "prompt"),
     ("/tokenize", {"prompt": "a", "add_special_tokens": True}, "add_special_tokens"),

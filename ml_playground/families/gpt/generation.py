@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ml_playground.core.sampling_rules import SamplingParams, grad_off, guided_logits, next_token
+from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, grad_off, guided_logits
 from ml_playground.families.gpt.decode import DecodeStep
 from ml_playground.families.gpt.model import GPT, KVCache
 
@@ -63,7 +63,7 @@ class _Context:
 
 def _generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
     model.eval()
-    generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
+    sampler = TokenSampler(params, prompt.device)
     context = _Context(model, prompt, params.keep_prefix, params.use_kv_cache)
     guided = params.guided
     if guided and prompt.size(0) != 1:
@@ -83,7 +83,7 @@ def _generate_stream(model: GPT, prompt: torch.Tensor, params: SamplingParams) -
         if guided:
             alternatives = [logits] * len(asked) + [other.next_logits() for other in others]
             logits = guided_logits(logits, alternatives, params.guidance)
-        token = next_token(logits, params, generator)
+        token = sampler(logits)
         context.append(token)
         for other in others:
             other.append(token)

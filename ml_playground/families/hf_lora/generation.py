@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ml_playground.core.sampling_rules import SamplingParams, guided_logits, next_token
+from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, guided_logits
 
 
 class _Context:
@@ -78,7 +78,7 @@ def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -
     to float rounding, not bit for bit.
     """
     lm.eval()
-    generator = torch.Generator(device=prompt.device).manual_seed(params.seed)
+    sampler = TokenSampler(params, prompt.device)
     guided = params.guided
     if guided:
         if prompt.size(0) != 1:
@@ -89,15 +89,13 @@ def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -
         for _ in range(params.max_new_tokens):
             logits = batch.next_logits()
             alternatives = [logits[0]] * (len(params.contrast) - len(rows) + 1) + list(logits[1:])
-            token = next_token(
-                guided_logits(logits[:1], [a[None] for a in alternatives], params.guidance), params, generator
-            )
+            token = sampler(guided_logits(logits[:1], [a[None] for a in alternatives], params.guidance))
             batch.append(token)
             yield token
         return
     context = _Context(lm, prompt, params.use_kv_cache)
     for _ in range(params.max_new_tokens):
-        token = next_token(context.next_logits(), params, generator)
+        token = sampler(context.next_logits())
         context.append(token)
         yield token
 

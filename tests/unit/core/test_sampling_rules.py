@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_playground.core.sampling_rules import SamplingParams, draw, next_token
+from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, draw, next_token, penalize_repeats
 
 pytestmark = pytest.mark.unit
 
@@ -37,3 +37,26 @@ def test_the_same_seed_draws_the_same_tokens_and_top_k_keeps_to_the_top() -> Non
     assert tokens(7) == tokens(7)
     assert tokens(7) != tokens(8)
     assert set(tokens(7)) <= set(torch.topk(logits, 5).indices.view(-1).tolist())
+
+
+def test_the_repetition_penalty_divides_positive_logits_and_multiplies_negative_ones_of_seen_tokens() -> None:
+    logits = torch.tensor([[2.0, -2.0, 2.0, -2.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0, -2.0]]
+
+
+def test_a_penalized_stream_leaves_the_token_it_drew_and_counts_only_its_own_tokens() -> None:
+    """Greedy over fixed logits: without a penalty the same token every time; with one, the leader loses its
+    place once drawn, and the next stream (a new sampler) starts from nothing seen."""
+    logits = torch.tensor([[3.0, 2.8, 1.0, -1.0]])
+
+    def greedy(penalty: float) -> list[int]:
+        sampler = TokenSampler(
+            SamplingParams(max_new_tokens=3, temperature=0.0, repetition_penalty=penalty), torch.device("cpu")
+        )
+        return [int(sampler(logits)) for _ in range(3)]
+
+    assert greedy(1.0) == [0, 0, 0]
+    # 3.0 / 1.2 = 2.5 < 2.8, so 1 comes next; then 2.8 / 1.2 = 2.33 < 2.5: a token is penalized once, however
+    # often it was drawn (as CTRL, Hugging Face and llama.cpp do)
+    assert greedy(1.2) == [0, 1, 0]

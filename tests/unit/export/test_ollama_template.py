@@ -23,5 +23,8 @@ def test_a_modelfile_without_a_template_line_still_stops_and_samples() -> None:
     assert text.splitlines()[0] == "FROM ./m.gguf"
     assert 'PARAMETER stop "<|eot_id|>"' in text
     assert "PARAMETER top_p 0.9" in text
+    assert "PARAMETER repeat_penalty 1.0" in text  # ours, not Ollama's default of 1.1
+    assert "PARAMETER repeat_last_n -1" in text
+    assert "PARAMETER repeat_penalty 1.2" in modelfile("m.gguf", SampleConfig(repetition_penalty=1.2), [], 2048)
     chat = modelfile("m.gguf", SampleConfig(), ["<|im_end|>"], 2048, template=CHATML)
     assert f'TEMPLATE """{CHATML}"""' in chat

@@ -42,7 +42,15 @@ def tiny(batched: bool) -> InferenceModel:
 def jobs() -> list[tuple[list[int], SamplingParams]]:
     prompts = ["the house", "a", "we met at noon", "ok, then", "zz", "the end of it", "b", "more words here"]
     found = [
-        (TOKENIZER.encode(text), SamplingParams(max_new_tokens=6 + i, temperature=0.9 if i % 2 else 0.0, seed=i))
+        (
+            TOKENIZER.encode(text),
+            SamplingParams(
+                max_new_tokens=6 + i,
+                temperature=0.9 if i % 2 else 0.0,
+                seed=i,
+                repetition_penalty=1.8 if i % 3 == 0 else 1.0,  # each row keeps the tokens it drew apart
+            ),
+        )
         for i, text in enumerate(prompts)
     ]
     found.append((TOKENIZER.encode("long"), SamplingParams(max_new_tokens=60, temperature=0.0)))  # past the context

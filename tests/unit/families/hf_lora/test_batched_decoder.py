@@ -73,13 +73,14 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
 
 
 def test_answers_together_are_the_answers_alone(lm: nn.Module) -> None:
-    """Greedy and seeded samples: the same tokens beside others as decoded alone by ``stream_tokens``."""
+    """Greedy and seeded samples (one with a repetition penalty): the same tokens beside others as decoded alone
+    by ``stream_tokens``."""
     prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
     settings = [
         SamplingParams(max_new_tokens=12, temperature=0.0),
         SamplingParams(max_new_tokens=12, temperature=1.0, top_k=20, seed=3),
         SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
-        SamplingParams(max_new_tokens=12, temperature=0.0),
+        SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.5),
     ]
     decoder = HfBatchedDecoder(lm, rows=4, context_length=64)
     together: dict[int, list[int]] = {}
