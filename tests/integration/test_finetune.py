@@ -244,8 +244,16 @@ def test_serve_chats_through_the_models_chat_template(chat_run: ExperimentConfig
     threads = torch.get_num_threads()
     model = load_model(chat_run)  # train.num_threads=1, as in the server
     assert model.chat_ids is not None
-    # top_p is left out of the requests: the server takes the experiment's [sample] top_p
-    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_k=50, top_p=chat_run.sample.top_p, seed=5)
+    # top_p and repetition_penalty are left out of the requests: the server takes the experiment's [sample] ones
+    sample = chat_run.sample
+    params = SamplingParams(
+        max_new_tokens=12,
+        temperature=0.9,
+        top_k=50,
+        top_p=sample.top_p,
+        repetition_penalty=sample.repetition_penalty,
+        seed=5,
+    )
     expected = stream_decode(model, model.chat_ids(messages), params, lambda _: None)
     torch.set_num_threads(threads)
     with (
