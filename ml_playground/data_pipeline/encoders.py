@@ -116,7 +116,8 @@ def _no_extras(out: Path, train_records: int, val_records: int) -> Finished:
 
 
 class ConditionedBpe:
-    """Our BPE, trained on the training records as ``corpus.txt`` renders them, markers as special tokens."""
+    """Our BPE, trained on the training records each after its whole header (every field, before any
+    dropout), the markers as special tokens; each record then encodes after its header as drawn."""
 
     def __init__(self, config: PrepareConfig, records: RecordSet) -> None:
         n_train = records.count - validation_records(config, records.count)
