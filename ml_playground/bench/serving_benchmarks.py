@@ -34,8 +34,7 @@ from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel, family_settings
-from ml_playground.families.gpt.batched import BatchedDecoder
-from ml_playground.families.gpt.generation import generate_stream
+from ml_playground.families.gpt.family import inference_model
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.sampling.runner import load_model, stream_decode
@@ -54,16 +53,7 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     config = GPTConfig(tokenizer.vocab_size, sizes.sample_block_size, n_layer, n_head, n_embd)
     decoding = Workload(config.n_embd, rows=1, training=False)
     gpt = GPT(config).use_linear_kernel(pick_linear_kernel("auto", torch.device("cpu"), decoding)).eval()
-    return InferenceModel(
-        module=gpt,
-        tokenizer=tokenizer,
-        context_length=config.block_size,
-        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
-        step=0,
-        checkpoint="random weights",
-        device=torch.device("cpu"),
-        batch_decoder=lambda rows: BatchedDecoder(gpt, rows),
-    )
+    return inference_model(gpt, tokenizer, torch.device("cpu"))
 
 
 def bench_served(sizes: BenchSizes, clients: int) -> Served:  # pragma: no cover (runs in the server's process)

@@ -207,18 +207,15 @@ class GptFamily:
         model = model_from_checkpoint(loaded, device, config.sample.weights, settings.linear_kernel)
         fingerprint = loaded.manifest.get("dataset_fingerprint")
         conditions = loaded.manifest.get("conditions")
-        return InferenceModel(
-            module=model,
-            tokenizer=tokenizer,
-            context_length=model.config.block_size,
-            stream=lambda prompt, params: generate_stream(model, prompt, params),
+        return inference_model(
+            model,
+            tokenizer,
+            device,
             step=loaded.step,
             checkpoint=str(loaded.path),
-            device=device,
             stop_ids=frozenset(header_stop_ids(tokenizer)),
             dataset_fingerprint=str(fingerprint) if fingerprint is not None else None,
             conditions=conditions if isinstance(conditions, dict) else None,
-            batch_decoder=(lambda rows: BatchedDecoder(model, rows)) if BatchedDecoder.applies(model) else None,
         )
 
     def export(
@@ -227,6 +224,35 @@ class GptFamily:
         from ml_playground.families.gpt.export import export_gpt
 
         return export_gpt(config, request, write_hook)
+
+
+def inference_model(
+    model: GPT,
+    tokenizer: Tokenizer,
+    device: torch.device,
+    *,
+    step: int = 0,
+    checkpoint: str = "random weights",
+    stop_ids: frozenset[int] = frozenset(),
+    dataset_fingerprint: str | None = None,
+    conditions: Mapping[str, Any] | None = None,
+    batched: bool = True,
+) -> InferenceModel:
+    """``model`` (in eval mode) behind the family interface: one-stream generation, and the batch decoder
+    where it applies and ``batched`` is set (a checkpoint, the serve bench's model, the tests' tiny ones)."""
+    return InferenceModel(
+        module=model,
+        tokenizer=tokenizer,
+        context_length=model.config.block_size,
+        stream=lambda prompt, params: generate_stream(model, prompt, params),
+        step=step,
+        checkpoint=checkpoint,
+        device=device,
+        stop_ids=stop_ids,
+        dataset_fingerprint=dataset_fingerprint,
+        conditions=conditions,
+        batch_decoder=(lambda rows: BatchedDecoder(model, rows)) if batched and BatchedDecoder.applies(model) else None,
+    )
 
 
 FAMILY = GptFamily()

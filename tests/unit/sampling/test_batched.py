@@ -11,8 +11,7 @@ import torch
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import BatchDecoder, InferenceModel
-from ml_playground.families.gpt.batched import BatchedDecoder
-from ml_playground.families.gpt.generation import generate_stream
+from ml_playground.families.gpt.family import inference_model
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.sampling.batched import Answer, decode_many
 from ml_playground.sampling.runner import decode_sample
@@ -25,18 +24,8 @@ TOKENIZER = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")
 def tiny(batched: bool) -> InferenceModel:
     torch.manual_seed(2)
     config = GPTConfig(vocab_size=TOKENIZER.vocab_size, block_size=40, n_layer=2, n_head=2, n_embd=32, rotary=True)
-    gpt = GPT(config).eval()
-    return InferenceModel(
-        module=gpt,
-        tokenizer=TOKENIZER,
-        context_length=config.block_size,
-        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
-        step=0,
-        checkpoint="random weights",
-        device=torch.device("cpu"),
-        stop_ids=frozenset(TOKENIZER.encode(".")),  # some answers end at a stop, others at their length
-        batch_decoder=(lambda rows: BatchedDecoder(gpt, rows)) if batched else None,
-    )
+    stops = frozenset(TOKENIZER.encode("."))  # some answers end at a stop, others at their length
+    return inference_model(GPT(config).eval(), TOKENIZER, torch.device("cpu"), stop_ids=stops, batched=batched)
 
 
 def jobs() -> list[tuple[list[int], SamplingParams]]:

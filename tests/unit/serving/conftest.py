@@ -7,7 +7,7 @@ import torch
 
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel
-from ml_playground.families.gpt.generation import generate_stream
+from ml_playground.families.gpt.family import inference_model
 from ml_playground.families.gpt.model import GPT, GPTConfig
 
 TOKENIZER = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")
@@ -15,18 +15,7 @@ TOKENIZER = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")
 
 def tiny_model(gpt: GPT, batched: bool = False) -> InferenceModel:
     """``gpt`` (random weights) behind the family interface, with the batch decoder when ``batched``."""
-    from ml_playground.families.gpt.batched import BatchedDecoder
-
-    return InferenceModel(
-        module=gpt.eval(),
-        tokenizer=TOKENIZER,
-        context_length=gpt.config.block_size,
-        stream=lambda prompt, params: generate_stream(gpt, prompt, params),
-        step=0,
-        checkpoint="random weights",
-        device=torch.device("cpu"),
-        batch_decoder=(lambda rows: BatchedDecoder(gpt, rows)) if batched else None,
-    )
+    return inference_model(gpt.eval(), TOKENIZER, torch.device("cpu"), batched=batched)
 
 
 @pytest.fixture(scope="module")
