@@ -46,7 +46,15 @@ def llama_cpp_sampler(gguf: Path, threads: int) -> Sampler:
     ) -> list[GeneratedSample]:
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+        # the repeat penalty looks back over the whole answer, as ours does (llama.cpp's default is 64 tokens)
+        llm = Llama(
+            model_path=str(gguf),
+            n_ctx=2048,
+            n_threads=threads,
+            n_threads_batch=threads,
+            last_n_tokens_size=2048,
+            verbose=False,
+        )
         samples = []
         for party in parties:
             header = party_header(config, party)
@@ -60,7 +68,7 @@ def llama_cpp_sampler(gguf: Path, threads: int) -> Sampler:
                     top_k=params.top_k or 0,
                     top_p=1.0 if params.top_p is None else params.top_p,
                     min_p=0.0,
-                    repeat_penalty=1.0,
+                    repeat_penalty=params.repetition_penalty,
                     seed=params.seed,
                 )
                 choice = answer["choices"][0]
