@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from ml_playground.data_pipeline.speeches import (
     JSONL_FILE,
     RECORDS_FILE,
     REQUIRED_KEYS,
+    RecordCounts,
     iter_records,
     iter_speeches,
     write_records,
@@ -74,18 +74,13 @@ def validation_records(config: PrepareConfig, total: int) -> int:
     return n_val
 
 
-def _decade(year: int | None) -> str:
-    return f"{year // 10 * 10}s" if year else "(unknown)"
-
-
 def write_protocol_files(
     items: Iterator[Speech | Passage], out: Path, config: PrepareConfig, stats: ReadStats
 ) -> RecordSet:
     """``speeches.jsonl``/``.csv`` and ``corpus.txt`` from the kept speeches (and plain passages)."""
-    parties: Counter[str] = Counter()
-    decades: Counter[str] = Counter()
+    counts = RecordCounts()  # the speeches (not interjection records)
     speakers: set[str] = set()
-    count = characters = 0
+    characters = 0  # of corpus.txt
     with (
         atomic_open_text(out / JSONL_FILE) as jsonl,
         atomic_open_text(out / CSV_FILE, newline="") as table,
@@ -103,20 +98,18 @@ def write_protocol_files(
             jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
             writer.writerow(row)
             if item.kind == "speech":
-                count += 1
+                counts.add(from_protocol_speech(item))
                 speakers.add(item.speaker)
-                parties[item.party or "(none)"] += 1
-                decades[_decade(from_protocol_speech(item).year)] += 1
         if characters == 0:
             raise stats.nothing_kept("speeches")
-    details, warnings = stats.summary(count, parties, decades)
+    details, warnings = stats.summary(counts.count, counts.parties, counts.decades)
     details.insert(1, f"speakers: {len(speakers):,}")
 
     def speeches() -> Iterator[dict[str, Any]]:
         return (row for row in iter_speeches(out / JSONL_FILE) if row.get("kind", "speech") == "speech")
 
     return RecordSet(
-        [_corpus_file(out)], speeches, count, characters, (JSONL_FILE, CSV_FILE, CORPUS_FILE), details, warnings
+        [_corpus_file(out)], speeches, counts.count, characters, (JSONL_FILE, CSV_FILE, CORPUS_FILE), details, warnings
     )
 
 

@@ -49,12 +49,18 @@ def iter_speeches(path: Path) -> Iterator[dict[str, Any]]:
 
 @dataclass
 class RecordCounts:
-    """What ``write_records`` wrote, for the prepare summary."""
+    """What was written, for the prepare summary: records, their characters, per party and per decade."""
 
     count: int = 0
     characters: int = 0
     parties: Counter[str] = field(default_factory=Counter)  # "(none)" for records without a party
     decades: Counter[str] = field(default_factory=Counter)
+
+    def add(self, record: SpeechRecord) -> None:
+        self.count += 1
+        self.characters += len(record.text)
+        self.parties[record.party or "(none)"] += 1
+        self.decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
 
 
 def write_records(
@@ -68,10 +74,7 @@ def write_records(
     with atomic_open_text(directory / RECORDS_FILE) as handle:
         for record in records:
             handle.write(json.dumps(record.as_dict(), ensure_ascii=False) + "\n")
-            counts.count += 1
-            counts.characters += len(record.text)
-            counts.parties[record.party or "(none)"] += 1
-            counts.decades[f"{record.year // 10 * 10}s" if record.year else "(unknown)"] += 1
+            counts.add(record)
             if record.year is not None:
                 years.add(record.year)
             if record.speaker:
