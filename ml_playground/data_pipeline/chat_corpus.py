@@ -24,7 +24,7 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.chat_encoding import ChatEncoder, FitCounts, fit, load_template
 from ml_playground.data_pipeline.corpus import iter_xml_speeches
 from ml_playground.data_pipeline.encoders import EncodedRecord, Finished, pretrained_tokenizer
-from ml_playground.data_pipeline.record_corpus import RecordSet, validation_records
+from ml_playground.data_pipeline.record_corpus import RecordSet
 from ml_playground.data_pipeline.sources.bundestag_qa import QaStats, qa_conversations
 from ml_playground.data_pipeline.sources.chat import Conversation, read_chat_jsonl
 from ml_playground.data_pipeline.sources.records import ReadStats
@@ -59,14 +59,15 @@ class ChatRecords:
     """The encoder of the chat formats: each conversation through the chat template, fitted to
     ``chat_max_tokens``; the kept validation conversations are written for the chat evaluation."""
 
-    def __init__(self, config: PrepareConfig, records: RecordSet) -> None:
+    def __init__(self, config: PrepareConfig, records: RecordSet, n_val: int) -> None:
+        """``n_val``: the last conversations, which are validation."""
         pretrained = pretrained_tokenizer(config)
         self.tokenizer: Tokenizer = pretrained
         template = load_template(config.chat_template, pretrained.tokenizer, str(config.hf_tokenizer))
         self.encoder = ChatEncoder(pretrained.tokenizer, template, config.chat_turns)
         assert config.chat_max_tokens is not None  # ExperimentConfig fills it from the training window
         self.limit = config.chat_max_tokens
-        self.first_val = records.count - validation_records(config, records.count)
+        self.first_val = records.count - n_val
         self.config = config
         self.counts = FitCounts()
         self.val_kept: list[Conversation] = []

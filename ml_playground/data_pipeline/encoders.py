@@ -31,7 +31,7 @@ from ml_playground.core.tokenizer_protocol import Tokenizer
 from ml_playground.data_pipeline.corpus import dropout_draws, header_fields
 from ml_playground.data_pipeline.header import END_TOKEN, SPECIAL_TOKENS, format_example, format_header
 from ml_playground.data_pipeline.packing import check_template, render_header
-from ml_playground.data_pipeline.record_corpus import RecordSet, validation_records
+from ml_playground.data_pipeline.record_corpus import RecordSet
 from ml_playground.data_pipeline.sources.records import SniffedFile, SpeechRecord
 from ml_playground.data_pipeline.streaming import Split, char_counts, count_characters, iter_chunks
 
@@ -119,9 +119,9 @@ class ConditionedBpe:
     """Our BPE, trained on the training records each after its whole header (every field, before any
     dropout), the markers as special tokens; each record then encodes after its header as drawn."""
 
-    def __init__(self, config: PrepareConfig, records: RecordSet) -> None:
-        n_train = records.count - validation_records(config, records.count)
-        train = itertools.islice(records.read(), n_train)
+    def __init__(self, config: PrepareConfig, records: RecordSet, n_val: int) -> None:
+        """``n_val``: the last records, which are validation (the merges are learnt from the others)."""
+        train = itertools.islice(records.read(), records.count - n_val)
         examples = (format_example(SpeechRecord(**r).conditioning_fields, r["text"]) for r in train)
         self.tokenizer: Tokenizer = BpeTokenizer.train(examples, config.bpe_vocab_size, SPECIAL_TOKENS)
         self.config = config

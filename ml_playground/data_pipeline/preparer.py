@@ -233,12 +233,12 @@ def read_records(
     return conversation_records(config, sources)
 
 
-def record_encoder(stages: Stages, config: PrepareConfig, records: RecordSet) -> RecordEncoder:
-    """The encoder stage of a records layout."""
+def record_encoder(stages: Stages, config: PrepareConfig, records: RecordSet, n_val: int) -> RecordEncoder:
+    """The encoder stage of a records layout; the last ``n_val`` records are validation."""
     if stages.encoder == "chat":
-        return ChatRecords(config, records)
+        return ChatRecords(config, records, n_val)
     if stages.encoder == "header":
-        return ConditionedBpe(config, records)
+        return ConditionedBpe(config, records, n_val)
     return pretrained_records(config, records)
 
 
@@ -281,7 +281,7 @@ def _run(config: PrepareConfig, stages: Stages, sources: list[SourceText], files
         )
     else:
         n_val = validation_records(config, records.count)
-        encoder = record_encoder(stages, config, records)
+        encoder = record_encoder(stages, config, records, n_val)
         written = write_records(out, records.read(), records.count, n_val, encoder, input_path=input_path)
         tokenizer = encoder.tokenizer
         assert written.finished is not None
