@@ -273,7 +273,7 @@ def build_run(
             evaluate_val=lambda: _val_loss(
                 model, dataset, block_size, precision, dist, tc.eval_max_tokens, interrupted
             ),
-            estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision),
+            estimate_train=lambda: estimate_loss(model, estimate_batches, tc.eval_iters, precision, setup.loss),
         ),
         EarlyStoppingHook(patience=tc.early_stopping.patience, target_val_loss=tc.early_stopping.target_val_loss),
     ]

@@ -131,8 +131,17 @@ def _add_scores(sums: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, lengt
         sums[3] += size.sum()
 
 
-def estimate_loss(model: nn.Module, sampler: BatchSampler, iters: int, precision: Precision) -> float:
-    """Mean loss over ``iters`` fixed random batches (the same batches at every evaluation)."""
+def estimate_loss(
+    model: nn.Module,
+    sampler: BatchSampler,
+    iters: int,
+    precision: Precision,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Mean loss over ``iters`` fixed random batches (the same batches at every evaluation).
+
+    ``loss``: the training step's own loss of ``(inputs, targets)`` where the family has one (a LoRA model's
+    head applied at targets only: a training batch's whole logits are never held); else the logits'."""
     with grad_off(model):
         was_training = model.training
         model.eval()
@@ -141,6 +150,6 @@ def estimate_loss(model: nn.Module, sampler: BatchSampler, iters: int, precision
             x, y = sampler.batch(i)
             x, y = x.to(precision.device), y.to(precision.device)
             with precision.autocast():
-                losses.append(float(cross_entropy(model(x), y)))
+                losses.append(float(loss(x, y) if loss is not None else cross_entropy(model(x), y)))
         model.train(was_training)
         return sum(losses) / len(losses)
