@@ -6,7 +6,9 @@ learning rate, on the same prepared windows (``bundestag_smollm2_lora``'s data: 
 speaker line kept out of the loss). Each side runs in a process of its own, so that its peak memory
 (``VmHWM``) is its own: ours is ``ml_playground train`` itself, the peer ``Trainer.train()`` over our
 ``BatchSampler``'s windows, its labels the same targets. The figure is the median step after two
-warm-up steps; a step is forward, backward, gradient clipping and the optimizer on both sides.
+warm-up steps; a step is forward, backward, gradient clipping and the optimizer on both sides. Ours runs
+the experiment as shipped, its decoder layers compiled for training (``compile = true``; the compile
+falls in the warm-up steps); the peer runs eager, as ``Trainer`` does unless told ``torch_compile``.
 """
 
 from __future__ import annotations
@@ -174,7 +176,9 @@ def lora_vs_hf_trainer(bundestag: Path, work_dir: Path, sizes: LoraBenchSizes | 
             BenchResult(
                 f"LoRA train tokens/s vs HF Trainer + PEFT, {dtype}", tokens / ours_s, "tokens/s",
                 f"transformers Trainer + PEFT, {shape}, batch {config.train.data.batch_size}", tokens / peer_s, 1.3,
-                note=f"median step of {sizes.steps}, after {WARMUP_STEPS}; each side in its own process",
+                note=f"median step of {sizes.steps}, after {WARMUP_STEPS}; each side in its own process"
+                + ("; ours compiles its decoder layers (in the warm-up), the peer runs eager (Trainer's default)"
+                   if settings.compile else ""),
             ),
             BenchResult(
                 f"LoRA training peak RSS vs HF Trainer + PEFT, {dtype}", ours_rss / 2**20, "MiB",

@@ -261,6 +261,11 @@ class HfLoraModelConfig(FamilyConfig):
     lora: LoraConfig = LoraConfig()
     gradient_checkpointing: bool = False
     save_merged_on_best: bool = Field(default=False, description="Also write the merged model to out_dir/merged.")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile each decoder layer for training steps (one compile serves every layer; "
+        "evaluation and sampling stay eager; eager if unavailable).",
+    )
 
     @property
     def sequence_length(self) -> int:

@@ -42,13 +42,24 @@ def quiet() -> Console:
     return Console(file=io.StringIO())
 
 
-def test_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
+def test_compiled_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
     tmp_path: Path, tiny_model: Path, shared_data: Path
 ) -> None:
-    config = config_for(tmp_path, tiny_model, shared_data, "train.model.gradient_checkpointing=true")
+    """Compiled layers inside activation checkpointing (the recompute runs the compiled forward again);
+    this PyTorch compiles on the CPU, so Dynamo must have compiled graphs for the run."""
+    from torch._dynamo.utils import counters
+
+    config = config_for(
+        tmp_path, tiny_model, shared_data, "train.model.gradient_checkpointing=true", "train.model.compile=true"
+    )
     prepare(config.prepare)
-    result = train(config, quiet=True, console=quiet())
+    compiled_before = counters["stats"]["unique_graphs"]
+    console = quiet()
+    result = train(config, quiet=True, console=console)
     assert result.step == 4
+    assert counters["stats"]["unique_graphs"] > compiled_before
+    assert "torch.compile: the decoder layers, for training steps" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert "not available" not in console.file.getvalue()  # type: ignore[attr-defined]
     by_path = config.sample.model_copy(update={"checkpoint": str(tmp_path / "run" / "adapters" / "last")})
     assert sample(config.model_copy(update={"sample": by_path}), emit=lambda _: None)
     with pytest.raises(CheckpointError, match="no merged model yet"):

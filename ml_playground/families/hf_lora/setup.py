@@ -27,6 +27,7 @@ from ml_playground.data_pipeline.meta import TOKENIZER_DIR, text_format
 from ml_playground.families.base import BuildContext, TrainingSetup, family_settings
 from ml_playground.families.hf_lora.adapters import AdapterExportHook
 from ml_playground.families.hf_lora.chat import apply_text_format
+from ml_playground.families.hf_lora.compiled_layers import compile_layers_for_training
 from ml_playground.families.hf_lora.generation import generate_ids
 from ml_playground.families.hf_lora.hub import load_pretrained_model
 from ml_playground.families.hf_lora.lora import apply_lora, load_adapters, parameter_counts
@@ -124,6 +125,8 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
         enable_activation_checkpointing(base)
     peft_model = apply_lora(base, settings.lora)
     peft_model.to(precision.device)
+    if settings.compile and compile_layers_for_training(base, lambda line: say(console, line)):
+        say(console, "torch.compile: the decoder layers, for training steps (the first step compiles)")
     total, trainable = parameter_counts(peft_model)
     estimate = estimate_memory(
         model_shape(base, total, trainable),
