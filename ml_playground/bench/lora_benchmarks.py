@@ -44,6 +44,7 @@ class LoraBenchSizes:
     base_model: str | None = None  # None: the experiment's own (the make models GGUF)
     block_size: int | None = None  # None: the experiment's own (256)
     dtypes: tuple[str, ...] | None = None  # None: float32 and, where ``dtype = "auto"`` picks it here, bfloat16
+    compile: bool | None = None  # None: the experiment's own (compiled layers); --quick trains its tiny model eager
 
 
 def bench_overrides(bundestag: Path, dataset_dir: Path, sizes: LoraBenchSizes) -> list[str]:
@@ -55,6 +56,7 @@ def bench_overrides(bundestag: Path, dataset_dir: Path, sizes: LoraBenchSizes) -
     overrides = [f"prepare.input_path='{bundestag.resolve()}'", f"prepare.dataset_dir='{dataset_dir.resolve()}'"]
     overrides += [f"prepare.cache_dir='{config.prepare.cache_dir.resolve()}'", f"train.model.base_model='{base_model}'"]
     overrides += [f"train.model.block_size={sizes.block_size}"] if sizes.block_size else []
+    overrides += [f"train.model.compile={str(sizes.compile).lower()}"] if sizes.compile is not None else []
     return overrides
 
 

@@ -74,7 +74,9 @@ def run_benchmarks(
             lora_benchmarks.lora_vs_hf_trainer(
                 bundestag.joinpath("19001.txt"),
                 work,
-                lora_benchmarks.LoraBenchSizes(steps=3, base_model=tiny, block_size=32, dtypes=("float32",))
+                lora_benchmarks.LoraBenchSizes(
+                    steps=3, base_model=tiny, block_size=32, dtypes=("float32",), compile=False
+                )
                 if quick
                 else None,
             )

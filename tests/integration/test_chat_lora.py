@@ -161,6 +161,7 @@ def test_a_plain_text_fine_tune_is_a_completion_model(chat_run: ExperimentConfig
             f"prepare.dataset_dir='{root / 'plain-dataset'}'",
             f"train.out_dir='{root / 'plain-run'}'",
             "train.num_threads=1",
+            "train.model.compile=false",
             "train.model.block_size=64",
             "train.max_iters=2",
             "train.eval_interval=2",

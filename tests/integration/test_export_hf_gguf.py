@@ -135,6 +135,7 @@ def test_a_gguf_file_is_a_base_model_to_fine_tune_sample_and_export(
             f"prepare.dataset_dir='{tmp_path / 'dataset'}'",
             f"prepare.cache_dir='{tmp_path / 'cache'}'",
             f"train.out_dir='{tmp_path / 'run'}'",
+            "train.model.compile=false",
             "train.model.block_size=64",
             "train.max_iters=4",
             "train.eval_interval=2",

@@ -42,24 +42,13 @@ def quiet() -> Console:
     return Console(file=io.StringIO())
 
 
-def test_compiled_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
+def test_gradient_checkpointing_run_and_samples_by_path_or_from_the_bare_base(
     tmp_path: Path, tiny_model: Path, shared_data: Path
 ) -> None:
-    """Compiled layers inside activation checkpointing (the recompute runs the compiled forward again);
-    this PyTorch compiles on the CPU, so Dynamo must have compiled graphs for the run."""
-    from torch._dynamo.utils import counters
-
-    config = config_for(
-        tmp_path, tiny_model, shared_data, "train.model.gradient_checkpointing=true", "train.model.compile=true"
-    )
+    config = config_for(tmp_path, tiny_model, shared_data, "train.model.gradient_checkpointing=true")
     prepare(config.prepare)
-    compiled_before = counters["stats"]["unique_graphs"]
-    console = quiet()
-    result = train(config, quiet=True, console=console)
+    result = train(config, quiet=True, console=quiet())
     assert result.step == 4
-    assert counters["stats"]["unique_graphs"] > compiled_before
-    assert "torch.compile: the decoder layers, for training steps" in console.file.getvalue()  # type: ignore[attr-defined]
-    assert "not available" not in console.file.getvalue()  # type: ignore[attr-defined]
     by_path = config.sample.model_copy(update={"checkpoint": str(tmp_path / "run" / "adapters" / "last")})
     assert sample(config.model_copy(update={"sample": by_path}), emit=lambda _: None)
     with pytest.raises(CheckpointError, match="no merged model yet"):
@@ -70,6 +59,22 @@ def test_compiled_gradient_checkpointing_run_and_samples_by_path_or_from_the_bar
     assert sample(config.model_copy(update={"sample": bare}), emit=lambda _: None)
     with pytest.raises(ConfigError, match="prompt is empty"):
         sample(config.model_copy(update={"sample": config.sample.model_copy(update={"prompt": ""})}), emit=print)
+
+
+def test_compile_true_trains_through_compiled_layers(tmp_path: Path, tiny_model: Path, shared_data: Path) -> None:
+    """This PyTorch compiles on the CPU, so Dynamo must have compiled graphs for the run; the loss and
+    gradients against eager and the fallback are in tests/unit/families/hf_lora/test_compiled_layers.py."""
+    from torch._dynamo.utils import counters
+
+    config = config_for(tmp_path, tiny_model, shared_data, "train.model.compile=true", "train.max_iters=2")
+    prepare(config.prepare)
+    compiled_before = counters["stats"]["unique_graphs"]
+    console = quiet()
+    assert train(config, quiet=True, console=console).step == 2
+    assert counters["stats"]["unique_graphs"] > compiled_before
+    printed = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "torch.compile: the decoder layers, for training steps" in printed
+    assert "not available" not in printed
 
 
 def test_datasets_that_do_not_fit_the_base_model_are_refused(
