@@ -216,6 +216,7 @@ def pretrained_serving(
     --continuous-batching`` on the same weights (the Hugging Face folder read from the GGUF file), the same
     clients and prompt."""
     rows = max(*clients, peer_clients)
+    work.mkdir(parents=True, exist_ok=True)
     config = pretrained_config(base_model, rows)
     model = load_model(config, str(work / "no-adapters"))
     settings = family_settings(config, HfLoraModelConfig)

@@ -7,10 +7,13 @@ to its own length. Rows stay packed at the front (a finished row's slot is fille
 the caches are read as views, never gathered. A new stream is prefilled alone (``GPT.forward`` with a
 cache of its own, copied into its row) and joins at the next step; a stream leaves at once.
 
+The step's products run through ``core/packed_products.py``: each weight packed once for the batch's
+band of rows, where this machine measured that faster.
+
 Sampling stays per stream: its own seeded generator and settings. What holds against decoding alone
 (tested): each row's logits equal ``GPT.forward``'s on the same tokens to within float32 rounding
-(1e-4): a product of eight rows and one of one row may add in another order. Greedy answers and seeded
-samples in the tests are the same token for token, alone or beside others.
+(1e-4): a product of eight rows and one of one row may add in another order, packed or not. Greedy
+answers and seeded samples in the tests are the same token for token, alone or beside others.
 
 The batch takes streams whose whole answer fits in the context (prompt + ``max_new_tokens`` <= block
 size) and that use no guidance; others keep the one-stream path (``generation.py``), whose window
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.batch_rows import RowBatch
+from ml_playground.core.packed_products import Chooser, PackedProducts
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep
 from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
@@ -31,10 +35,16 @@ from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
 class BatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one GPT decoded together; ``add`` a prompt, then ``step`` them all."""
 
-    def __init__(self, model: GPT, rows: int) -> None:
+    def __init__(self, model: GPT, rows: int, pack: Chooser | None = None) -> None:
+        """``pack``: whether to pack the weights for a band of rows (``core/packed_products.py``); default:
+        measured on this machine once, at construction (the engine's start)."""
         super().__init__(rows, model.config.block_size)
         self.model = model
         self.step_weights = DecodeStep(model)
+        blocks = self.step_weights.blocks
+        matrices = [w for b in blocks for w, _ in (b.qkv, b.proj, b.fc, b.mlp_proj)] + [self.step_weights.head]
+        self.products = PackedProducts(matrices, rows, plain=self.step_weights.product, choose=pack)
+        self.products.prepare()
         config = model.config
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
@@ -84,7 +94,7 @@ class BatchedDecoder(RowBatch):
     def logits(self) -> torch.Tensor:
         """One step over every row: the next-token logits (rows, V) after each row's last token."""
         n = len(self.rows)
-        weights, product = self.step_weights, self.step_weights.product
+        weights, product = self.step_weights, self.products
         config = weights.config
         C, H, D = weights.width[0], self.n_head, self.head_dim
         device = self.lengths.device

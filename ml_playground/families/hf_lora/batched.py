@@ -7,12 +7,18 @@ prefilled alone and joins between steps: the shorter side is padded on the left.
 once (its row is dropped from every layer), and columns that are padding for every remaining row are
 cut off the front, so the cache spans the oldest active stream, not the server's lifetime.
 (``DynamicLayer`` copies its cache at every step to add a column; a buffer with room to grow was tried
-and gave nothing measurable for SmolLM2-135M: 8 rows, 128 steps, 103-106 against 106-111 tokens/s.)
+twice and gave nothing measurable for SmolLM2-135M: 8 rows, 128 steps, 103-106 against 106-111
+tokens/s, and on 2026-12-06 with packed products 119-132 against 121-123, although the 60 copies
+alone take 7.3 ms at 148 columns against 0.4 ms written in place.)
+
+The step's products run through ``core/packed_products.py``: each weight packed once for the batch's
+band of rows, where this machine measured that faster (8 rows of SmolLM2-135M: products 39-42 -> 32 ms
+on the bench's Xeon).
 
 Sampling stays per stream: its own seeded generator and settings. What holds against decoding alone
 (tested): each row's logits equal the one-stream path's to within float rounding (1e-4 in float32: a
-product of eight rows and one of one row may add in another order, and padded attention sums over
-more zeros); greedy answers and seeded samples in the tests are the same token for token.
+product of eight rows and one of one row may add in another order, packed or not, and padded attention
+sums over more zeros); greedy answers and seeded samples in the tests are the same token for token.
 
 The batch takes streams whose whole answer fits in the context (prompt + ``max_new_tokens`` <= the
 base model's context length) and that use no guidance; others keep the one-stream path
@@ -29,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_playground.core.batch_rows import RowBatch
+from ml_playground.core.packed_products import Chooser, PackedProducts, linear_layers, routed
 from ml_playground.core.sampling_rules import SamplingParams
 
 
@@ -54,10 +61,15 @@ def _full_attention_layers(cache: Any) -> list[Any]:
 class HfBatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one causal LM decoded together; ``add`` a prompt, then ``step`` them all."""
 
-    def __init__(self, lm: nn.Module, rows: int, context_length: int) -> None:
+    def __init__(self, lm: nn.Module, rows: int, context_length: int, pack: Chooser | None = None) -> None:
+        """``pack``: whether to pack the weights for a band of rows (``core/packed_products.py``); default:
+        measured on this machine once, at construction (the engine's start)."""
         super().__init__(rows, context_length)
         self.lm = lm
         self.device = next(lm.parameters()).device
+        self.linears = linear_layers(lm)
+        self.products = PackedProducts((layer.weight for layer in self.linears), rows, choose=pack)
+        self.products.prepare()
         self.past: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # (rows, cache columns)
         self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next position
@@ -116,13 +128,14 @@ class HfBatchedDecoder(RowBatch):
             raise ValueError(f"a row would exceed the context length {self.context_length}")
         ids = torch.tensor([[row.last] for row in self.rows], dtype=torch.long, device=self.device)
         mask = F.pad(self.mask, (0, 1), value=1)
-        output = self.lm(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=self.positions.view(n, 1),
-            past_key_values=self.past,
-            use_cache=True,
-        )
+        with routed(self.linears, self.products):
+            output = self.lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=self.positions.view(n, 1),
+                past_key_values=self.past,
+                use_cache=True,
+            )
         self.past, self.mask = output.past_key_values, mask
         self.positions = self.positions + 1
         logits: torch.Tensor = output.logits[:, -1, :].float()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from ml_playground.core.packed_products import packing_available
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.families.hf_lora.batched import HfBatchedDecoder
 from ml_playground.families.hf_lora.generation import generate_ids
@@ -32,9 +33,16 @@ def alone(lm: nn.Module, ids: list[int]) -> torch.Tensor:
     return logits
 
 
-def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module) -> None:
+PACKING = [
+    pytest.param(True, marks=pytest.mark.skipif(not packing_available(), reason="no MKL"), id="packed"),
+    pytest.param(False, id="plain"),
+]
+
+
+@pytest.mark.parametrize("packed", PACKING)
+def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module, packed: bool) -> None:
     assert HfBatchedDecoder.applies(lm)
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: packed)
     greedy = SamplingParams(max_new_tokens=20, temperature=0.0)
     sequences: dict[int, list[int]] = {}
 
@@ -64,6 +72,8 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
             row.last = int(expected.argmax())
             sequences[row.handle].append(row.last)
     assert sorted(sequences) == [0, 2, 3]
+    assert decoder.products.band == (4 if packed else 0)  # three rows or more ran packed (padded to four)
+    assert all("forward" not in layer.__dict__ for layer in decoder.linears)  # the model is as it was
     for handle in (2, 0, 3):
         decoder.remove(handle)
     assert len(decoder) == 0
@@ -72,7 +82,8 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
     assert len(decoder) == 1
 
 
-def test_answers_together_are_the_answers_alone(lm: nn.Module) -> None:
+@pytest.mark.parametrize("packed", PACKING)
+def test_answers_together_are_the_answers_alone(lm: nn.Module, packed: bool) -> None:
     """Greedy and seeded samples (one with a repetition penalty): the same tokens beside others as decoded alone
     by ``stream_tokens``."""
     prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
@@ -82,7 +93,7 @@ def test_answers_together_are_the_answers_alone(lm: nn.Module) -> None:
         SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
         SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.5),
     ]
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: packed)
     together: dict[int, list[int]] = {}
     for prompt, params in zip(prompts, settings, strict=True):
         handle, first = decoder.add(prompt, params)

@@ -1,0 +1,217 @@
+"""The products of a batched decode step with each weight packed once, where this machine runs them faster.
+
+A decode step multiplies a few rows (one per stream) by every weight of the model. PyTorch sends a
+float32 ``F.linear`` on x86 to MKL's ``sgemm``, which repacks the weight into its blocked layout on
+every call: for one row MKL takes its matrix-vector path instead, but from three or four rows on the
+repacking streams the weight twice. Measured on the Intel Xeon of ``make bench`` (2 threads), the
+products of SmolLM2-135M's 30 layers took 21 ms for one row and 39-42 ms for eight; with the weights
+packed once (``torch.ops.mkl._mkl_reorder_linear_weight``, the operator inductor uses for frozen CPU
+models) eight rows took 32 ms, and the output head 10.3 against 5.9 ms.
+
+A pack is made for a fixed number of rows, and a product with any other count falls back to the plain
+one. So rows are padded up to a band (4, 8, 16, ... up to the batch's capacity), each row's result
+does not depend on the others (tested), and one set of packs is held at a time: the band grows with
+the batch and shrinks once the rows would fit in a quarter of it. That costs one more copy of the weights in
+memory while packs are held.
+
+Whether packing wins depends on the CPU and its MKL (on AMD processors MKL takes other code paths), so
+each band is measured once on the model's own weights, packed against plain at three quarters of the
+band's rows, and the answer is cached (``packed_products_v1.json``, keyed by CPU, PyTorch, threads,
+the weights' shapes and the band). One or two rows always take the plain product. Packed results
+agree with ``F.linear`` to float rounding, not bit for bit (a different order of sums).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_playground.core.machine import cpu_facts
+from ml_playground.core.measured_choice import alternating_medians, cached_choice
+
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # F.linear's signature
+Chooser = Callable[[int], bool]  # band (rows a pack is made for) -> whether packed products are faster there
+
+MIN_ROWS = 3  # one or two rows: MKL's matrix-vector path, as fast as a pack
+FIRST_BAND = 4
+MARGIN = 1.1  # packing must be this much faster to be chosen, so a near tie stays plain
+CACHE_FILE = "packed_products_v1.json"
+
+
+@functools.cache
+def packing_available() -> bool:
+    """Whether this PyTorch build has MKL's packed product and it computes ``F.linear`` (private operators)."""
+    try:
+        x, weight = torch.arange(12.0).view(4, 3), torch.arange(15.0).view(5, 3)
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 4)
+        out = torch.ops.mkl._mkl_linear(x, packed, weight, None, 4)
+        return bool(torch.allclose(out, F.linear(x, weight)))
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # pragma: no cover (not an MKL build)
+        return False
+
+
+def eligible(weight: torch.Tensor) -> bool:
+    """A float32 CPU matrix (the packed operator's only case)."""
+    return weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+
+
+def band_for(rows: int) -> int:
+    """The rows a pack is made for when a product has ``rows`` rows: the next power of two, at least 4."""
+    band = FIRST_BAND
+    while band < rows:
+        band *= 2
+    return band
+
+
+def shapes_key(weights: Iterable[torch.Tensor]) -> str:
+    shapes = sorted(tuple(w.shape) for w in weights)
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+
+
+def measure_band(weights: list[torch.Tensor], band: int, plain: Product, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of one round of products over ``weights``: plain at 3/4 of ``band`` rows, packed at ``band``."""
+    generator = torch.Generator().manual_seed(0)
+    widths = {w.shape[1] for w in weights}
+    rows = max(MIN_ROWS, band * 3 // 4)
+    inputs = {width: torch.randn(band, width, generator=generator) for width in widths}
+    packs = [torch.ops.mkl._mkl_reorder_linear_weight(w, band) for w in weights]
+
+    def run_plain() -> None:
+        for w in weights:
+            plain(inputs[w.shape[1]][:rows], w, None)
+
+    def run_packed() -> None:
+        for pack, w in zip(packs, weights, strict=True):
+            torch.ops.mkl._mkl_linear(inputs[w.shape[1]], pack, w, None, band)
+
+    with torch.inference_mode():
+        return alternating_medians({"plain": run_plain, "packed": run_packed}, repeats)
+
+
+def measured_chooser(weights: list[torch.Tensor], plain: Product, cache_dir: Path | None = None) -> Chooser:
+    """Whether to pack at a band: measured once per machine and shapes, then read from the cache."""
+    shapes = shapes_key(weights)
+
+    def choose(band: int) -> bool:
+        cpu, _ = cpu_facts()
+        key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes} | {band} rows"
+
+        def decide(seconds: Mapping[str, float]) -> str:
+            return "packed" if seconds["plain"] >= MARGIN * seconds["packed"] else "plain"
+
+        chosen = cached_choice(
+            CACHE_FILE, key, ("packed", "plain"), lambda: measure_band(weights, band, plain), decide, cache_dir
+        )
+        return chosen == "packed"
+
+    return choose
+
+
+class PackedProducts:
+    """``F.linear`` for the steps of a batch decoder of up to ``capacity`` rows: packed where measured faster.
+
+    ``weights`` are the ones worth packing (others always take ``plain``); ``choose`` answers for a band
+    (default: measured and cached). ``prepare()`` asks it for every band up front, so no decode step
+    pays for a measurement. A weight changed in place since it was packed (its version moved) is packed
+    again before use."""
+
+    def __init__(
+        self,
+        weights: Iterable[torch.Tensor],
+        capacity: int,
+        plain: Product = F.linear,
+        choose: Chooser | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        usable = packing_available()
+        self.weights = {id(w): w for w in weights if usable and eligible(w)}
+        self.plain = plain
+        self.capacity = capacity
+        self.choose = choose or measured_chooser(list(self.weights.values()), plain, cache_dir)
+        self.decisions: dict[int, bool] = {}
+        self.band = 0  # the rows the packs held now are made for; 0: none held
+        self.packs: dict[int, tuple[torch.Tensor, int]] = {}  # id(weight) -> (pack, the weight's version then)
+
+    def bands(self) -> list[int]:
+        """Every band a batch of ``capacity`` rows can need."""
+        if self.capacity < MIN_ROWS or not self.weights:
+            return []
+        bands = [FIRST_BAND]
+        while bands[-1] < self.capacity:
+            bands.append(bands[-1] * 2)
+        return bands
+
+    def prepare(self) -> None:
+        for band in self.bands():
+            self._decided(band)
+
+    def _decided(self, band: int) -> bool:
+        if band not in self.decisions:
+            self.decisions[band] = bool(self.choose(band))
+        return self.decisions[band]
+
+    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        entry = self.packs.get(id(weight))
+        if entry is None or entry[1] != weight._version:
+            entry = (torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), self.band), weight._version)
+            self.packs[id(weight)] = entry
+        return entry[0]
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows = x.numel() // max(x.shape[-1], 1)
+        if (
+            rows < MIN_ROWS
+            or rows > self.capacity
+            or id(weight) not in self.weights
+            or x.dtype != weight.dtype
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return self.plain(x, weight, bias)
+        needed = band_for(rows)
+        if not self._decided(needed):
+            return self.plain(x, weight, bias)
+        if self.band not in (needed, 2 * needed):  # grow at once; shrink once the rows fit a quarter
+            self.packs.clear()
+            self.band = needed
+        flat = x.reshape(rows, x.shape[-1])
+        if rows < self.band:
+            flat = F.pad(flat, (0, 0, 0, self.band - rows))
+        out: torch.Tensor = torch.ops.mkl._mkl_linear(flat, self._pack(weight), weight, bias, self.band)
+        return out[:rows].view(*x.shape[:-1], weight.shape[0])
+
+    def release(self) -> None:
+        """Drop the packs (the memory of one copy of the weights); the next batched product packs again."""
+        self.packs.clear()
+        self.band = 0
+
+
+def linear_layers(module: nn.Module) -> list[nn.Linear]:
+    """Every ``nn.Linear`` inside ``module`` (a tied output head shares its weight with the embedding)."""
+    return [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+
+
+@contextmanager
+def routed(layers: list[nn.Linear], products: PackedProducts) -> Iterator[None]:
+    """Inside: each of ``layers`` computes its product through ``products``; outside, nothing is changed."""
+
+    def forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: products(x, layer.weight, layer.bias)
+
+    previous = [layer.__dict__.get("forward") for layer in layers]  # an instance forward someone else set
+    for layer in layers:
+        layer.forward = forward(layer)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        for layer, before in zip(layers, previous, strict=True):
+            if before is None:
+                del layer.forward
+            else:
+                layer.forward = before  # type: ignore[method-assign]

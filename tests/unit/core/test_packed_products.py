@@ -1,0 +1,145 @@
+"""Decode products with packed weights: the same products as ``F.linear``, a row's result independent of its
+neighbours, packs that follow the batch's rows and the weights' versions, and a choice measured once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_playground.core.packed_products import (
+    CACHE_FILE,
+    PackedProducts,
+    band_for,
+    linear_layers,
+    measured_chooser,
+    packing_available,
+    routed,
+)
+
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no MKL packed product"),
+]
+
+
+def weights(*shapes: tuple[int, int]) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(*shape, generator=generator) for shape in shapes]
+
+
+class Recording:
+    """``F.linear``, counting its calls: what took the plain path."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        self.calls += 1
+        return F.linear(x, weight, bias)
+
+
+def test_bands_are_powers_of_two_from_four() -> None:
+    assert [band_for(rows) for rows in (1, 3, 4, 5, 8, 9, 17, 32)] == [4, 4, 4, 8, 8, 16, 32, 32]
+    assert PackedProducts(weights((8, 4)), 8, choose=lambda band: True).bands() == [4, 8]
+    assert PackedProducts(weights((8, 4)), 2, choose=lambda band: True).bands() == []  # never three rows
+
+
+def test_packed_products_are_the_plain_ones_at_every_row_count_as_the_band_grows_and_shrinks() -> None:
+    w, b = weights((48, 32), (48, 1))
+    bias = b[:, 0].contiguous()
+    plain = Recording()
+    products = PackedProducts([w], capacity=16, plain=plain, choose=lambda band: True)
+    seen = []
+    for rows in (1, 2, 3, 4, 5, 8, 16, 9, 8, 5, 4, 3, 2):
+        x = torch.randn(rows, 1, 32)
+        out = products(x, w, bias)
+        torch.testing.assert_close(out, F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+        assert out.shape == (rows, 1, 48)
+        seen.append(products.band)
+    # One or two rows stay plain (the band held stays); the band grows at once and shrinks once the rows
+    # fit a quarter of it.
+    assert seen == [0, 0, 4, 4, 8, 8, 16, 16, 16, 16, 4, 4, 4]
+    assert plain.calls == 3
+    assert len(products.packs) == 1
+
+
+def test_a_rows_result_does_not_depend_on_its_neighbours() -> None:
+    (w,) = weights((64, 32))
+    products = PackedProducts([w], capacity=8, choose=lambda band: True)
+    x = torch.randn(8, 32)
+    together = products(x, w, None)
+    assert torch.equal(products(x[:5], w, None), together[:5])  # padded with zeros instead of three rows
+    assert torch.equal(products(torch.cat([x[:5], torch.randn(3, 32)]), w, None)[:5], together[:5])
+
+
+def test_a_weight_changed_in_place_is_packed_again() -> None:
+    (w,) = weights((24, 16))
+    products = PackedProducts([w], capacity=4, choose=lambda band: True)
+    x = torch.randn(4, 16)
+    products(x, w, None)
+    with torch.no_grad():
+        w.mul_(2.0)
+    torch.testing.assert_close(products(x, w, None), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    products.release()
+    assert products.band == 0
+    assert not products.packs
+
+
+def test_what_packing_does_not_cover_takes_the_plain_product() -> None:
+    w, other = weights((24, 16), (24, 16))
+    plain = Recording()
+    products = PackedProducts([w, w.bfloat16()], capacity=8, plain=plain, choose=lambda band: True)
+    x = torch.randn(4, 16)
+    products(x, other, None)  # a weight it was not given
+    products(x.bfloat16(), w.bfloat16(), None)  # not float32: never registered
+    products(torch.randn(9, 16), w, None)  # more rows than the batch holds
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        products(x, w, None)  # autocast decides the product's precision
+    assert plain.calls == 4
+    declined = Recording()
+    no = PackedProducts([w], capacity=8, plain=declined, choose=lambda band: False)
+    no.prepare()
+    assert no.decisions == {4: False, 8: False}
+    no(x, w, None)
+    assert declined.calls == 1
+    assert no.band == 0
+
+
+def test_the_choice_is_measured_once_per_band_and_kept(tmp_path: Path) -> None:
+    ws = weights((96, 64), (64, 96))
+    choose = measured_chooser(ws, F.linear, cache_dir=tmp_path)
+    first = choose(4)
+    cached = json.loads((tmp_path / CACHE_FILE).read_text())
+    (key,) = cached
+    assert key.endswith("| 4 rows")
+    assert cached[key]["choice"] == ("packed" if first else "plain")
+    assert set(cached[key]["seconds"]) == {"packed", "plain"}
+    assert all(seconds > 0 for seconds in cached[key]["seconds"].values())
+    cached[key]["choice"] = "plain" if first else "packed"  # what the file says is the answer from now on
+    (tmp_path / CACHE_FILE).write_text(json.dumps(cached))
+    assert measured_chooser(ws, F.linear, cache_dir=tmp_path)(4) is (not first)
+
+
+def test_routed_layers_compute_through_the_products_and_are_restored() -> None:
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    own = model[2].forward
+    model[2].forward = own  # an instance forward set by someone else stays afterwards
+    layers = linear_layers(model)
+    plain = Recording()
+    products = PackedProducts((layer.weight for layer in layers), capacity=4, plain=plain, choose=lambda band: False)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        expected = model(x)
+        with routed(layers, products):
+            inside = model(x)
+        after = model(x)
+    assert plain.calls == 2
+    torch.testing.assert_close(inside, expected)
+    assert torch.equal(after, expected)
+    assert "forward" not in model[0].__dict__
+    assert model[2].__dict__["forward"] is own
