@@ -61,6 +61,27 @@ class RowBatch(ABC):
         return next(i for i, row in enumerate(self.rows) if row.handle == handle)
 
     @abstractmethod
+    def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
+        """Prefill a new stream into the last row: (its handle, its first token)."""
+
+    def add_many(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[int, int]]:
+        """Prefill new streams that arrived together: (handle, first token) each, in order. Here one at a
+        time (a failure takes back the rows added before it); a family may prefill them in one forward pass."""
+        started: list[tuple[int, int]] = []
+        try:
+            for prompt, settings in zip(prompts, params, strict=True):
+                started.append(self.add(prompt, settings))
+        except Exception:
+            for handle, _ in started:
+                self.remove(handle)
+            raise
+        return started
+
+    @abstractmethod
+    def remove(self, handle: int) -> None:
+        """The stream leaves (finished or cancelled)."""
+
+    @abstractmethod
     def logits(self) -> torch.Tensor:
         """One step over every row: the next-token logits (rows, V) after each row's last token."""
 

@@ -52,6 +52,10 @@ class BatchDecoder(Protocol):
         """Prefill a new stream: (its handle, its first token)."""
         ...
 
+    def add_many(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[int, int]]:
+        """Prefill new streams that arrived together: (handle, first token) each, in order."""
+        ...
+
     def step(self) -> dict[int, int]:
         """The next token of every stream, by handle."""
         ...

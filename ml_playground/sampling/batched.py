@@ -56,13 +56,19 @@ def decode_many(
             done(index, (text.text, text.finish_reason == "stop"))
 
     while pending or active:
-        while pending and decoder.admits(len(jobs[pending[0]][0]), jobs[pending[0]][1]):
+        joining: list[int] = []  # prefilled together
+        while (
+            pending
+            and len(decoder) + len(joining) < rows
+            and decoder.admits(len(jobs[pending[0]][0]), jobs[pending[0]][1])
+        ):
             index = pending.popleft()
-            prompt, params = jobs[index]
-            if params.max_new_tokens <= 0:
+            if jobs[index][1].max_new_tokens <= 0:
                 done(index, ("", False))
                 continue
-            handle, token = decoder.add(prompt, params)
+            joining.append(index)
+        started = decoder.add_many([jobs[i][0] for i in joining], [jobs[i][1] for i in joining]) if joining else []
+        for index, (handle, token) in zip(joining, started, strict=True):
             active[handle] = (index, TextStream(model.tokenizer, model.stop_ids, model.stop_in_text))
             push(handle, token)
         if pending and not active:  # the batch does not take it: alone, the one-stream way

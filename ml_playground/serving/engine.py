@@ -1,8 +1,9 @@
 """One model, many clients: requests wait for a slot; the active streams are decoded together.
 
 A model whose family offers a batch decoder (``InferenceModel.batch_decoder``: both families) is
-batched continuously: each step is one forward pass over every active stream, a new request is
-prefilled and joins at the next step, a finished or cancelled one leaves at once. Streams the batch
+batched continuously: each step is one forward pass over every active stream, new requests are
+prefilled (those that arrived together in one pass, where the family can) and join at the next step,
+a finished or cancelled one leaves at once. Streams the batch
 does not take (guidance, or an answer longer than the context allows without sliding the window),
 and every stream of a family without a batch decoder, take one token each in turn between batch steps,
 each with its own cache (``InferenceModel.stream``). Sampling is per stream either way: its own
@@ -118,6 +119,7 @@ class Engine:
         self.batch = model.batch_decoder(max_concurrent) if model.batch_decoder is not None else None
         self.batched_steps = 0  # forward passes over the batch, and the most rows one of them had
         self.largest_batch = 0
+        self.joined_together = 0  # the most new streams prefilled in one call
         self._worker: threading.Thread | None = None
         if own_thread:
             self._worker = threading.Thread(target=self.run, name="ml_playground-engine", daemon=True)
@@ -246,12 +248,18 @@ class Engine:
         step for every batched job and one token for the first of the others, which then goes to the back.
         Returns the jobs that ended."""
         ended: set[Job] = set()
+        joining: list[Job] = []  # new jobs the batch takes: prefilled together
         for job in jobs:
             if job.cancelled.is_set():
                 self._leave(job)
                 ended.add(job)
-            elif job.text is None and self._start(job):
-                ended.add(job)
+            elif job.text is None:
+                request = job.request
+                if self.batch is not None and self.batch.admits(len(request.prompt_ids), request.params):
+                    joining.append(job)
+                elif self._start(job):
+                    ended.add(job)
+        ended |= self._join(joining)
         batched = [job for job in jobs if job.handle is not None and job not in ended and job.text is not None]
         if self.batch is not None and batched:
             try:
@@ -278,14 +286,41 @@ class Engine:
             jobs.append(job)  # round robin among the streams that are not batched
         return ended
 
-    def _start(self, job: Job) -> bool:
-        """The job's first step: into the batch (prefill, first token) or onto its own stream. True if it ended."""
-        model, request = self.model, job.request
-        job.text = TextStream(model.tokenizer, model.stop_ids, stop_in_text=False, stop_strings=request.stop)
+    def _text(self, job: Job) -> TextStream:
+        model = self.model
+        job.text = TextStream(model.tokenizer, model.stop_ids, stop_in_text=False, stop_strings=job.request.stop)
+        return job.text
+
+    def _join(self, jobs: list[Job]) -> set[Job]:
+        """New jobs into the batch, prefilled together (one forward pass where the family can), each with its
+        first token; the ones that ended."""
+        if not jobs or self.batch is None:
+            return set()
+        for job in jobs:
+            self._text(job)
         try:
-            if self.batch is not None and self.batch.admits(len(request.prompt_ids), request.params):
-                job.handle, first = self.batch.add(list(request.prompt_ids), request.params)
-                return self._push(job, first)
+            started = self.batch.add_many(
+                [list(job.request.prompt_ids) for job in jobs], [job.request.params for job in jobs]
+            )
+        except Exception as exc:  # a bug, a device error or a bad request: it fails, the server goes on
+            if len(jobs) > 1:  # one bad request must not fail the others: each is prefilled alone
+                return set().union(*(self._join([job]) for job in jobs))
+            traceback.print_exc(file=sys.stderr)
+            jobs[0].deliver(Failed(f"generation failed ({type(exc).__name__}: {exc})"))
+            return set(jobs)
+        self.joined_together = max(self.joined_together, len(jobs))
+        ended = set()
+        for job, (handle, first) in zip(jobs, started, strict=True):
+            job.handle = handle
+            if self._push(job, first):
+                ended.add(job)
+        return ended
+
+    def _start(self, job: Job) -> bool:
+        """The first step of a job the batch does not take: onto its own stream. True if it ended."""
+        model, request = self.model, job.request
+        self._text(job)
+        try:
             prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=model.device)
             job.tokens = model.stream(prompt, request.params)
         except Exception as exc:  # a bug or a device error: this request fails, the server goes on

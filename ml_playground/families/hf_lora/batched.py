@@ -2,8 +2,9 @@
 
 The rows share the model's own KV cache (``DynamicCache``), left-padded to one length, with an
 attention mask that hides each row's padding and explicit position ids per row (rotary angles are
-applied before keys are cached, so where a row sits in the cache does not matter). A new stream is
-prefilled alone and joins between steps: the shorter side is padded on the left. A stream leaves at
+applied before keys are cached, so where a row sits in the cache does not matter). New streams are
+prefilled and join between steps; streams that arrive together are prefilled in one forward pass
+(``add_many``), left-padded to the longest. The shorter side is padded on the left. A stream leaves at
 once (its row is dropped from every layer), and columns that are padding for every remaining row are
 cut off the front, so the cache spans the oldest active stream, not the server's lifetime.
 (``DynamicLayer`` copies its cache at every step to add a column; a buffer with room to grow was tried
@@ -84,24 +85,39 @@ class HfBatchedDecoder(RowBatch):
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
         """Prefill a new stream alone and put it in the last row: (its handle, its first token)."""
-        length = len(prompt_ids)
+        return self.add_many([prompt_ids], [params])[0]
+
+    def add_many(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[int, int]]:
+        """Prefill new streams in one forward pass (left-padded to the longest, each row masked to its own
+        tokens and given its own positions) and put them in the last rows: (handle, first token) each.
+        One prompt is prefilled alone, exactly as one stream would be."""
+        lengths = [len(prompt) for prompt in prompts]
+        width = max(lengths)
+        row_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            row_mask[i, width - len(prompt) :] = 1
         with torch.inference_mode():
-            output = self.lm(input_ids=torch.tensor([prompt_ids], dtype=torch.long, device=self.device), use_cache=True)
+            if len(prompts) == 1:
+                output = self.lm(input_ids=ids, use_cache=True)
+            else:
+                positions = (row_mask.cumsum(1) - 1).clamp(min=0)
+                output = self.lm(input_ids=ids, attention_mask=row_mask, position_ids=positions, use_cache=True)
         logits = output.logits[:, -1, :].float()
-        row_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
         if not self.rows:
             self.past, self.mask = output.past_key_values, row_mask
         else:
-            width = max(self.mask.size(1), length)
-            grow, pad = width - self.mask.size(1), width - length  # columns before the old rows, the new row
+            width = max(self.mask.size(1), row_mask.size(1))
+            grow, pad = width - self.mask.size(1), width - row_mask.size(1)  # columns before the old rows, the new
             for layer, new in zip(
                 _full_attention_layers(self.past), _full_attention_layers(output.past_key_values), strict=True
             ):
                 layer.keys = torch.cat([_pad_left(layer.keys, grow, -2), _pad_left(new.keys, pad, -2)])
                 layer.values = torch.cat([_pad_left(layer.values, grow, -2), _pad_left(new.values, pad, -2)])
             self.mask = torch.cat([_pad_left(self.mask, grow, 1), _pad_left(row_mask, pad, 1)])
-        self.positions = torch.cat([self.positions, self.positions.new_tensor([length])])
-        return self._join(params, logits)
+        self.positions = torch.cat([self.positions, self.positions.new_tensor(lengths)])
+        return [self._join(settings, logits[i : i + 1]) for i, settings in enumerate(params)]
 
     def remove(self, handle: int) -> None:
         """The stream leaves; columns that are padding for every row left are cut off the front."""

@@ -260,6 +260,24 @@ def test_a_cancelled_stream_leaves_the_batch_and_the_rest_go_on(batched_model: I
     assert [sink.text for sink in rest] == [run_alone(unbatched(batched_model), req) for req in requests]
 
 
+def test_requests_that_arrive_together_are_prefilled_together(batched_model: InferenceModel) -> None:
+    requests = [GenerationRequest(TOKENIZER.encode(PROMPTS[i]), request(i, tokens=20).params) for i in range(4)]
+    engine = Engine(batched_model, max_concurrent=8, queue_size=8, own_thread=False)
+    sinks = [Collected() for _ in requests]
+    for req, sink in zip(requests, sinks, strict=True):
+        engine.submit(req, sink)  # all waiting before the engine's first step
+    decoding = threading.Thread(target=engine.run)
+    decoding.start()
+    try:
+        ends = [sink.wait() for sink in sinks]
+    finally:
+        engine.stop()
+        decoding.join(30)
+    assert engine.joined_together == 4
+    assert all(isinstance(end, Done) for end in ends)
+    assert [sink.text for sink in sinks] == [run_alone(unbatched(batched_model), r) for r in requests]
+
+
 def test_streams_the_batch_cannot_take_run_beside_it(batched_model: InferenceModel) -> None:
     """An answer longer than the context allows (its window slides) takes the one-stream path, in turn."""
     long = GenerationRequest(TOKENIZER.encode("to be"), request(4, tokens=120).params)

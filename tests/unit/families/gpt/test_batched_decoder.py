@@ -57,3 +57,16 @@ def test_the_batch_takes_what_fits_it() -> None:
     assert not decoder.admits(4, SamplingParams(max_new_tokens=2))  # no free row
     assert decoder.step().keys() == {0}
     assert BatchedDecoder(decoder.model, 1).step() == {}
+
+
+def test_streams_added_together_are_taken_back_when_one_fails() -> None:
+    gpt = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    decoder = BatchedDecoder(gpt, rows=4, pack=lambda band: False)
+    greedy = SamplingParams(max_new_tokens=4, temperature=0.0)
+    decoder.add([1, 2], greedy)
+    with pytest.raises(IndexError):
+        decoder.add_many([[3, 4], [5], [99]], [greedy] * 3)  # no token 99: the third prefill fails
+    assert [row.handle for row in decoder.rows] == [0]  # the two before it are taken back
+    started = decoder.add_many([[3, 4], [5]], [greedy] * 2)
+    assert [handle for handle, _ in started] == [3, 4]
+    assert len(decoder) == 3

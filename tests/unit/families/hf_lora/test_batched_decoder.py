@@ -129,3 +129,25 @@ def test_a_sliding_window_cache_keeps_the_one_stream_path(tmp_path: Path) -> Non
         layer_types=["sliding_attention", "sliding_attention"],
     )  # fmt: skip
     assert not HfBatchedDecoder.applies(Qwen2ForCausalLM(config).eval())
+
+
+def test_streams_prefilled_together_get_the_logits_of_their_own_sequences(lm: nn.Module) -> None:
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: False)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    _, first = decoder.add([20, 21], greedy)  # a stream already decoding
+    decoder.step()
+    sequences = {0: [20, 21, first, decoder.rows[0].last]}
+    prompts = [[5, 6, 7], [9] * 11, [11, 12]]  # left-padded to 11 among themselves, then to the batch
+    started = decoder.add_many(prompts, [greedy] * 3)
+    for (handle, first), prompt in zip(started, prompts, strict=True):
+        assert first == int(alone(lm, prompt).argmax())
+        sequences[handle] = [*prompt, first]
+    for _ in range(6):
+        with torch.inference_mode():
+            logits = decoder.logits()
+        for i, row in enumerate(decoder.rows):
+            expected = alone(lm, sequences[row.handle])
+            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
+            row.last = int(expected.argmax())
+            sequences[row.handle].append(row.last)
+    assert sorted(sequences) == [0, 1, 2, 3]
