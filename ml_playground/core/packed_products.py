@@ -12,7 +12,8 @@ A pack is made for a fixed number of rows, and a product with any other count fa
 one. So rows are padded up to a band (4, 8, 16, ... up to the batch's capacity), each row's result
 does not depend on the others (tested), and one set of packs is held at a time: the band grows with
 the batch and shrinks once the rows would fit in a quarter of it. That costs one more copy of the weights in
-memory while packs are held.
+memory while packs are held, so nothing is packed where the weights take more than a quarter of the
+memory available at start-up.
 
 Whether packing wins depends on the CPU and its MKL (on AMD processors MKL takes other code paths), so
 each band is measured once on the model's own weights, packed against plain at three quarters of the
@@ -42,6 +43,7 @@ Chooser = Callable[[int], bool]  # band (rows a pack is made for) -> whether pac
 MIN_ROWS = 3  # one or two rows: MKL's matrix-vector path, as fast as a pack
 FIRST_BAND = 4
 MARGIN = 1.1  # packing must be this much faster to be chosen, so a near tie stays plain
+MEMORY_SHARE = 0.25  # the packs are a second copy of the weights: only where they take at most this share
 CACHE_FILE = "packed_products_v1.json"
 
 
@@ -55,6 +57,13 @@ def packing_available() -> bool:
         return bool(torch.allclose(out, F.linear(x, weight)))
     except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # pragma: no cover (not an MKL build)
         return False
+
+
+def available_bytes() -> int:
+    """Memory the system can still give this process."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def eligible(weight: torch.Tensor) -> bool:
@@ -120,7 +129,7 @@ class PackedProducts:
     ``weights`` are the ones worth packing (others always take ``plain``); ``choose`` answers for a band
     (default: measured and cached). ``prepare()`` asks it for every band up front, so no decode step
     pays for a measurement. A weight changed in place since it was packed (its version moved) is packed
-    again before use."""
+    again before use. Weights that take more than ``MEMORY_SHARE`` of ``available()`` are never packed."""
 
     def __init__(
         self,
@@ -129,9 +138,13 @@ class PackedProducts:
         plain: Product = F.linear,
         choose: Chooser | None = None,
         cache_dir: Path | None = None,
+        available: Callable[[], int] = available_bytes,
     ) -> None:
         usable = packing_available()
         self.weights = {id(w): w for w in weights if usable and eligible(w)}
+        size = sum(w.numel() * w.element_size() for w in self.weights.values())
+        if self.weights and size > MEMORY_SHARE * available():  # a second copy would crowd the machine
+            self.weights = {}
         self.plain = plain
         self.capacity = capacity
         self.choose = choose or measured_chooser(list(self.weights.values()), plain, cache_dir)

@@ -143,3 +143,16 @@ def test_routed_layers_compute_through_the_products_and_are_restored() -> None:
     assert torch.equal(after, expected)
     assert "forward" not in model[0].__dict__
     assert model[2].__dict__["forward"] is own
+
+
+def test_nothing_is_packed_where_a_second_copy_of_the_weights_would_crowd_memory() -> None:
+    (w,) = weights((256, 256))  # 256 KiB
+    plain = Recording()
+    crowded = PackedProducts([w], capacity=8, plain=plain, choose=lambda band: True, available=lambda: 512 * 1024)
+    assert crowded.bands() == []
+    crowded(torch.randn(8, 256), w, None)
+    assert plain.calls == 1
+    roomy = PackedProducts([w], capacity=8, plain=plain, choose=lambda band: True, available=lambda: 2**20)
+    roomy(torch.randn(8, 256), w, None)
+    assert plain.calls == 1
+    assert roomy.band == 8
