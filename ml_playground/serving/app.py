@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -233,11 +234,62 @@ def chat_request(served: Served, body: ChatRequest) -> GenerationRequest:
     return GenerationRequest(ids, _params(served, body, max_tokens), tuple(body.stop_strings))
 
 
+class LoopWaker:
+    """Wakes the event loop once for every job the engine's thread delivered to since the loop last woke.
+
+    ``call_soon_threadsafe`` writes to the loop's self-pipe, a system call on the decoding thread each
+    time: once per stream per step, it took 6.5% of that thread's samples with 8 clients of the GPT
+    bench model. A batch step delivers to every stream within microseconds, so most of its streams find
+    a wake-up already on its way and join it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.due: list[asyncio.Event] = []
+        self.signalled = False
+        self.wakeups = 0  # wake-ups sent; fewer than the events set when deliveries came together
+
+    def wake(self, ready: asyncio.Event) -> None:
+        """On any thread: ``ready.set()`` on the loop, sharing a wake-up already on its way."""
+        with self.lock:
+            self.due.append(ready)
+            if self.signalled:
+                return
+            self.signalled = True
+            self.wakeups += 1
+        try:
+            self.loop.call_soon_threadsafe(self._fire)
+        except RuntimeError:  # the loop is closed: nothing will take these
+            with self.lock:
+                self.due.clear()
+                self.signalled = False
+            raise
+
+    def _fire(self) -> None:
+        with self.lock:
+            due, self.due = self.due, []
+            self.signalled = False
+        for ready in due:
+            ready.set()
+
+
+_WAKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWaker] = weakref.WeakKeyDictionary()
+
+
+def loop_waker(loop: asyncio.AbstractEventLoop) -> LoopWaker:
+    """The one waker of ``loop`` (made on its thread, at the first job)."""
+    waker = _WAKERS.get(loop)
+    if waker is None:
+        waker = _WAKERS[loop] = LoopWaker(loop)
+    return waker
+
+
 class JobEvents:
     """A submitted job's events on the event loop (the engine delivers them from its thread)."""
 
     def __init__(self, engine: Engine, request: GenerationRequest, metrics: ServerMetrics | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.waker = loop_waker(self.loop)
         self.ready = asyncio.Event()
         self.pending: list[Event] = []  # delivered by the engine's thread, not yet taken by the event loop
         self.lock = threading.Lock()
@@ -268,7 +320,7 @@ class JobEvents:
                 return
             self.signalled = True
         try:
-            self.loop.call_soon_threadsafe(self.ready.set)
+            self.waker.wake(self.ready)
         except RuntimeError:  # the event loop is gone: the server stopped
             self.job.cancel()
 
