@@ -6,7 +6,7 @@ every call: for one row MKL takes its matrix-vector path instead, but from three
 repacking streams the weight twice. Measured on the Intel Xeon of ``make bench`` (2 threads), the
 products of SmolLM2-135M's 30 layers took 21 ms for one row and 39-42 ms for eight; with the weights
 packed once (``torch.ops.mkl._mkl_reorder_linear_weight``, the operator inductor uses for frozen CPU
-models) eight rows took 32 ms, and the output head 10.3 against 5.9 ms.
+models) eight rows took 32 ms, and the output head 5.9 ms instead of 10.3.
 
 A pack is made for a fixed number of rows, and a product with any other count falls back to the plain
 one. So rows are padded up to a band (4, 8, 16, ... up to the batch's capacity), each row's result
