@@ -33,6 +33,18 @@ def alone(lm: nn.Module, ids: list[int]) -> torch.Tensor:
     return logits
 
 
+def step_against_alone(decoder: HfBatchedDecoder, lm: nn.Module, sequences: dict[int, list[int]]) -> None:
+    """One batched step: each row's logits must be its own sequence's alone (1e-4); greedy, so every row
+    then feeds, and its sequence grows by, the token its sequence gives alone."""
+    with torch.inference_mode():
+        logits = decoder.logits()
+    for i, row in enumerate(decoder.rows):
+        expected = alone(lm, sequences[row.handle])
+        torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
+        row.last = int(expected.argmax())
+        sequences[row.handle].append(row.last)
+
+
 PACKING = [
     pytest.param(True, marks=pytest.mark.skipif(not packing_available(), reason="no MKL"), id="packed"),
     pytest.param(False, id="plain"),
@@ -64,13 +76,7 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
             assert decoder.mask.size(1) == max(len(s) for s in sequences.values()) - 1
         if step == 6:
             join([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])  # longer than everything in view
-        with torch.inference_mode():
-            logits = decoder.logits()
-        for i, row in enumerate(decoder.rows):
-            expected = alone(lm, sequences[row.handle])
-            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
-            row.last = int(expected.argmax())
-            sequences[row.handle].append(row.last)
+        step_against_alone(decoder, lm, sequences)
     assert sorted(sequences) == [0, 2, 3]
     assert decoder.products.band == (4 if packed else 0)  # three rows or more ran packed (padded to four)
     assert all("forward" not in layer.__dict__ for layer in decoder.linears)  # the model is as it was
@@ -143,11 +149,5 @@ def test_streams_prefilled_together_get_the_logits_of_their_own_sequences(lm: nn
         assert first == int(alone(lm, prompt).argmax())
         sequences[handle] = [*prompt, first]
     for _ in range(6):
-        with torch.inference_mode():
-            logits = decoder.logits()
-        for i, row in enumerate(decoder.rows):
-            expected = alone(lm, sequences[row.handle])
-            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
-            row.last = int(expected.argmax())
-            sequences[row.handle].append(row.last)
+        step_against_alone(decoder, lm, sequences)
     assert sorted(sequences) == [0, 1, 2, 3]
