@@ -3,13 +3,12 @@
 A model whose family offers a batch decoder (``InferenceModel.batch_decoder``: both families) is
 batched continuously: each step is one forward pass over every active stream, new requests are
 prefilled (those that arrived together in one pass, where the family can) and join at the next step,
-a finished or cancelled one leaves at once. Streams the batch
-does not take (guidance, or an answer longer than the context allows without sliding the window),
-and every stream of a family without a batch decoder, take one token each in turn between batch steps,
-each with its own cache (``InferenceModel.stream``). Sampling is per stream either way: its own
-seeded generator and settings. One thread owns the model and decodes (``run``: the thread that loaded
-it, in ``serve``); callers hear from it through a ``deliver`` callback (the server turns that into
-server-sent events).
+a finished or cancelled one leaves at once. Streams the batch does not take (guidance, or an answer
+longer than the context allows without sliding the window), and every stream of a family without a
+batch decoder, take one token each in turn between batch steps, each with its own cache
+(``InferenceModel.stream``). Sampling is per stream either way: its own seeded generator and settings.
+One thread owns the model and decodes (``run``: the thread that loaded it, in ``serve``); callers hear
+from it through a ``deliver`` callback (the server turns that into server-sent events).
 """
 
 from __future__ import annotations

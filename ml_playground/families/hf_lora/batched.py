@@ -95,9 +95,9 @@ class HfBatchedDecoder(RowBatch):
         width = max(lengths)
         row_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
         ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            row_mask[i, width - len(prompt) :] = 1
+        for i, (prompt, length) in enumerate(zip(prompts, lengths, strict=True)):
+            ids[i, width - length :] = torch.tensor(prompt, dtype=torch.long)
+            row_mask[i, width - length :] = 1
         with torch.inference_mode():
             if len(prompts) == 1:
                 output = self.lm(input_ids=ids, use_cache=True)
