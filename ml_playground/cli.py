@@ -318,7 +318,7 @@ def cmd_debate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
-    from ml_playground.evaluation.analysis import analyze
+    from ml_playground.evaluation.analysis import analyze, header_rows
 
     def progress(text: str) -> None:
         if not args.quiet and not args.json:  # --json: standard output is the JSON alone
@@ -338,6 +338,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             ("classifier on held-out real speeches", f"{report.classifier_accuracy:.1%}"),
             ("chance (1 / parties)", f"{report.chance:.1%}"),
             *((f"  {party}", f"{share:.1%}") for party, share in report.per_party.items()),
+            *header_rows(report.header),
             ("header format kept", f"{report.header_format_share:.1%}"),
             ("distinct-2", f"{report.distinct[2]:.3f}"),
             ("mean length (words)", f"{report.mean_words:.1f}"),

@@ -5,7 +5,9 @@ n-grams over all n-grams, across samples), repetition rate (share of repeated wo
 a sample), the share of samples that keep the header format (finish with ``<|end|>`` and contain
 no stray markers), and conditioning accuracy: a party classifier (TF-IDF + logistic regression,
 scikit-learn) trained on the real speeches predicts each sample's party. Its own held-out accuracy
-on real speeches and chance are reported beside it, so the figure can be read.
+on real speeches and chance are reported beside it, so the figure can be read. Beside the samples, the
+header check (``header_check.py``) asks the model itself whether it reads the party: its likelihood of
+held-out real speeches under each party's header.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ml_playground.core.atomic import atomic_write_text, atomic_write_with
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
+from ml_playground.evaluation.header_check import HeaderCheck, header_check
 from ml_playground.sampling.batched import Answer, Job, decode_many
 from ml_playground.sampling.conditioning import party_contrast, require_conditions
 from ml_playground.sampling.runner import Generator, load_generator
@@ -51,6 +54,7 @@ class AnalysisReport:
     chance: float
     majority_share: float
     per_party: dict[str, float] = field(default_factory=dict)
+    header: HeaderCheck | None = None  # the model's own party choice for held-out real speeches
     checkpoint: str = ""
     step: int = -1
     report_path: Path | None = None
@@ -188,6 +192,8 @@ def analyze(
     predicted_real = classifier.predict([r.text for r in held_out])
     classifier_accuracy = sum(p == r.party for p, r in zip(predicted_real, held_out, strict=True)) / len(held_out)
     majority_share = Counter(r.party for r in held_out).most_common(1)[0][1] / len(held_out)
+    inference = generator.inference
+    header = header_check(inference.module, inference.tokenizer, held_out, parties, per_party, inference.context_length)
     samples = sampler(config, parties, per_party, emit, generator)
     predictions = classifier.predict([s.text or "-" for s in samples])
     samples = [GeneratedSample(s.party, s.text, s.keeps_format, p) for s, p in zip(samples, predictions, strict=True)]
@@ -207,6 +213,7 @@ def analyze(
         chance=1 / len(parties),
         majority_share=majority_share,
         per_party=per_party_accuracy,
+        header=header,
         checkpoint=generator.checkpoint,
         step=generator.step,
     )
@@ -243,6 +250,20 @@ def _chart(report: AnalysisReport, path: Path) -> None:
     plt.close(figure)
 
 
+def header_rows(check: HeaderCheck | None) -> list[tuple[str, str]]:
+    """The header check as (measure, value) rows, for the report and the command's table."""
+    if check is None or check.speeches == 0:
+        return []
+    return [
+        (
+            f"model's own likelihood picks the party ({check.speeches} held-out real speeches, "
+            f"first {check.text_tokens} tokens)",
+            f"{check.own_party_share:.1%}",
+        ),
+        ("gain of the true party's header over the others", f"{check.gain_nats_per_token:+.4f} nats/token"),
+    ]
+
+
 def render_report(report: AnalysisReport, samples: Sequence[GeneratedSample]) -> str:
     rows = [
         ("samples", f"{report.samples} ({report.samples // len(report.parties)} per party)"),
@@ -254,6 +275,7 @@ def render_report(report: AnalysisReport, samples: Sequence[GeneratedSample]) ->
         ("classifier accuracy on held-out real speeches", f"{report.classifier_accuracy:.1%}"),
         ("chance (1 / parties)", f"{report.chance:.1%}"),
         ("majority class share (held-out)", f"{report.majority_share:.1%}"),
+        *header_rows(report.header),
     ]
     lines = ["# Analysis of generated speeches", "", f"Parties: {', '.join(report.parties)}.", ""]
     lines += ["| measure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], ""]

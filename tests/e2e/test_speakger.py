@@ -65,12 +65,15 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
     table = in_process(capsys, "analyze", "speakger", *args, *guidance, "--per-party", "1", "--quiet").stdout
     assert "classified as the requested party" in table
     assert "classifier on held-out real speeches" in table
+    assert "model's own likelihood picks the party" in table
     analyzed = cli("analyze", "speakger", *args, "--per-party", "2", "--json")
     report = json.loads(analyzed.stdout)  # the JSON alone: progress lines stay out of it
     assert 0.0 <= report["conditioning_accuracy"] <= 1.0
     assert 0.0 < report["classifier_accuracy"] <= 1.0
     assert report["chance"] == pytest.approx(1 / len(report["parties"]))
     assert report["samples"] == 2 * len(report["parties"])
+    assert 0 < report["header"]["speeches"] <= 2 * len(report["parties"])
+    assert 0.0 <= report["header"]["own_party_share"] <= 1.0
     assert Path(report["report_path"]).read_text("utf-8").startswith("# Analysis of generated speeches")
     assert Path(report["chart_path"]).read_bytes().startswith(b"\x89PNG")
     no_parties = in_process(

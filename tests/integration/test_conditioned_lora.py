@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 from pathlib import Path
 
 import httpx
@@ -21,9 +22,11 @@ from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import ConfigError
 from ml_playground.data_pipeline.batches import IGNORE_INDEX, BatchSampler, RecordWindows, open_dataset
-from ml_playground.data_pipeline.header import FIELD_TOKENS
+from ml_playground.data_pipeline.header import FIELD_TOKENS, format_header
 from ml_playground.data_pipeline.preparer import prepare
+from ml_playground.data_pipeline.speeches import iter_records
 from ml_playground.evaluation.analysis import analyze
+from ml_playground.evaluation.header_check import header_check, header_scores
 from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 from ml_playground.families.registry import family_of
 from ml_playground.sampling.chat import chat
@@ -124,6 +127,16 @@ def test_the_checkpoint_carries_the_conditions_and_sampling_honours_them(conditi
     unknown = conditioned.model_copy(update={"sample": conditioned.sample.model_copy(update={"party": "SDP"})})
     with pytest.raises(ConfigError, match=r"unknown party 'SDP' in this dataset; closest known: SPD"):
         sample(unknown, emit=lambda _: None)
+
+    # analyze's header check reads this family's model too: scored together as each header alone
+    speeches = list(iter_records(conditioned.prepare.dataset_dir))[-8:]
+    check = header_check(model.module, model.tokenizer, speeches, parties, 2, model.context_length, text_tokens=24)
+    assert check.speeches > 0
+    assert math.isfinite(check.gain_nats_per_token)
+    headers = [model.tokenizer.encode(format_header({"party": p, "year": 2019})) for p in parties]
+    text = model.tokenizer.encode(speeches[-1].text)[:24]
+    alone = [header_scores(model.module, [h], text)[0] for h in headers]
+    assert header_scores(model.module, headers, text) == pytest.approx(alone, abs=1e-3)
 
 
 def refusals(config: ExperimentConfig, asked: dict[str, object]) -> dict[str, str]:
