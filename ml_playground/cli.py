@@ -338,7 +338,7 @@ def cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             ("classifier on held-out real speeches", f"{report.classifier_accuracy:.1%}"),
             ("chance (1 / parties)", f"{report.chance:.1%}"),
             *((f"  {party}", f"{share:.1%}") for party, share in report.per_party.items()),
-            *header_rows(report.header),
+            *header_rows(report.header_check),
             ("header format kept", f"{report.header_format_share:.1%}"),
             ("distinct-2", f"{report.distinct[2]:.3f}"),
             ("mean length (words)", f"{report.mean_words:.1f}"),

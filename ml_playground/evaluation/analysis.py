@@ -24,7 +24,7 @@ from ml_playground.core.atomic import atomic_write_text, atomic_write_with
 from ml_playground.core.errors import DataError
 from ml_playground.data_pipeline.header import format_header, parse_example
 from ml_playground.data_pipeline.speeches import iter_records
-from ml_playground.evaluation.header_check import HeaderCheck, header_check
+from ml_playground.evaluation.header_check import HeaderCheck, check_header
 from ml_playground.sampling.batched import Answer, Job, decode_many
 from ml_playground.sampling.conditioning import party_contrast, require_conditions
 from ml_playground.sampling.runner import Generator, load_generator
@@ -54,7 +54,7 @@ class AnalysisReport:
     chance: float
     majority_share: float
     per_party: dict[str, float] = field(default_factory=dict)
-    header: HeaderCheck | None = None  # the model's own party choice for held-out real speeches
+    header_check: HeaderCheck | None = None  # the model's own party choice for held-out real speeches
     checkpoint: str = ""
     step: int = -1
     report_path: Path | None = None
@@ -192,8 +192,8 @@ def analyze(
     predicted_real = classifier.predict([r.text for r in held_out])
     classifier_accuracy = sum(p == r.party for p, r in zip(predicted_real, held_out, strict=True)) / len(held_out)
     majority_share = Counter(r.party for r in held_out).most_common(1)[0][1] / len(held_out)
-    inference = generator.inference
-    header = header_check(inference.module, inference.tokenizer, held_out, parties, per_party, inference.context_length)
+    model = generator.inference
+    header_check = check_header(model.module, model.tokenizer, held_out, parties, per_party, model.context_length)
     samples = sampler(config, parties, per_party, emit, generator)
     predictions = classifier.predict([s.text or "-" for s in samples])
     samples = [GeneratedSample(s.party, s.text, s.keeps_format, p) for s, p in zip(samples, predictions, strict=True)]
@@ -213,7 +213,7 @@ def analyze(
         chance=1 / len(parties),
         majority_share=majority_share,
         per_party=per_party_accuracy,
-        header=header,
+        header_check=header_check,
         checkpoint=generator.checkpoint,
         step=generator.step,
     )
@@ -275,7 +275,7 @@ def render_report(report: AnalysisReport, samples: Sequence[GeneratedSample]) ->
         ("classifier accuracy on held-out real speeches", f"{report.classifier_accuracy:.1%}"),
         ("chance (1 / parties)", f"{report.chance:.1%}"),
         ("majority class share (held-out)", f"{report.majority_share:.1%}"),
-        *header_rows(report.header),
+        *header_rows(report.header_check),
     ]
     lines = ["# Analysis of generated speeches", "", f"Parties: {', '.join(report.parties)}.", ""]
     lines += ["| measure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], ""]

@@ -51,7 +51,7 @@ def header_scores(module: nn.Module, prompts: Sequence[list[int]], text: list[in
     ]
 
 
-def header_check(
+def check_header(
     module: nn.Module,
     tokenizer: Tokenizer,
     records: Sequence[SpeechRecord],

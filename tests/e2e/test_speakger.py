@@ -72,8 +72,8 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
     assert 0.0 < report["classifier_accuracy"] <= 1.0
     assert report["chance"] == pytest.approx(1 / len(report["parties"]))
     assert report["samples"] == 2 * len(report["parties"])
-    assert 0 < report["header"]["speeches"] <= 2 * len(report["parties"])
-    assert 0.0 <= report["header"]["own_party_share"] <= 1.0
+    assert 0 < report["header_check"]["speeches"] <= 2 * len(report["parties"])
+    assert 0.0 <= report["header_check"]["own_party_share"] <= 1.0
     assert Path(report["report_path"]).read_text("utf-8").startswith("# Analysis of generated speeches")
     assert Path(report["chart_path"]).read_bytes().startswith(b"\x89PNG")
     no_parties = in_process(

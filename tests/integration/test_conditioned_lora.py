@@ -26,7 +26,7 @@ from ml_playground.data_pipeline.header import FIELD_TOKENS, format_header
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.data_pipeline.speeches import iter_records
 from ml_playground.evaluation.analysis import analyze
-from ml_playground.evaluation.header_check import header_check, header_scores
+from ml_playground.evaluation.header_check import check_header, header_scores
 from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 from ml_playground.families.registry import family_of
 from ml_playground.sampling.chat import chat
@@ -130,7 +130,7 @@ def test_the_checkpoint_carries_the_conditions_and_sampling_honours_them(conditi
 
     # analyze's header check reads this family's model too: scored together as each header alone
     speeches = list(iter_records(conditioned.prepare.dataset_dir))[-8:]
-    check = header_check(model.module, model.tokenizer, speeches, parties, 2, model.context_length, text_tokens=24)
+    check = check_header(model.module, model.tokenizer, speeches, parties, 2, model.context_length, text_tokens=24)
     assert check.speeches > 0
     assert math.isfinite(check.gain_nats_per_token)
     headers = [model.tokenizer.encode(format_header({"party": p, "year": 2019})) for p in parties]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.data_pipeline.header import format_header
 from ml_playground.data_pipeline.sources.records import SpeechRecord
-from ml_playground.evaluation.header_check import header_check, header_scores
+from ml_playground.evaluation.header_check import check_header, header_scores
 from ml_playground.families.gpt.model import GPT, GPTConfig
 
 pytestmark = pytest.mark.unit
@@ -64,14 +64,14 @@ def test_a_model_that_reads_the_party_picks_each_speech_s_own_party() -> None:
         optimizer.step()
     model.eval()
     held_out = [speech(p, rng) for p in PARTIES for _ in range(5)] + [SpeechRecord(text="ab", party="A", year=2019)]
-    check = header_check(model, tok, held_out, ["A", "B", "C"], per_party=4, context_length=64)
+    check = check_header(model, tok, held_out, ["A", "B", "C"], per_party=4, context_length=64)
     assert check.speeches == 12  # four of each party; the two-letter speech is too short to say anything
     assert check.own_party_share == 1.0
     assert set(check.per_party) == set(PARTIES)
     assert check.gain_nats_per_token > 0.1
 
     untrained = tiny_gpt(tok.vocab_size).eval()
-    blind = header_check(untrained, tok, held_out, PARTIES, per_party=4, context_length=64)
+    blind = check_header(untrained, tok, held_out, PARTIES, per_party=4, context_length=64)
     assert abs(blind.gain_nats_per_token) < check.gain_nats_per_token / 5
 
 
@@ -79,8 +79,8 @@ def test_parties_without_held_out_speeches_are_left_out() -> None:
     tok = tokenizer()
     rng = random.Random(1)
     held_out = [speech("A", rng), speech("B", rng)]
-    check = header_check(tiny_gpt(tok.vocab_size).eval(), tok, held_out, PARTIES, per_party=3, context_length=64)
+    check = check_header(tiny_gpt(tok.vocab_size).eval(), tok, held_out, PARTIES, per_party=3, context_length=64)
     assert check.speeches == 2
     assert set(check.per_party) == {"A", "B"}
-    empty = header_check(tiny_gpt(tok.vocab_size).eval(), tok, [], PARTIES, per_party=3, context_length=64)
+    empty = check_header(tiny_gpt(tok.vocab_size).eval(), tok, [], PARTIES, per_party=3, context_length=64)
     assert (empty.speeches, empty.own_party_share, empty.gain_nats_per_token) == (0, 0.0, 0.0)
