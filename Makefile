@@ -7,7 +7,7 @@ PYTEST_STRICT := -W error --strict-markers --strict-config
 COVERAGE_DIR := .cache/coverage
 COV_ARGS := --cov=ml_playground --cov-branch --cov-report=term --cov-report=json:$(COVERAGE_DIR)/coverage.json
 
-.PHONY: setup setup-cpu rank-files models browser test test-real coverage-report quality bench clean
+.PHONY: setup setup-cpu rank-files models browser test test-real coverage-report quality bench gpu-check clean
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -73,6 +73,9 @@ quality:
 
 bench:  # NANOGPT=path/to/nanoGPT: the speedrun's peer is karpathy/nanoGPT's own train.py
 	$(UV) run ml_playground bench $(if $(NANOGPT),--nanogpt $(NANOGPT))
+
+gpu-check:  # on a CUDA machine: the speedrun (bfloat16, compile), a LoRA step and generation, tokens/s and MFU
+	$(UV) run python -m ml_playground.bench.gpu_check
 
 clean:
 	rm -rf .cache .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* out

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_playground.bench.gpu_check import datasheet, main, render, run_check
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_gpu_check_rehearses_its_whole_path_on_the_cpu(tmp_path: Path, shared_data: Path) -> None:
+    bundestag = shared_data / "bundestag" / "19001.txt"
+    base = build_tiny_causal_lm(tmp_path / "base", [bundestag.read_text("utf-8")[:20000]], architecture="llama")
+    facts, rows = run_check(
+        device="cpu", shakespeare=shared_data / "shakespeare" / "input.txt", bundestag=bundestag,
+        work_dir=tmp_path / "work", quick=True, base_model=str(base),
+    )  # fmt: skip
+    assert facts["device"] == "CPU"
+    assert [row.unit for row in rows] == ["tokens/s"] * 4
+    assert all(row.figure > 0 for row in rows)
+    assert ["MFU" in row.note for row in rows] == [True, False, True, False]
+    assert ["GB/s" in row.note for row in rows] == [False, True, False, True]
+    assert rows[2].name.startswith("LoRA train (base)")
+    text = render(facts, rows)
+    assert "speedrun train, bfloat16" in text
+    assert "peak: bfloat16 matmul peak measured here" in text
+
+
+def test_without_cuda_it_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--work-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: gpu-check needs a CUDA device")
+    assert error.count("\n") == 1
+    assert main(["--device", "cpu", "--shakespeare", str(tmp_path / "none.txt")]) == 2
+    assert capsys.readouterr().err == f"error: --shakespeare: no such file: {tmp_path / 'none.txt'}\n"
+
+
+def test_datasheet_peaks_match_the_longest_name_first() -> None:
+    assert datasheet("NVIDIA H100 PCIe") == (756e12, 2.0e12)
+    assert datasheet("NVIDIA H100 80GB HBM3") == (989e12, 3.35e12)
+    assert datasheet("NVIDIA H200") == (989e12, 4.8e12)
+    assert datasheet("Some other GPU") is None
