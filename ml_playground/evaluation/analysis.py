@@ -279,8 +279,13 @@ def render_report(report: AnalysisReport, samples: Sequence[GeneratedSample]) ->
     ]
     lines = ["# Analysis of generated speeches", "", f"Parties: {', '.join(report.parties)}.", ""]
     lines += ["| measure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], ""]
-    lines += ["## Per party", "", "| party | classified as requested |", "|---|---|"]
-    lines += [f"| {party} | {share:.1%} |" for party, share in report.per_party.items()]
+    own = report.header_check.per_party if report.header_check else {}
+    lines += ["## Per party", "", "| party | classified as requested | held-out speeches the model gives their party |"]
+    lines += ["|---|---|---|"]
+    lines += [
+        f"| {party} | {share:.1%} | {f'{own[party]:.1%}' if party in own else '-'} |"
+        for party, share in report.per_party.items()
+    ]
     lines += ["", "![conditioning](conditioning.png)", "", "## Examples", ""]
     shown: set[str] = set()
     for sample in samples:

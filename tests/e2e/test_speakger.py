@@ -74,7 +74,9 @@ def test_loop_sample_debate_analyze(tmp_path: Path, shared_data: Path, capsys: p
     assert report["samples"] == 2 * len(report["parties"])
     assert 0 < report["header_check"]["speeches"] <= 2 * len(report["parties"])
     assert 0.0 <= report["header_check"]["own_party_share"] <= 1.0
-    assert Path(report["report_path"]).read_text("utf-8").startswith("# Analysis of generated speeches")
+    written = Path(report["report_path"]).read_text("utf-8")
+    assert written.startswith("# Analysis of generated speeches")
+    assert "| party | classified as requested | held-out speeches the model gives their party |" in written
     assert Path(report["chart_path"]).read_bytes().startswith(b"\x89PNG")
     no_parties = in_process(
         capsys, "debate", "speakger", *args, "--topic", "x", "--parties", "Piraten", check_code=None
