@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,9 +92,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Runner = Callable[[Sequence[str], Path], object]
+"""(``ml_playground`` arguments, the folder to run in): runs the command, raises on failure."""
+
+
 def cli(args: Sequence[str], work_dir: Path) -> str:
-    """``ml_playground ARGS`` in a child process in ``work_dir``; its standard output. A failure raises with the
-    end of its error output."""
+    """``ml_playground ARGS`` in a child process in ``work_dir`` (a fresh device context for each run); its
+    standard output. A failure raises with the end of its error output."""
     done = subprocess.run(
         [sys.executable, "-m", "ml_playground", *args], cwd=work_dir, capture_output=True, text=True, check=False
     )
@@ -145,7 +149,13 @@ def mfu_note(flops: float, peaks: dict[str, float]) -> str:
 
 
 def speedrun_rows(
-    shakespeare: Path, work_dir: Path, device: str, quick: bool, peaks: dict[str, float], bandwidth: float | None
+    shakespeare: Path,
+    work_dir: Path,
+    device: str,
+    quick: bool,
+    peaks: dict[str, float],
+    bandwidth: float | None,
+    run: Runner = cli,
 ) -> list[Row]:
     dataset, out_dir = work_dir / "shakespeare", work_dir / "speedrun"
     overrides = [f"prepare.input_path='{shakespeare.resolve()}'", f"prepare.dataset_dir='{dataset}'"]
@@ -154,10 +164,10 @@ def speedrun_rows(
         f"train.out_dir='{out_dir}'", f"train.device='{device}'", "train.dtype='bfloat16'",
         f"train.model.compile={'false' if quick else 'true'}", "train.log_interval=10",
     ]  # fmt: skip
-    overrides += ["train.max_iters=20", "train.eval_interval=20", "train.eval_max_tokens=256"] if quick else []
+    overrides += ["train.max_iters=12", "train.eval_interval=12", "train.eval_max_tokens=256"] if quick else []
     config_args = ["--config", str(SPEEDRUN_CONFIG)]
     started = time.perf_counter()
-    cli(["train", "shakespeare", *config_args, *sets(overrides), "--quiet", "--fresh"], work_dir)
+    run(["train", "shakespeare", *config_args, *sets(overrides), "--quiet", "--fresh"], work_dir)
     wall = time.perf_counter() - started
     rate = logged_tokens_per_second(out_dir / "metrics.jsonl")
     settings = load_config(SPEEDRUN_CONFIG, overrides).train.model
@@ -183,6 +193,7 @@ def lora_rows(
     peaks: dict[str, float],
     bandwidth: float | None,
     base_model: str | None,
+    run: Runner = cli,
 ) -> list[Row]:
     dataset, out_dir = work_dir / "lora-dataset", work_dir / "lora"
     config = load_config(experiment_config_path(LORA_EXPERIMENT))
@@ -200,7 +211,7 @@ def lora_rows(
         f"train.eval_interval={steps}", "train.eval_max_tokens=256", f"train.checkpoint.interval={steps}",
         "train.model.save_merged_on_best=false",
     ]  # fmt: skip
-    cli(["train", LORA_EXPERIMENT, *sets(overrides), "--quiet", "--fresh"], work_dir)
+    run(["train", LORA_EXPERIMENT, *sets(overrides), "--quiet", "--fresh"], work_dir)
     rate = logged_tokens_per_second(out_dir / "metrics.jsonl")
     model = last_checkpoint(experiment_config_path(LORA_EXPERIMENT), overrides)
     total = sum(p.numel() for p in model.module.parameters())
@@ -230,8 +241,10 @@ def run_check(
     work_dir: Path,
     quick: bool = False,
     base_model: str | None = None,
+    run: Runner = cli,
 ) -> tuple[dict[str, object], list[Row]]:
-    """The machine facts and the rows: speedrun and LoRA, each trained then sampled, on ``device``."""
+    """The machine facts and the rows: speedrun and LoRA, each trained (by ``run``: a child process unless told
+    otherwise) then sampled, on ``device``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     target = torch.device(device)
     name = torch.cuda.get_device_name(target) if target.type == "cuda" else "CPU"
@@ -245,8 +258,8 @@ def run_check(
         facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(target).total_memory / 2**30, 1)
     facts.update({f"peak: {k}": f"{v / 1e12:,.1f} TFLOP/s" for k, v in peaks.items()})
     bandwidth = sheet[1] if sheet else None
-    rows = speedrun_rows(shakespeare, work_dir, device, quick, peaks, bandwidth)
-    rows += lora_rows(bundestag, work_dir, device, quick, peaks, bandwidth, base_model)
+    rows = speedrun_rows(shakespeare, work_dir, device, quick, peaks, bandwidth, run)
+    rows += lora_rows(bundestag, work_dir, device, quick, peaks, bandwidth, base_model, run)
     return facts, rows
 
 

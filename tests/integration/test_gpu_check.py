@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from ml_playground.bench.gpu_check import datasheet, main, render, run_check
+from ml_playground.bench.gpu_check import cli, datasheet, main, render, run_check
+from ml_playground.cli import main as ml_playground
 from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def in_process(args: Sequence[str], _: Path) -> None:
+    """``train`` in this process (the check runs it in a child; this saves the suite two process starts)."""
+    assert ml_playground(list(args)) == 0
 
 
 def test_the_gpu_check_rehearses_its_whole_path_on_the_cpu(tmp_path: Path, shared_data: Path) -> None:
@@ -15,7 +22,7 @@ def test_the_gpu_check_rehearses_its_whole_path_on_the_cpu(tmp_path: Path, share
     base = build_tiny_causal_lm(tmp_path / "base", [bundestag.read_text("utf-8")[:20000]], architecture="llama")
     facts, rows = run_check(
         device="cpu", shakespeare=shared_data / "shakespeare" / "input.txt", bundestag=bundestag,
-        work_dir=tmp_path / "work", quick=True, base_model=str(base),
+        work_dir=tmp_path / "work", quick=True, base_model=str(base), run=in_process,
     )  # fmt: skip
     assert facts["device"] == "CPU"
     assert [row.unit for row in rows] == ["tokens/s"] * 4
@@ -26,6 +33,12 @@ def test_the_gpu_check_rehearses_its_whole_path_on_the_cpu(tmp_path: Path, share
     text = render(facts, rows)
     assert "speedrun train, bfloat16" in text
     assert "peak: bfloat16 matmul peak measured here" in text
+
+
+def test_a_failing_command_raises_with_the_end_of_its_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"ml_playground train failed \(2\): .*no_such_experiment"):
+        cli(["train", "no_such_experiment"], tmp_path)
+    assert "shakespeare " in cli(["experiments"], tmp_path)
 
 
 def test_without_cuda_it_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
