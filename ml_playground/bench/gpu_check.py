@@ -209,7 +209,7 @@ def lora_rows(
         f"train.out_dir='{out_dir}'", f"train.device='{device}'", "train.dtype='bfloat16'",
         f"train.max_iters={steps}", "train.log_interval=1", "train.eval_at_start=false",
         f"train.eval_interval={steps}", "train.eval_max_tokens=256", f"train.checkpoint.interval={steps}",
-        "train.model.save_merged_on_best=false",
+        "train.model.save_merged_on_best=false", f"train.model.compile={'false' if quick else 'true'}",
     ]  # fmt: skip
     run(["train", LORA_EXPERIMENT, *sets(overrides), "--quiet", "--fresh"], work_dir)
     rate = logged_tokens_per_second(out_dir / "metrics.jsonl")
@@ -221,7 +221,7 @@ def lora_rows(
     generated, weights = generation_rate(model, tokens)
     name = Path(base).name
     return [
-        Row(f"LoRA train ({name}), bfloat16", rate, "tokens/s",
+        Row(f"LoRA train ({name}), bfloat16{'' if quick else ' + compiled layers'}", rate, "tokens/s",
             f"median of {steps - 1} steps; " + mfu_note(flops, peaks)),
         Row(f"LoRA model ({name}), generation (one stream, greedy)", generated, "tokens/s",
             f"{tokens} tokens; " + mbu_note(weights * generated, bandwidth)),
