@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ import torch
 from ml_playground.bench.harness import machine_info, render_machine
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import HfLoraModelConfig
+from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.families.base import InferenceModel, family_settings
@@ -272,7 +273,8 @@ def render(facts: dict[str, object], rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, run: Runner = cli) -> int:
+    """The command: prints the table and writes it to ``WORK_DIR/results.json``; 2 on a missing device or file."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a rehearsal of the same path)")
     parser.add_argument("--quick", action="store_true", help="a few steps and tokens: checks the script, not speed")
@@ -292,9 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     facts, rows = run_check(
         device=args.device, shakespeare=args.shakespeare, bundestag=args.bundestag, work_dir=args.work_dir.resolve(),
-        quick=args.quick, base_model=args.base_model,
+        quick=args.quick, base_model=args.base_model, run=run,
     )  # fmt: skip
     print(render(facts, rows))
+    results = args.work_dir / "results.json"
+    atomic_write_text(results, json.dumps({"machine": facts, "rows": [asdict(row) for row in rows]}, indent=2) + "\n")
+    print(f"\nwritten to {results}")
     return 0
 
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from ml_playground.bench.gpu_check import cli, datasheet, main, render, run_check
+from ml_playground.bench.gpu_check import cli, datasheet, main
 from ml_playground.cli import main as ml_playground
 from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
 
@@ -17,22 +18,28 @@ def in_process(args: Sequence[str], _: Path) -> None:
     assert ml_playground(list(args)) == 0
 
 
-def test_the_gpu_check_rehearses_its_whole_path_on_the_cpu(tmp_path: Path, shared_data: Path) -> None:
+def test_the_gpu_check_rehearses_its_whole_path_on_the_cpu(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bundestag = shared_data / "bundestag" / "19001.txt"
     base = build_tiny_causal_lm(tmp_path / "base", [bundestag.read_text("utf-8")[:20000]], architecture="llama")
-    facts, rows = run_check(
-        device="cpu", shakespeare=shared_data / "shakespeare" / "input.txt", bundestag=bundestag,
-        work_dir=tmp_path / "work", quick=True, base_model=str(base), run=in_process,
-    )  # fmt: skip
-    assert facts["device"] == "CPU"
-    assert [row.unit for row in rows] == ["tokens/s"] * 4
-    assert all(row.figure > 0 for row in rows)
-    assert ["MFU" in row.note for row in rows] == [True, False, True, False]
-    assert ["GB/s" in row.note for row in rows] == [False, True, False, True]
-    assert rows[2].name.startswith("LoRA train (base)")
-    text = render(facts, rows)
-    assert "speedrun train, bfloat16" in text
-    assert "peak: bfloat16 matmul peak measured here" in text
+    inputs = ["--shakespeare", str(shared_data / "shakespeare" / "input.txt"), "--bundestag", str(bundestag)]
+    work = tmp_path / "work"
+    argv = ["--device", "cpu", "--quick", "--base-model", str(base), "--work-dir", str(work), *inputs]
+    assert main(argv, run=in_process) == 0
+    printed = capsys.readouterr().out
+    assert "device: CPU" in printed
+    assert "peak: bfloat16 matmul peak measured here" in printed
+    saved = json.loads((work / "results.json").read_text("utf-8"))
+    rows = saved["rows"]
+    assert saved["machine"]["device"] == "CPU"
+    assert [row["unit"] for row in rows] == ["tokens/s"] * 4
+    assert all(row["figure"] > 0 for row in rows)
+    assert ["MFU" in row["note"] for row in rows] == [True, False, True, False]
+    assert ["GB/s" in row["note"] for row in rows] == [False, True, False, True]
+    assert rows[0]["name"] == "speedrun train, bfloat16"
+    assert rows[2]["name"] == "LoRA train (base), bfloat16"
+    assert all(row["name"] in printed for row in rows)
 
 
 def test_a_failing_command_raises_with_the_end_of_its_error(tmp_path: Path) -> None:
