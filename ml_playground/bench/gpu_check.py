@@ -273,7 +273,9 @@ def render(facts: dict[str, object], rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None, run: Runner = cli) -> int:
+def main(
+    argv: Sequence[str] | None = None, run: Runner = cli, has_cuda: Callable[[], bool] = torch.cuda.is_available
+) -> int:
     """The command: prints the table and writes it to ``WORK_DIR/results.json``; 2 on a missing device or file."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a rehearsal of the same path)")
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None, run: Runner = cli) -> int:
     parser.add_argument("--base-model", help="the LoRA base (default: the experiment's, the make models GGUF)")
     parser.add_argument("--work-dir", type=Path, default=Path("out/gpu_check"))
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not has_cuda():
         cuda = torch.version.cuda or "none"
         sys.stderr.write(f"error: gpu-check needs a CUDA device; none is available here (torch {torch.__version__}, "
                          f"CUDA build {cuda}); --device cpu --quick rehearses the script\n")  # fmt: skip

@@ -49,7 +49,7 @@ def test_a_failing_command_raises_with_the_end_of_its_error(tmp_path: Path) -> N
 
 
 def test_without_cuda_it_stops_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--work-dir", str(tmp_path)]) == 2
+    assert main(["--work-dir", str(tmp_path)], has_cuda=lambda: False) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: gpu-check needs a CUDA device")
     assert error.count("\n") == 1
