@@ -23,19 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ml_playground.bench.harness import machine_info, render_machine
+from ml_playground.bench.harness import BenchResult, machine_info, render_machine, render_table, write_results
+from ml_playground.bench.process_benchmarks import run_train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import HfLoraModelConfig
-from ml_playground.core.atomic import atomic_write_text
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.families.base import InferenceModel, family_settings
@@ -56,14 +54,6 @@ DATASHEET: tuple[tuple[str, float, float], ...] = (
     ("A10G", 70e12, 0.6e12),
     ("RTX 4090", 165e12, 1.01e12),
 )
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    figure: float
-    unit: str
-    note: str = ""
 
 
 def datasheet(device_name: str) -> tuple[float, float] | None:
@@ -93,19 +83,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-Runner = Callable[[Sequence[str], Path], object]
-"""(``ml_playground`` arguments, the folder to run in): runs the command, raises on failure."""
-
-
-def cli(args: Sequence[str], work_dir: Path) -> str:
-    """``ml_playground ARGS`` in a child process in ``work_dir`` (a fresh device context for each run); its
-    standard output. A failure raises with the end of its error output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args], cwd=work_dir, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"ml_playground {args[0]} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
-    return done.stdout
+Runner = Callable[[list[str], Path], object]
+"""(``train`` arguments, the folder to run in): trains, raises on failure. The bench's ``run_train`` (a child
+process, so each run gets a fresh device context) unless told otherwise."""
 
 
 def sets(overrides: Sequence[str]) -> list[str]:
@@ -156,8 +136,8 @@ def speedrun_rows(
     quick: bool,
     peaks: dict[str, float],
     bandwidth: float | None,
-    run: Runner = cli,
-) -> list[Row]:
+    run: Runner = run_train,
+) -> list[BenchResult]:
     dataset, out_dir = work_dir / "shakespeare", work_dir / "speedrun"
     overrides = [f"prepare.input_path='{shakespeare.resolve()}'", f"prepare.dataset_dir='{dataset}'"]
     prepare(load_config(SPEEDRUN_CONFIG, overrides).prepare)
@@ -168,7 +148,7 @@ def speedrun_rows(
     overrides += ["train.max_iters=12", "train.eval_interval=12", "train.eval_max_tokens=256"] if quick else []
     config_args = ["--config", str(SPEEDRUN_CONFIG)]
     started = time.perf_counter()
-    run(["train", "shakespeare", *config_args, *sets(overrides), "--quiet", "--fresh"], work_dir)
+    run(["shakespeare", *config_args, *sets(overrides)], work_dir)
     wall = time.perf_counter() - started
     rate = logged_tokens_per_second(out_dir / "metrics.jsonl")
     settings = load_config(SPEEDRUN_CONFIG, overrides).train.model
@@ -179,10 +159,10 @@ def speedrun_rows(
     tokens = 32 if quick else 500
     generated, weights = generation_rate(model, tokens)
     return [
-        Row(f"speedrun train, bfloat16{'' if quick else ' + compile'}", rate, "tokens/s",
-            f"{wall:.1f} s whole process; " + mfu_note(flops, peaks)),
-        Row("speedrun model, generation (one stream, greedy)", generated, "tokens/s",
-            f"{tokens} tokens; " + mbu_note(weights * generated, bandwidth)),
+        BenchResult(f"speedrun train, bfloat16{'' if quick else ' + compile'}", rate, "tokens/s",
+            note=f"{wall:.1f} s whole process; " + mfu_note(flops, peaks)),
+        BenchResult("speedrun model, generation (one stream, greedy)", generated, "tokens/s",
+            note=f"{tokens} tokens; " + mbu_note(weights * generated, bandwidth)),
     ]  # fmt: skip
 
 
@@ -194,8 +174,8 @@ def lora_rows(
     peaks: dict[str, float],
     bandwidth: float | None,
     base_model: str | None,
-    run: Runner = cli,
-) -> list[Row]:
+    run: Runner = run_train,
+) -> list[BenchResult]:
     dataset, out_dir = work_dir / "lora-dataset", work_dir / "lora"
     config = load_config(experiment_config_path(LORA_EXPERIMENT))
     overrides = [
@@ -212,7 +192,7 @@ def lora_rows(
         f"train.eval_interval={steps}", "train.eval_max_tokens=256", f"train.checkpoint.interval={steps}",
         "train.model.save_merged_on_best=false", f"train.model.compile={'false' if quick else 'true'}",
     ]  # fmt: skip
-    run(["train", LORA_EXPERIMENT, *sets(overrides), "--quiet", "--fresh"], work_dir)
+    run([LORA_EXPERIMENT, *sets(overrides)], work_dir)
     rate = logged_tokens_per_second(out_dir / "metrics.jsonl")
     model = last_checkpoint(experiment_config_path(LORA_EXPERIMENT), overrides)
     total = sum(p.numel() for p in model.module.parameters())
@@ -222,10 +202,10 @@ def lora_rows(
     generated, weights = generation_rate(model, tokens)
     name = Path(base).name
     return [
-        Row(f"LoRA train ({name}), bfloat16{'' if quick else ' + compiled layers'}", rate, "tokens/s",
-            f"median of {steps - 1} steps; " + mfu_note(flops, peaks)),
-        Row(f"LoRA model ({name}), generation (one stream, greedy)", generated, "tokens/s",
-            f"{tokens} tokens; " + mbu_note(weights * generated, bandwidth)),
+        BenchResult(f"LoRA train ({name}), bfloat16{'' if quick else ' + compiled layers'}", rate, "tokens/s",
+            note=f"median of {steps - 1} steps; " + mfu_note(flops, peaks)),
+        BenchResult(f"LoRA model ({name}), generation (one stream, greedy)", generated, "tokens/s",
+            note=f"{tokens} tokens; " + mbu_note(weights * generated, bandwidth)),
     ]  # fmt: skip
 
 
@@ -242,8 +222,8 @@ def run_check(
     work_dir: Path,
     quick: bool = False,
     base_model: str | None = None,
-    run: Runner = cli,
-) -> tuple[dict[str, object], list[Row]]:
+    run: Runner = run_train,
+) -> tuple[dict[str, object], list[BenchResult]]:
     """The machine facts and the rows: speedrun and LoRA, each trained (by ``run``: a child process unless told
     otherwise) then sampled, on ``device``."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -264,17 +244,16 @@ def run_check(
     return facts, rows
 
 
-def render(facts: dict[str, object], rows: Sequence[Row]) -> str:
+def render(facts: dict[str, object], rows: list[BenchResult]) -> str:
+    """The bench's machine block and table, with the device and its peaks between them."""
     gpu = ", ".join(f"{key} {facts[key]}" for key in ("cuda", "gpu_memory_gib") if key in facts)
     lines = [render_machine(facts), f"device: {facts['device']}" + (f" ({gpu})" if gpu else "")]
     lines += [f"{key}: {value}" for key, value in facts.items() if key.startswith("peak: ")] + [""]
-    width = max(len(row.name) for row in rows)
-    lines += [f"{row.name:<{width}}  {row.figure:>12,.1f} {row.unit}  {row.note}" for row in rows]
-    return "\n".join(lines)
+    return "\n".join([*lines, render_table(rows)])
 
 
 def main(
-    argv: Sequence[str] | None = None, run: Runner = cli, has_cuda: Callable[[], bool] = torch.cuda.is_available
+    argv: Sequence[str] | None = None, run: Runner = run_train, has_cuda: Callable[[], bool] = torch.cuda.is_available
 ) -> int:
     """The command: prints the table and writes it to ``WORK_DIR/results.json``; 2 on a missing device or file."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,7 +279,7 @@ def main(
     )  # fmt: skip
     print(render(facts, rows))
     results = args.work_dir / "results.json"
-    atomic_write_text(results, json.dumps({"machine": facts, "rows": [asdict(row) for row in rows]}, indent=2) + "\n")
+    write_results(rows, results, machine=facts)
     print(f"\nwritten to {results}")
     return 0
 
