@@ -35,10 +35,11 @@ class RowBatch(ABC):
         self.rows: list[BatchRow] = []  # row i of the family's cache is self.rows[i]
         self.next_handle = 0
 
-    def admits(self, prompt_tokens: int, params: SamplingParams) -> bool:
-        """Whether a stream can join: a free row, no guidance, its whole answer inside the context."""
+    def admits(self, prompt_tokens: int, params: SamplingParams, joining: int = 0) -> bool:
+        """Whether a stream can join: a free row (beside ``joining`` streams already taken to be prefilled with
+        it), no guidance, its whole answer inside the context."""
         return (
-            len(self.rows) < self.capacity
+            len(self.rows) + joining < self.capacity
             and params.use_kv_cache
             and not params.guided
             and prompt_tokens > 0

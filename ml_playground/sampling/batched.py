@@ -57,11 +57,7 @@ def decode_many(
 
     while pending or active:
         joining: list[int] = []  # prefilled together
-        while (
-            pending
-            and len(decoder) + len(joining) < rows
-            and decoder.admits(len(jobs[pending[0]][0]), jobs[pending[0]][1])
-        ):
+        while pending and decoder.admits(len(jobs[pending[0]][0]), jobs[pending[0]][1], joining=len(joining)):
             index = pending.popleft()
             if jobs[index][1].max_new_tokens <= 0:
                 done(index, ("", False))

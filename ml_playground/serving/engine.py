@@ -254,7 +254,9 @@ class Engine:
                 ended.add(job)
             elif job.text is None:
                 request = job.request
-                if self.batch is not None and self.batch.admits(len(request.prompt_ids), request.params):
+                if self.batch is not None and self.batch.admits(
+                    len(request.prompt_ids), request.params, joining=len(joining)
+                ):
                     joining.append(job)
                 elif self._start(job):
                     ended.add(job)

@@ -53,6 +53,7 @@ def test_the_batch_takes_what_fits_it() -> None:
     assert not decoder.admits(4, SamplingParams(max_new_tokens=13))  # the window would have to slide
     assert not decoder.admits(0, SamplingParams(max_new_tokens=2))
     assert not decoder.admits(4, SamplingParams(max_new_tokens=2, use_kv_cache=False))
+    assert not decoder.admits(4, SamplingParams(max_new_tokens=2), joining=1)  # its one row is taken by another
     decoder.add([1, 2, 3, 4], SamplingParams(max_new_tokens=12))
     assert not decoder.admits(4, SamplingParams(max_new_tokens=2))  # no free row
     assert decoder.step().keys() == {0}
