@@ -44,8 +44,9 @@ ChatMessages = Sequence[Mapping[str, str]]
 class BatchDecoder(Protocol):
     """Streams decoded together, one forward pass per step (continuous batching in ``serve``)."""
 
-    def admits(self, prompt_tokens: int, params: SamplingParams) -> bool:
-        """Whether a stream with this prompt length and these settings can join now."""
+    def admits(self, prompt_tokens: int, params: SamplingParams, joining: int = 0) -> bool:
+        """Whether a stream with this prompt length and these settings can join now, beside ``joining`` streams
+        already taken to be prefilled with it."""
         ...
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
