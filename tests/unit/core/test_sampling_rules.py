@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, draw, next_token, penalize_repeats
+from ml_playground.core.sampling_rules import (
+    SamplingParams,
+    TokenSampler,
+    draw,
+    draw_among_top_k,
+    filter_logits,
+    next_token,
+    penalize_repeats,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +68,62 @@ def test_a_penalized_stream_leaves_the_token_it_drew_and_counts_only_its_own_tok
     # 3.0 / 1.2 = 2.5 < 2.8, so 1 comes next; then 2.8 / 1.2 = 2.33 < 2.5: a token is penalized once, however
     # often it was drawn (as CTRL, Hugging Face and llama.cpp do)
     assert greedy(1.2) == [0, 1, 0]
+
+
+def sorted_nucleus(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
+    """The top-k and top-p filter written plainly: the whole vocabulary sorted (the reference)."""
+    if top_k is not None and top_k < logits.size(-1):
+        logits = logits.masked_fill(logits < torch.topk(logits, top_k).values[:, -1:], float("-inf"))
+    ordered, order = torch.sort(logits, descending=True)
+    probs = torch.softmax(ordered, dim=-1)
+    dropped = (probs.cumsum(dim=-1) - probs) >= top_p
+    return logits.masked_fill(dropped.scatter(-1, order, dropped), float("-inf"))
+
+
+@pytest.mark.parametrize(
+    ("scale", "top_k", "top_p"),
+    [
+        (4.0, None, 0.9),  # peaked: the nucleus is among the first candidates
+        (0.05, None, 0.9),  # nearly flat: the nucleus takes most of the vocabulary, found after several rounds
+        (4.0, 50, 0.95),  # top-k first: the nucleus among the k
+        (0.05, 50, 0.5),
+        (1.0, 700, 0.99),
+    ],
+)
+def test_the_nucleus_is_the_one_of_the_sorted_vocabulary(scale: float, top_k: int | None, top_p: float) -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5000, generator=generator) * scale
+    kept = torch.isfinite(filter_logits(logits, top_k, top_p))
+    expected = torch.isfinite(sorted_nucleus(logits, top_k, top_p))
+    assert torch.equal(kept, expected)
+    assert int(kept.sum(dim=-1).min()) >= 1
+
+
+def test_ties_at_the_k_th_logit_keep_every_tied_token_in_the_nucleus() -> None:
+    logits = torch.tensor([[5.0, 1.0, 1.0, 1.0, -2.0]])  # top-2 keeps the three tied at 1.0
+    assert torch.isfinite(filter_logits(logits, top_k=2, top_p=1.0)).sum() == 4
+    kept = torch.isfinite(filter_logits(logits, top_k=2, top_p=0.99))
+    assert torch.equal(kept, torch.isfinite(sorted_nucleus(logits, 2, 0.99)))
+    assert kept.tolist() == [[True, True, True, True, False]]
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(50, None), (50, 0.9), (3, 0.5), (400, 0.99)])
+def test_a_draw_among_the_top_k_is_the_whole_vocabulary_draw(top_k: int, top_p: float | None) -> None:
+    logits = torch.randn(4, 3000, generator=torch.Generator().manual_seed(5)) * 2
+    among, whole = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for _ in range(300):
+        fast = draw_among_top_k(logits, top_k, top_p, among)
+        assert fast is not None
+        slow = draw(torch.softmax(filter_logits(logits, top_k, top_p), dim=-1), whole)
+        assert torch.equal(fast, slow)
+
+
+def test_no_top_k_or_a_tie_at_the_k_th_takes_the_whole_vocabulary() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0, -2.0]])
+    assert draw_among_top_k(logits, None, 0.9, generator) is None
+    assert draw_among_top_k(logits, 5, None, generator) is None  # k is the whole vocabulary
+    assert draw_among_top_k(logits, 2, None, generator) is None  # the 2nd and 3rd tie: the filter keeps both
+    params = SamplingParams(max_new_tokens=1, top_k=2, seed=0)
+    drawn = {int(next_token(logits, params, generator)) for _ in range(300)}
+    assert drawn == {0, 1, 2, 3}  # the tied ones are drawn too
