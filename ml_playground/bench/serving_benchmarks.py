@@ -56,14 +56,19 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     return inference_model(gpt, tokenizer, torch.device("cpu"))
 
 
+def bench_config() -> ExperimentConfig:
+    """The settings the bench model is served with: the defaults (its sampling too)."""
+    return ExperimentConfig(
+        prepare=PrepareConfig(input_path="-", dataset_dir=Path("-")), train=TrainConfig(out_dir=Path("-"))
+    )
+
+
 def bench_served(sizes: BenchSizes, clients: int) -> Served:  # pragma: no cover (runs in the server's process)
     """The bench model behind the server, its engine decoding on the thread that built it (``run_served``)."""
     model = bench_model(sizes)
-    config = ExperimentConfig(
-        prepare=PrepareConfig(input_path="-", dataset_dir=Path("-")),
-        train=TrainConfig(out_dir=Path("-")),
+    return Served(
+        "bench", bench_config(), model, Engine(model, max_concurrent=clients, queue_size=clients, own_thread=False)
     )
-    return Served("bench", config, model, Engine(model, max_concurrent=clients, queue_size=clients, own_thread=False))
 
 
 @dataclass
@@ -110,11 +115,26 @@ def client_pool(clients: int) -> ProcessPoolExecutor:
     return pool
 
 
-def one_stream(model: InferenceModel, prompt: list[int], tokens: int) -> float:
-    """The peer: tokens/s of one stream decoded in this process as ``sample`` does it (at most ``tokens``, at
-    temperature 1; a pretrained model may end sooner, so the tokens of the text are what is counted)."""
+def served_params(config: ExperimentConfig, tokens: int) -> SamplingParams:
+    """What the server samples a bench client's request with: the clients ask for temperature 1 and set nothing
+    else, so top-k, top-p and the repetition penalty are the served config's (``serving/app.py:_params``)."""
+    sc = config.sample
+    return SamplingParams(
+        max_new_tokens=tokens,
+        temperature=1.0,
+        top_k=sc.top_k,
+        top_p=sc.top_p,
+        repetition_penalty=sc.repetition_penalty,
+        seed=1,
+    )
+
+
+def one_stream(model: InferenceModel, prompt: list[int], params: SamplingParams) -> float:
+    """The peer: tokens/s of one stream decoded in this process as ``sample`` does it, with the settings the server
+    applies to the clients' requests (a pretrained model may end before ``max_new_tokens``, so the tokens of the
+    text are what is counted)."""
     started = time.perf_counter()
-    text = stream_decode(model, prompt, SamplingParams(max_new_tokens=tokens, temperature=1.0, seed=1), lambda _: None)
+    text = stream_decode(model, prompt, params, lambda _: None)
     return len(model.tokenizer.encode(text)) / (time.perf_counter() - started)
 
 
@@ -124,7 +144,7 @@ def serving(sizes: BenchSizes) -> list[BenchResult]:
     tokens = min(200, sizes.sample_new_tokens)
     prompt = model.tokenizer.encode("ROMEO:")
 
-    in_process = partial(one_stream, model, prompt, tokens)
+    in_process = partial(one_stream, model, prompt, served_params(bench_config(), tokens))
 
     results = []
     with serving_process(partial(bench_served, sizes, max(sizes.serve_clients))) as url:
@@ -225,7 +245,7 @@ def pretrained_serving(
     shape = f"{sum(p.numel() for p in model.module.parameters()) / 1e6:.0f}M parameters, float32"
     note = f"{Path(settings.base_model).name} ({shape}), {tokens} tokens a client, temperature 1"
 
-    in_process = partial(one_stream, model, prompt, tokens)
+    in_process = partial(one_stream, model, prompt, served_params(config, tokens))
 
     results: list[BenchResult] = []
     ours: dict[int, ClientRun] = {}
