@@ -7,10 +7,13 @@ prefilled and join between steps; streams that arrive together are prefilled in 
 (``add_many``), left-padded to the longest. The shorter side is padded on the left. A stream leaves at
 once (its row is dropped from every layer), and columns that are padding for every remaining row are
 cut off the front, so the cache spans the oldest active stream, not the server's lifetime.
-(``DynamicLayer`` copies its cache at every step to add a column; a buffer with room to grow was tried
-twice and gave nothing measurable for SmolLM2-135M: 8 rows, 128 steps, 103-106 against 106-111
-tokens/s, and on 2026-12-06 with packed products 119-132 against 121-123, although the 60 copies
-alone take 7.3 ms at 148 columns against 0.4 ms written in place.)
+
+``DynamicLayer`` copies its whole cache at every step to add a column (``torch.cat``). The batch's layers
+are ``GrowingLayer``s instead: views into buffers with room for ``ROOM`` more columns, into which a step
+writes its column. Attention then reads a strided view, which costs part of what the copy did, so the gain
+is small: 8 rows of SmolLM2-135M, 127 steps, three alternating pairs on the bench's Xeon: 141.7-143.3
+tokens/s against 137.4-141.0, the same tokens. (Two earlier tries, on 2026-12-05 and 12-06, measured
+nothing beside the box's noise.)
 
 The step's products run through ``core/packed_products.py``: each weight packed once for the batch's
 band of rows, where this machine measured that faster (8 rows of SmolLM2-135M: products 39-42 -> 32 ms
@@ -29,6 +32,7 @@ base model's context length) and that use no guidance; others keep the one-strea
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -49,14 +53,69 @@ def _pad_left(tensor: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
+ROOM = 64  # columns a growing layer's buffers hold beyond what it has: a new buffer every 64 steps at most
+
+
 def _full_attention_layers(cache: Any) -> list[Any]:
-    """The cache's layers if each is a plain full-attention ``DynamicLayer``; else an empty list."""
+    """The cache's layers if each is a plain full-attention ``DynamicLayer`` (or our growing one); else []."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     if type(cache) is not DynamicCache:
         return []
     layers = list(cache.layers)
-    return layers if all(type(layer) is DynamicLayer for layer in layers) else []
+    return layers if all(type(layer) in (DynamicLayer, _growing_layer_class()) for layer in layers) else []
+
+
+@functools.cache
+def _growing_layer_class() -> type[Any]:
+    """``GrowingLayer``, made at first use: ``transformers`` is imported only when a Hugging Face model is."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers' class hook is untyped
+        """A ``DynamicLayer`` whose keys and values are views into buffers with room to grow: ``update`` writes the
+        new columns in place. Keys or values set from outside (the batch adding or dropping rows) are not views of
+        the buffers any more, so the next ``update`` copies them into new ones."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+            super().__init__()  # type: ignore[no-untyped-call]
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+            self.keys, self.values = keys, values
+            self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def _held(self) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = self.keys, self.values
+            assert keys is not None and values is not None
+            return keys, values
+
+        def _holds(self, columns: int) -> bool:
+            if self.buffers is None:
+                return False
+            return all(
+                view.data_ptr() == buffer.data_ptr()
+                and view.shape[:2] == buffer.shape[:2]
+                and view.stride() == buffer.stride()
+                and buffer.size(-2) >= columns
+                for view, buffer in zip(self._held(), self.buffers, strict=True)
+            )
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            held = self._held()
+            length = held[0].size(-2)
+            end = length + key_states.size(-2)
+            if self.buffers is None or not self._holds(end):
+                made = [old.new_empty((*old.shape[:2], end + ROOM, old.size(-1))) for old in held]
+                for buffer, old in zip(made, held, strict=True):
+                    buffer[:, :, :length] = old
+                self.buffers = (made[0], made[1])
+            keys, values = self.buffers
+            keys[:, :, length:end] = key_states
+            values[:, :, length:end] = value_states
+            self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+            return keys[:, :, :end], values[:, :, :end]
+
+    return GrowingLayer
 
 
 class HfBatchedDecoder(RowBatch):
@@ -107,6 +166,8 @@ class HfBatchedDecoder(RowBatch):
         logits = output.logits[:, -1, :].float()
         if not self.rows:
             self.past, self.mask = output.past_key_values, row_mask
+            growing = _growing_layer_class()
+            self.past.layers = [growing(layer.keys, layer.values) for layer in _full_attention_layers(self.past)]
         else:
             width = max(self.mask.size(1), row_mask.size(1))
             grow, pad = width - self.mask.size(1), width - row_mask.size(1)  # columns before the old rows, the new

@@ -151,3 +151,24 @@ def test_streams_prefilled_together_get_the_logits_of_their_own_sequences(lm: nn
     for _ in range(6):
         step_against_alone(decoder, lm, sequences)
     assert sorted(sequences) == [0, 1, 2, 3]
+
+
+def test_a_step_writes_its_column_in_place_until_rows_join_or_leave(lm: nn.Module) -> None:
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: False)
+    greedy = SamplingParams(max_new_tokens=40, temperature=0.0)
+    sequences: dict[int, list[int]] = {}
+    for prompt in ([5, 6, 7], [8, 9]):
+        handle, first = decoder.add(prompt, greedy)
+        sequences[handle] = [*prompt, first]
+    step_against_alone(decoder, lm, sequences)  # the first step copies the prefilled cache into buffers with room
+    layer = decoder.past.layers[0]
+    storage = layer.keys.data_ptr()
+    for _ in range(4):
+        step_against_alone(decoder, lm, sequences)
+        assert layer.keys.size(-2) == len(sequences[0]) - 1
+        assert layer.keys.data_ptr() == storage  # the cache was not copied
+    decoder.remove(0)  # rows set from outside: copied into new buffers at the next step
+    del sequences[0]
+    step_against_alone(decoder, lm, sequences)
+    assert decoder.past.layers[0].keys.size(0) == 1
+    assert decoder.past.layers[0].keys.data_ptr() != storage
