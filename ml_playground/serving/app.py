@@ -16,7 +16,7 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -564,23 +564,6 @@ def create_app(served: Served) -> FastAPI:
         traceback.print_exception(exc, file=sys.stderr)
         return error_response(500, f"internal error ({type(exc).__name__}); see the server's log")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """The API key (all but /health and the page), then the request's status counted by endpoint."""
-        path = request.url.path
-        response: Response
-        if served.api_key is not None and path not in OPEN_PATHS:
-            sent = request.headers.get("authorization", "")
-            if not secrets.compare_digest(sent.encode(), f"Bearer {served.api_key}".encode()):
-                message = "missing or wrong API key: send it as 'Authorization: Bearer KEY'"
-                response = error_response(401, message, kind="authentication_error")
-                served.metrics.requests.labels(path, "401").inc()
-                return response
-        response = await call_next(request)
-        endpoint = path if path in KNOWN_PATHS else "other"
-        served.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
-
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(served.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -668,7 +651,7 @@ def create_app(served: Served) -> FastAPI:
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
         return await respond(body, chat_request(served, body), request, chat=True)
 
-    return BodyLimit(app, served.config.serve.max_body_bytes, served.metrics)  # type: ignore[return-value]
+    return BodyLimit(Guard(app, served), served.config.serve.max_body_bytes, served.metrics)  # type: ignore[return-value]
 
 
 OPEN_PATHS = frozenset({"/health", "/"})
@@ -686,6 +669,43 @@ KNOWN_PATHS = frozenset(
         "/tokenizer_info",
     }
 )
+
+
+class Guard:
+    """The API key (all but /health and the page), then each request's status counted by endpoint.
+
+    Plain ASGI around the app, so a streamed answer's chunks pass straight through. As a Starlette
+    ``@app.middleware("http")`` it sent each chunk through a stream of its own, with a task switch on the
+    event loop's thread, which holds the interpreter lock the decoding thread needs: with 8 clients of
+    the GPT bench model the web thread was busy for a fifth of its samples, and the decoding thread
+    spent 11% of its time waiting for the lock after waking it."""
+
+    def __init__(self, app: Any, served: Served) -> None:
+        self.app = app
+        self.served = served
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        requests = self.served.metrics.requests
+        key = self.served.api_key
+        if key is not None and path not in OPEN_PATHS:
+            sent = next((value for name, value in scope.get("headers", []) if name == b"authorization"), b"")
+            if not secrets.compare_digest(sent, f"Bearer {key}".encode()):
+                message = "missing or wrong API key: send it as 'Authorization: Bearer KEY'"
+                requests.labels(path, "401").inc()
+                await error_response(401, message, kind="authentication_error")(scope, receive, send)
+                return
+        endpoint = path if path in KNOWN_PATHS else "other"
+
+        async def counted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 class BodyLimit:
