@@ -11,7 +11,7 @@ cut off the front, so the cache spans the oldest active stream, not the server's
 ``DynamicLayer`` copies its whole cache at every step to add a column (``torch.cat``). The batch's layers
 are ``GrowingLayer``s instead: views into buffers with room for ``ROOM`` more columns, into which a step
 writes its column. Attention then reads a strided view, which costs part of what the copy did, so the gain
-is small: 8 rows of SmolLM2-135M, 127 steps, three alternating pairs on the bench's Xeon: 141.7-143.3
+is small: 8 rows of SmolLM2-135M, 127 steps, three alternating pairs on the bench's Xeon: 141.7-146.6
 tokens/s against 137.4-141.0, the same tokens. (Two earlier tries, on 2026-12-05 and 12-06, measured
 nothing beside the box's noise.)
 
@@ -84,7 +84,8 @@ def _growing_layer_class() -> type[Any]:
 
         def _held(self) -> tuple[torch.Tensor, torch.Tensor]:
             keys, values = self.keys, self.values
-            assert keys is not None and values is not None
+            assert keys is not None
+            assert values is not None
             return keys, values
 
         def _holds(self, columns: int) -> bool:
