@@ -47,21 +47,12 @@ NUCLEUS_START = 64  # candidates the top-p nucleus is first looked for among (fo
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Mask (to -inf) all but the top-k tokens and outside the top-p nucleus; (B, V) -> (B, V)."""
-    nucleus = top_p is not None and top_p < 1.0
+    """Mask (to -inf) all but the top-k tokens and outside the top-p nucleus; (B, V) -> (B, V).
+    ``next_token`` draws among the top k without it where it can (``draw_among_top_k``)."""
     if top_k is not None and top_k < logits.size(-1):
-        top = torch.topk(logits, top_k, dim=-1)
-        logits = logits.masked_fill(logits < top.values[:, -1:], float("-inf"))
-        if nucleus and int(torch.isfinite(logits).sum(dim=-1).max()) == top_k:  # no ties at the k-th: the top
-            # k are every candidate, in order; the nucleus is found among them (their softmax is the masked one's)
-            assert top_p is not None
-            probs = torch.softmax(top.values.float(), dim=-1)
-            dropped = (probs.cumsum(dim=-1) - probs) >= top_p
-            return logits.masked_fill(
-                torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top.indices, dropped), float("-inf")
-            )
-    if nucleus:
-        assert top_p is not None
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
         logits = logits.masked_fill(outside_nucleus(logits, top_p, top_k or NUCLEUS_START), float("-inf"))
     return logits
 
