@@ -38,8 +38,9 @@ from ml_playground.families.gpt.family import inference_model
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.sampling.runner import load_model, stream_decode
-from ml_playground.serving.app import Served
+from ml_playground.serving.app import Served, request_params
 from ml_playground.serving.engine import Engine
+from ml_playground.serving.schemas import GenerationFields
 from ml_playground.serving.server import build_served, serving_process
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n"
@@ -116,17 +117,9 @@ def client_pool(clients: int) -> ProcessPoolExecutor:
 
 
 def served_params(config: ExperimentConfig, tokens: int) -> SamplingParams:
-    """What the server samples a bench client's request with: the clients ask for temperature 1 and set nothing
-    else, so top-k, top-p and the repetition penalty are the served config's (``serving/app.py:_params``)."""
-    sc = config.sample
-    return SamplingParams(
-        max_new_tokens=tokens,
-        temperature=1.0,
-        top_k=sc.top_k,
-        top_p=sc.top_p,
-        repetition_penalty=sc.repetition_penalty,
-        seed=1,
-    )
+    """What the server samples a bench client's request with (``serving/app.py:request_params``): the clients
+    ask for temperature 1 and a seed and set nothing else, so the rest is the served config's."""
+    return request_params(config.sample, GenerationFields(temperature=1.0, seed=1), tokens)
 
 
 def one_stream(model: InferenceModel, prompt: list[int], params: SamplingParams) -> float:

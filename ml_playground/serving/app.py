@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ml_playground.configuration.models import ExperimentConfig
+from ml_playground.configuration.models import ExperimentConfig, SampleConfig
 from ml_playground.core.errors import UserError
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.families.base import InferenceModel
@@ -159,9 +159,9 @@ def _encode(served: Served, text: str, param: str, echo: bool = False) -> list[i
     return ids
 
 
-def guidance(served: Served, fields: GenerationFields) -> float:
+def guidance(sc: SampleConfig, fields: GenerationFields) -> float:
     """The request's party guidance weight, or the experiment's ``sample.guidance``."""
-    return served.config.sample.guidance if fields.guidance is None else fields.guidance
+    return sc.guidance if fields.guidance is None else fields.guidance
 
 
 def _params(
@@ -171,9 +171,20 @@ def _params(
     keep_prefix: int = 0,
     contrast: tuple[ContrastPrompt, ...] = (),
 ) -> SamplingParams:
-    sc = served.config.sample
+    return request_params(served.config.sample, fields, max_tokens, keep_prefix, contrast)
+
+
+def request_params(
+    sc: SampleConfig,
+    fields: GenerationFields,
+    max_tokens: int,
+    keep_prefix: int = 0,
+    contrast: tuple[ContrastPrompt, ...] = (),
+) -> SamplingParams:
+    """What a request samples with: each setting it gives, the experiment's ``[sample]`` value for each it leaves
+    out (a fresh random seed where neither gives one)."""
     return SamplingParams(
-        guidance=guidance(served, fields),
+        guidance=guidance(sc, fields),
         contrast=contrast,
         max_new_tokens=max_tokens,
         temperature=sc.temperature if fields.temperature is None else fields.temperature,
@@ -209,7 +220,7 @@ def completion_request(
             header, keep_prefix = header_in_view(served.model.tokenizer, body.conditions, served.conditions)
         except UserError as exc:
             raise _refused(exc) from None
-        if guidance(served, body) > 0:
+        if guidance(served.config.sample, body) > 0:
             parties = list(served.conditions.get("parties", {}))
             contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
         text = header + text.strip()
