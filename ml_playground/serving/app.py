@@ -682,6 +682,11 @@ KNOWN_PATHS = frozenset(
 )
 
 
+def endpoint_label(path: str) -> str:
+    """The metrics' label for a request's path: the path where the server knows it, else "other"."""
+    return path if path in KNOWN_PATHS else "other"
+
+
 class Guard:
     """The API key (all but /health and the page), then each request's status counted by endpoint.
 
@@ -709,7 +714,7 @@ class Guard:
                 requests.labels(path, "401").inc()
                 await error_response(401, message, kind="authentication_error")(scope, receive, send)
                 return
-        endpoint = path if path in KNOWN_PATHS else "other"
+        endpoint = endpoint_label(path)
 
         async def counted(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -776,6 +781,6 @@ class BodyLimit:
                 break
             left -= len(message.get("body", b""))
         path = scope.get("path", "")
-        self.metrics.requests.labels(path if path in KNOWN_PATHS else "other", "413").inc()
+        self.metrics.requests.labels(endpoint_label(path), "413").inc()
         response = error_response(413, f"the request body is over this server's limit of {self.limit:,} bytes")
         await response(scope, receive, send)
