@@ -18,6 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
+from ml_playground.families.gpt.family import decode_blocks
 from ml_playground.families.gpt.generation import generate
 from ml_playground.families.gpt.gguf import write_gguf
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
@@ -65,7 +66,8 @@ def ours_model(
     torch.manual_seed(0)
     model = GPT(GPTConfig(sizes.vocab_size, block_size, n_layer, n_head, n_embd))
     workload = Workload(n_embd, 1 if decoding else sizes.batch_size * block_size, training=not decoding)
-    return model.use_linear_kernel(kernel or pick_linear_kernel("auto", torch.device("cpu"), workload))
+    model.use_linear_kernel(kernel or pick_linear_kernel("auto", torch.device("cpu"), workload))
+    return model.use_decode_blocks(decode_blocks(model, "auto" if kernel is None else kernel)) if decoding else model
 
 
 def hf_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_size: int) -> GPT2LMHeadModel:

@@ -34,7 +34,7 @@ from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.base import InferenceModel, family_settings
-from ml_playground.families.gpt.family import inference_model
+from ml_playground.families.gpt.family import decode_blocks, inference_model
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.sampling.runner import load_model, stream_decode
@@ -54,6 +54,7 @@ def bench_model(sizes: BenchSizes) -> InferenceModel:
     config = GPTConfig(tokenizer.vocab_size, sizes.sample_block_size, n_layer, n_head, n_embd)
     decoding = Workload(config.n_embd, rows=1, training=False)
     gpt = GPT(config).use_linear_kernel(pick_linear_kernel("auto", torch.device("cpu"), decoding)).eval()
+    gpt.use_decode_blocks(decode_blocks(gpt, "auto"))
     return inference_model(gpt, tokenizer, torch.device("cpu"))
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.packed_products import Chooser, PackedProducts
 from ml_playground.core.sampling_rules import SamplingParams
-from ml_playground.families.gpt.decode import DecodeStep
+from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
 from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
 
 
@@ -41,9 +41,7 @@ class BatchedDecoder(RowBatch):
         super().__init__(rows, model.config.block_size)
         self.model = model
         self.step_weights = DecodeStep(model)
-        blocks = self.step_weights.blocks
-        matrices = [w for b in blocks for w, _ in (b.qkv, b.proj, b.fc, b.mlp_proj)] + [self.step_weights.head]
-        self.products = PackedProducts(matrices, rows, plain=self.step_weights.product, choose=pack)
+        self.products = PackedProducts(decode_matrices(model), rows, plain=self.step_weights.product, choose=pack)
         self.products.prepare()
         config = model.config
         self.n_head = config.n_head

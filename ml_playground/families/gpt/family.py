@@ -18,6 +18,7 @@ from ml_playground.configuration.models import ExperimentConfig, GptModelConfig
 from ml_playground.core.console import say
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError, ConfigError, DataError
+from ml_playground.core.row_products import measured_blocks
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import load_tokenizer
 from ml_playground.core.tokenizer_protocol import Tokenizer
@@ -27,6 +28,7 @@ from ml_playground.data_pipeline.meta import TOKENIZER_DIR
 from ml_playground.export.request import ExportRequest, ExportResult
 from ml_playground.families.base import BuildContext, InferenceModel, TrainingSetup, family_settings
 from ml_playground.families.gpt.batched import BatchedDecoder
+from ml_playground.families.gpt.decode import decode_matrices, kernel_product
 from ml_playground.families.gpt.generation import generate, generate_stream
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
 from ml_playground.families.gpt.kernels import LinearKernelSetting
@@ -110,7 +112,16 @@ def model_from_checkpoint(
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the model ({str(exc).splitlines()[0]})", path=loaded.path) from None
     decoding = Workload(model.config.n_embd, rows=1, training=False)  # what sample, chat and serve run
-    return model.to(device).use_linear_kernel(pick_linear_kernel(linear_kernel, device, decoding)).eval()
+    model = model.to(device).use_linear_kernel(pick_linear_kernel(linear_kernel, device, decoding)).eval()
+    return model.use_decode_blocks(decode_blocks(model, linear_kernel))
+
+
+def decode_blocks(model: GPT, linear_kernel: LinearKernelSetting) -> int:
+    """Row blocks for one-row decoding products (``core/row_products.py``): measured where the kernel is
+    ``auto`` on a CPU, else 1 (the plain product of the kernel asked for)."""
+    if linear_kernel != "auto" or model.lm_head.weight.device.type != "cpu":
+        return 1
+    return measured_blocks(decode_matrices(model), kernel_product(model))
 
 
 def text_generator(model: GPT, tokenizer: Tokenizer) -> Callable[[str, SamplingParams], str]:

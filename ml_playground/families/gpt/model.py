@@ -212,6 +212,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.decode_blocks = 1  # one-row decoding products in this many row blocks (core/row_products.py)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
         # one row per token that can follow the marker, plus a zero row for "no condition"
@@ -241,6 +242,12 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.kernel = kernel
+        return self
+
+    def use_decode_blocks(self, blocks: int) -> GPT:
+        """Multiply one row by each weight in ``blocks`` row blocks when decoding one stream (``decode.py``;
+        1: the plain product); returns the model."""
+        self.decode_blocks = blocks
         return self
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:

@@ -1,0 +1,116 @@
+"""One row times a weight, the product of every decoding step of one stream: plain, or in row blocks.
+
+Decoding one token multiplies one row by every weight of the model, so a step is bound by how fast the
+weights stream from memory. PyTorch sends that product to MKL's matrix-vector path. Measured on a
+2-core AMD EPYC (AVX-512, no AMX; 2026-12-07) over the 41 MiB of float32 weights of the bench's 6-layer
+384-wide model, cycled as a decoding step reads them: ``F.linear`` streamed them at 10-11 GB/s with
+one thread or two, while a plain sum over the same tensors reads at 33-37 GB/s and llama.cpp decodes
+the same weights at about 35. The same products with each weight viewed as ``k`` blocks of rows and run
+as one batched product (``torch.bmm`` of ``(k, out/k, in)`` by the row, ``k`` of 2, 4 or 8) streamed
+them at 33-42 GB/s (27 with one thread). Which way wins depends on the CPU and its libraries (on an
+Intel Xeon MKL's own path is fast), so it is measured once per machine on the model's own weights and
+kept (``row_products_v1.json``, keyed by CPU, PyTorch, threads and the weights' shapes).
+
+Blocks compute the same dot products with the sums in another order: results agree with ``F.linear``
+to float rounding, not bit for bit. ``blocks = 1`` is the plain product.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ml_playground.core.machine import cpu_facts
+from ml_playground.core.measured_choice import alternating_medians, cached_choice
+
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # F.linear's signature
+
+CANDIDATES = (2, 4, 8)  # blocks of rows tried besides the plain product
+MARGIN = 1.1  # blocks must be this much faster to be chosen, so a near tie stays plain
+CACHE_FILE = "row_products_v1.json"
+
+
+def eligible(weight: torch.Tensor) -> bool:
+    """A float32 CPU matrix: where the choice was measured."""
+    return weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+
+
+def in_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
+    """``F.linear`` of one row ``x`` (..., in) as ``blocks`` row blocks of ``weight`` in one batched product."""
+    out, width = weight.shape
+    return blocked(x, weight.view(blocks, out // blocks, width), bias)
+
+
+def blocked(x: torch.Tensor, stacked: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One row ``x`` (..., in) times a weight viewed as ``stacked`` row blocks (blocks, out/blocks, in)."""
+    blocks, rows, width = stacked.shape
+    # The row as a (width, 1) column of every block whose elements lie one apart in its transposed layout:
+    # with the column laid out plainly instead, ``bmm`` took a path 6x slower on the AMD EPYC above.
+    column = x.contiguous().as_strided((blocks, width, 1), (0, 1, width))
+    product = torch.bmm(stacked, column) if bias is None else torch.baddbmm(bias.view(blocks, rows, 1), stacked, column)
+    return product.view(*x.shape[:-1], blocks * rows)
+
+
+def shapes_key(weights: Iterable[torch.Tensor]) -> str:
+    shapes = sorted(tuple(w.shape) for w in weights)
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+
+
+def measure(weights: list[torch.Tensor], plain: Product = F.linear, repeats: int = 7) -> dict[str, float]:
+    """Median seconds of one round over ``weights`` (one row each, as a decoding step reads them), plain and in
+    each number of blocks (a weight whose rows do not split evenly takes the plain product in that round)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = {w.shape[1]: torch.randn(1, w.shape[1], generator=generator) for w in weights}
+
+    def run(blocks: int) -> Callable[[], None]:
+        def one_round() -> None:
+            for w in weights:
+                x = inputs[w.shape[1]]
+                if blocks > 1 and w.shape[0] % blocks == 0:
+                    in_blocks(x, w, None, blocks)
+                else:
+                    plain(x, w, None)
+
+        return one_round
+
+    with torch.inference_mode():
+        return alternating_medians({str(blocks): run(blocks) for blocks in (1, *CANDIDATES)}, repeats)
+
+
+def decide(seconds: Mapping[str, float]) -> str:
+    """The fastest number of blocks if it beats the plain product by ``MARGIN``, else ``"1"``."""
+    best = min(CANDIDATES, key=lambda blocks: seconds[str(blocks)])
+    return str(best) if seconds["1"] >= MARGIN * seconds[str(best)] else "1"
+
+
+def measured_blocks(weights: Iterable[torch.Tensor], plain: Product = F.linear, cache_dir: Path | None = None) -> int:
+    """How many row blocks this machine multiplies one row by these weights fastest in (1: plain), measured
+    once per machine, PyTorch, threads and shapes, then read from the cache."""
+    usable = [w.detach() for w in weights if eligible(w)]
+    if not usable:
+        return 1
+    cpu, _ = cpu_facts()
+    key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes_key(usable)} | 1 row"
+    choices = tuple(str(blocks) for blocks in (1, *CANDIDATES))
+    return int(cached_choice(CACHE_FILE, key, choices, lambda: measure(usable, plain), decide, cache_dir))
+
+
+class RowProducts:
+    """``F.linear`` where one row is multiplied by one of ``weights``, in ``blocks`` row blocks; any other
+    product (more rows, another weight, another dtype, under autocast) is ``plain``'s."""
+
+    def __init__(self, weights: Iterable[torch.Tensor], blocks: int, plain: Product = F.linear) -> None:
+        self.blocks = blocks
+        self.plain = plain
+        usable = [w for w in weights if eligible(w) and w.shape[0] % blocks == 0] if blocks > 1 else []
+        self.weights = {id(w): w.view(blocks, w.shape[0] // blocks, w.shape[1]) for w in usable}  # views: in step
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        stacked = self.weights.get(id(weight))
+        if stacked is None or x.numel() != x.shape[-1] or x.dtype != weight.dtype or torch.is_autocast_enabled("cpu"):
+            return self.plain(x, weight, bias)
+        return blocked(x, stacked, bias)
