@@ -36,7 +36,7 @@ class BatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one GPT decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(self, model: GPT, rows: int, pack: Chooser | None = None) -> None:
-        """``pack``: whether to pack the weights for a band of rows (``core/packed_products.py``); default:
+        """``pack``: how to run the products of a band of rows, plain or packed (``core/packed_products.py``); default:
         measured on this machine once, at construction (the engine's start)."""
         super().__init__(rows, model.config.block_size)
         self.model = model
@@ -109,6 +109,7 @@ class BatchedDecoder(RowBatch):
             rotary = (angles.cos(), angles.sin())
         span = int(positions.max()) + 1
         visible = (torch.arange(span, device=device).view(1, span) <= positions.view(n, 1)).view(n, 1, 1, span)
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
         rows = torch.arange(n, device=device)
         for layer, block in enumerate(weights.blocks):
             h = F.layer_norm(x, weights.width, *block.ln_1, 1e-5)
@@ -120,7 +121,7 @@ class BatchedDecoder(RowBatch):
             keys, values = self.keys[layer], self.values[layer]
             keys[rows, :, positions] = k[:, :, 0]
             values[rows, :, positions] = v[:, :, 0]
-            y = F.scaled_dot_product_attention(q, keys[:n, :, :span], values[:n, :, :span], attn_mask=visible)
+            y = F.scaled_dot_product_attention(q, keys[:n, :, :span], values[:n, :, :span], attn_mask=mask)
             x = x + product(y.transpose(1, 2).reshape(n, 1, C), *block.proj)
             h = product(F.layer_norm(x, weights.width, *block.ln_2, 1e-5), *block.fc)
             h = F.relu(h).square() if weights.relu2 else F.gelu(h)
