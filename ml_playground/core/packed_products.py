@@ -15,11 +15,16 @@ the batch and shrinks once the rows would fit in a quarter of it. That costs one
 memory while packs are held, so nothing is packed where the weights take more than a quarter of the
 memory available at start-up.
 
-Whether packing wins depends on the CPU and its MKL (on AMD processors MKL takes other code paths), so
-each band is measured once on the model's own weights, packed against plain at three quarters of the
-band's rows, and the answer is cached (``packed_products_v1.json``, keyed by CPU, PyTorch, threads,
-the weights' shapes and the band). One or two rows always take the plain product. Packed results
-agree with ``F.linear`` to float rounding, not bit for bit (a different order of sums).
+A second pack is oneDNN's (``torch.ops.mkldnn._reorder_linear_weight``, the weight reordered once into
+oneDNN's blocked layout for the band's rows). MKL on AMD processors takes other code paths: on a
+2-core AMD EPYC (2026-12-07, the 6-layer 384-wide bench model's 41 MiB cycled as a step reads them),
+eight rows took 5.2 ms plain, 5.6 with MKL's pack and 2.2 with oneDNN's.
+
+Which way wins depends on the CPU and its libraries, so each band is measured once on the model's own
+weights, plain at three quarters of the band's rows against each pack at the band, and the answer is
+cached (``packed_products_v2.json``, keyed by CPU, PyTorch, threads, the weights' shapes and the band;
+``v1`` knew only MKL's pack). One or two rows always take the plain product. Packed results agree with
+``F.linear`` to float rounding, not bit for bit (a different order of sums).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,25 +44,48 @@ from ml_playground.core.machine import cpu_facts
 from ml_playground.core.measured_choice import alternating_medians, cached_choice
 
 Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # F.linear's signature
-Chooser = Callable[[int], bool]  # band (rows a pack is made for) -> whether packed products are faster there
+Method = Literal["plain", "mkl", "onednn"]  # how a band's products run: unpacked, or with whose pack
+Chooser = Callable[[int], Method]  # band (rows a pack is made for) -> how products of that band run fastest
+PACKS: tuple[Method, ...] = ("mkl", "onednn")
 
 MIN_ROWS = 3  # one or two rows: MKL's matrix-vector path, as fast as a pack
 FIRST_BAND = 4
 MARGIN = 1.1  # packing must be this much faster to be chosen, so a near tie stays plain
 MEMORY_SHARE = 0.25  # the packs are a second copy of the weights: only where they take at most this share
-CACHE_FILE = "packed_products_v1.json"
+CACHE_FILE = "packed_products_v2.json"
 
 
 @functools.cache
-def packing_available() -> bool:
-    """Whether this PyTorch build has MKL's packed product and it computes ``F.linear`` (private operators)."""
+def packing_available(method: Method = "mkl") -> bool:
+    """Whether this PyTorch build has ``method``'s packed product and it computes ``F.linear`` (private operators)."""
+    if method == "plain":
+        return True
     try:
         x, weight = torch.arange(12.0).view(4, 3), torch.arange(15.0).view(5, 3)
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 4)
-        out = torch.ops.mkl._mkl_linear(x, packed, weight, None, 4)
+        out = packed_product(x, pack_weight(weight, 4, method), weight, None, 4, method)
         return bool(torch.allclose(out, F.linear(x, weight)))
-    except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # pragma: no cover (not an MKL build)
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):  # pragma: no cover (not such a build)
         return False
+
+
+def pack_weight(weight: torch.Tensor, band: int, method: Method) -> torch.Tensor:
+    """``weight`` packed for products of ``band`` rows by ``method`` (``mkl`` or ``onednn``)."""
+    if method == "onednn":
+        packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, band)
+        return packed
+    mkl: torch.Tensor = torch.ops.mkl._mkl_reorder_linear_weight(weight, band)
+    return mkl
+
+
+def packed_product(
+    x: torch.Tensor, pack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, band: int, method: Method
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``band`` rows ``x`` (band, in) through ``weight``'s ``pack``."""
+    if method == "onednn":
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, pack, bias, "none", [], "")
+        return out
+    mkl: torch.Tensor = torch.ops.mkl._mkl_linear(x, pack, weight, bias, band)
+    return mkl
 
 
 def available_bytes() -> int:
@@ -85,40 +114,51 @@ def shapes_key(weights: Iterable[torch.Tensor]) -> str:
 
 
 def measure_band(weights: list[torch.Tensor], band: int, plain: Product, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of one round of products over ``weights``: plain at 3/4 of ``band`` rows, packed at ``band``."""
+    """Median seconds of one round of products over ``weights``: plain at 3/4 of ``band`` rows, each pack this
+    build has at ``band``."""
     generator = torch.Generator().manual_seed(0)
     widths = {w.shape[1] for w in weights}
     rows = max(MIN_ROWS, band * 3 // 4)
     inputs = {width: torch.randn(band, width, generator=generator) for width in widths}
-    packs = [torch.ops.mkl._mkl_reorder_linear_weight(w, band) for w in weights]
 
     def run_plain() -> None:
         for w in weights:
             plain(inputs[w.shape[1]][:rows], w, None)
 
-    def run_packed() -> None:
-        for pack, w in zip(packs, weights, strict=True):
-            torch.ops.mkl._mkl_linear(inputs[w.shape[1]], pack, w, None, band)
+    def run_packed(method: Method) -> Callable[[], None]:
+        packs = [pack_weight(w, band, method) for w in weights]
 
+        def one_round() -> None:
+            for pack, w in zip(packs, weights, strict=True):
+                packed_product(inputs[w.shape[1]], pack, w, None, band, method)
+
+        return one_round
+
+    runs = {"plain": run_plain} | {method: run_packed(method) for method in PACKS if packing_available(method)}
     with torch.inference_mode():
-        return alternating_medians({"plain": run_plain, "packed": run_packed}, repeats)
+        return alternating_medians(runs, repeats)
+
+
+def decide(seconds: Mapping[str, float]) -> Method:
+    """The fastest pack if it beats the plain product by ``MARGIN``, else ``plain``."""
+    timed: list[Method] = [method for method in PACKS if method in seconds]
+    if not timed:
+        return "plain"
+    best: Method = min(timed, key=lambda method: seconds[method])
+    return best if seconds["plain"] >= MARGIN * seconds[best] else "plain"
 
 
 def measured_chooser(weights: list[torch.Tensor], plain: Product, cache_dir: Path | None = None) -> Chooser:
-    """Whether to pack at a band: measured once per machine and shapes, then read from the cache."""
+    """How to run a band's products: measured once per machine and shapes, then read from the cache."""
     shapes = shapes_key(weights)
 
-    def choose(band: int) -> bool:
+    def choose(band: int) -> Method:
         cpu, _ = cpu_facts()
         key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes} | {band} rows"
-
-        def decide(seconds: Mapping[str, float]) -> str:
-            return "packed" if seconds["plain"] >= MARGIN * seconds["packed"] else "plain"
-
         chosen = cached_choice(
-            CACHE_FILE, key, ("packed", "plain"), lambda: measure_band(weights, band, plain), decide, cache_dir
+            CACHE_FILE, key, ("plain", *PACKS), lambda: measure_band(weights, band, plain), decide, cache_dir
         )
-        return chosen == "packed"
+        return "onednn" if chosen == "onednn" else "mkl" if chosen == "mkl" else "plain"
 
     return choose
 
@@ -140,7 +180,7 @@ class PackedProducts:
         cache_dir: Path | None = None,
         available: Callable[[], int] = available_bytes,
     ) -> None:
-        usable = packing_available()
+        usable = any(packing_available(method) for method in PACKS)
         self.weights = {id(w): w for w in weights if usable and eligible(w)}
         size = sum(w.numel() * w.element_size() for w in self.weights.values())
         if self.weights and size > MEMORY_SHARE * available():  # a second copy would crowd the machine
@@ -148,8 +188,9 @@ class PackedProducts:
         self.plain = plain
         self.capacity = capacity
         self.choose = choose or measured_chooser(list(self.weights.values()), plain, cache_dir)
-        self.decisions: dict[int, bool] = {}
+        self.decisions: dict[int, Method] = {}
         self.band = 0  # the rows the packs held now are made for; 0: none held
+        self.method: Method = "plain"  # whose packs are held now
         self.packs: dict[int, tuple[torch.Tensor, int]] = {}  # id(weight) -> (pack, the weight's version then)
 
     def bands(self) -> list[int]:
@@ -165,15 +206,16 @@ class PackedProducts:
         for band in self.bands():
             self._decided(band)
 
-    def _decided(self, band: int) -> bool:
+    def _decided(self, band: int) -> Method:
         if band not in self.decisions:
-            self.decisions[band] = bool(self.choose(band))
+            chosen = self.choose(band)
+            self.decisions[band] = chosen if chosen == "plain" or packing_available(chosen) else "plain"
         return self.decisions[band]
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
         entry = self.packs.get(id(weight))
         if entry is None or entry[1] != weight._version:
-            entry = (torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), self.band), weight._version)
+            entry = (pack_weight(weight.detach(), self.band, self.method), weight._version)
             self.packs[id(weight)] = entry
         return entry[0]
 
@@ -188,15 +230,16 @@ class PackedProducts:
         ):
             return self.plain(x, weight, bias)
         needed = band_for(rows)
-        if not self._decided(needed):
+        method = self._decided(needed)
+        if method == "plain":
             return self.plain(x, weight, bias)
-        if self.band not in (needed, 2 * needed):  # grow at once; shrink once the rows fit a quarter
+        if self.band not in (needed, 2 * needed) or self.method != method:  # grow at once; shrink at a quarter
             self.packs.clear()
-            self.band = needed
+            self.band, self.method = needed, method
         flat = x.reshape(rows, x.shape[-1])
         if rows < self.band:
             flat = F.pad(flat, (0, 0, 0, self.band - rows))
-        out: torch.Tensor = torch.ops.mkl._mkl_linear(flat, self._pack(weight), weight, bias, self.band)
+        out = packed_product(flat, self._pack(weight), weight, bias, self.band, self.method)
         return out[:rows].view(*x.shape[:-1], weight.shape[0])
 
     def release(self) -> None:

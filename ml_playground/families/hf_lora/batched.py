@@ -123,7 +123,7 @@ class HfBatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one causal LM decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(self, lm: nn.Module, rows: int, context_length: int, pack: Chooser | None = None) -> None:
-        """``pack``: whether to pack the weights for a band of rows (``core/packed_products.py``); default:
+        """``pack``: how to run the products of a band of rows, plain or packed (``core/packed_products.py``); default:
         measured on this machine once, at construction (the engine's start)."""
         super().__init__(rows, context_length)
         self.lm = lm

@@ -13,18 +13,20 @@ from torch import nn
 
 from ml_playground.core.packed_products import (
     CACHE_FILE,
+    PACKS,
+    Method,
     PackedProducts,
     band_for,
+    decide,
     linear_layers,
     measured_chooser,
     packing_available,
     routed,
 )
 
-pytestmark = [
-    pytest.mark.unit,
-    pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no MKL packed product"),
-]
+AVAILABLE: list[Method] = [method for method in PACKS if packing_available(method)]
+pytestmark = [pytest.mark.unit, pytest.mark.skipif(not AVAILABLE, reason="this PyTorch build has no packed product")]
+METHODS = pytest.mark.parametrize("method", AVAILABLE)
 
 
 def weights(*shapes: tuple[int, int]) -> list[torch.Tensor]:
@@ -45,15 +47,16 @@ class Recording:
 
 def test_bands_are_powers_of_two_from_four() -> None:
     assert [band_for(rows) for rows in (1, 3, 4, 5, 8, 9, 17, 32)] == [4, 4, 4, 8, 8, 16, 32, 32]
-    assert PackedProducts(weights((8, 4)), 8, choose=lambda band: True).bands() == [4, 8]
-    assert PackedProducts(weights((8, 4)), 2, choose=lambda band: True).bands() == []  # never three rows
+    assert PackedProducts(weights((8, 4)), 8, choose=lambda band: "mkl").bands() == [4, 8]
+    assert PackedProducts(weights((8, 4)), 2, choose=lambda band: "mkl").bands() == []  # never three rows
 
 
-def test_packed_products_are_the_plain_ones_at_every_row_count_as_the_band_grows_and_shrinks() -> None:
+@METHODS
+def test_packed_products_are_the_plain_ones_at_every_row_count_as_the_band_grows_and_shrinks(method: Method) -> None:
     w, b = weights((48, 32), (48, 1))
     bias = b[:, 0].contiguous()
     plain = Recording()
-    products = PackedProducts([w], capacity=16, plain=plain, choose=lambda band: True)
+    products = PackedProducts([w], capacity=16, plain=plain, choose=lambda band: method)
     seen = []
     for rows in (1, 2, 3, 4, 5, 8, 16, 9, 8, 5, 4, 3, 2):
         x = torch.randn(rows, 1, 32)
@@ -68,18 +71,20 @@ def test_packed_products_are_the_plain_ones_at_every_row_count_as_the_band_grows
     assert len(products.packs) == 1
 
 
-def test_a_rows_result_does_not_depend_on_its_neighbours() -> None:
+@METHODS
+def test_a_rows_result_does_not_depend_on_its_neighbours(method: Method) -> None:
     (w,) = weights((64, 32))
-    products = PackedProducts([w], capacity=8, choose=lambda band: True)
+    products = PackedProducts([w], capacity=8, choose=lambda band: method)
     x = torch.randn(8, 32)
     together = products(x, w, None)
     assert torch.equal(products(x[:5], w, None), together[:5])  # padded with zeros instead of three rows
     assert torch.equal(products(torch.cat([x[:5], torch.randn(3, 32)]), w, None)[:5], together[:5])
 
 
-def test_a_weight_changed_in_place_is_packed_again() -> None:
+@METHODS
+def test_a_weight_changed_in_place_is_packed_again(method: Method) -> None:
     (w,) = weights((24, 16))
-    products = PackedProducts([w], capacity=4, choose=lambda band: True)
+    products = PackedProducts([w], capacity=4, choose=lambda band: method)
     x = torch.randn(4, 16)
     products(x, w, None)
     with torch.no_grad():
@@ -93,7 +98,7 @@ def test_a_weight_changed_in_place_is_packed_again() -> None:
 def test_what_packing_does_not_cover_takes_the_plain_product() -> None:
     w, other = weights((24, 16), (24, 16))
     plain = Recording()
-    products = PackedProducts([w, w.bfloat16()], capacity=8, plain=plain, choose=lambda band: True)
+    products = PackedProducts([w, w.bfloat16()], capacity=8, plain=plain, choose=lambda band: AVAILABLE[0])
     x = torch.randn(4, 16)
     products(x, other, None)  # a weight it was not given
     products(x.bfloat16(), w.bfloat16(), None)  # not float32: never registered
@@ -102,9 +107,9 @@ def test_what_packing_does_not_cover_takes_the_plain_product() -> None:
         products(x, w, None)  # autocast decides the product's precision
     assert plain.calls == 4
     declined = Recording()
-    no = PackedProducts([w], capacity=8, plain=declined, choose=lambda band: False)
+    no = PackedProducts([w], capacity=8, plain=declined, choose=lambda band: "plain")
     no.prepare()
-    assert no.decisions == {4: False, 8: False}
+    assert no.decisions == {4: "plain", 8: "plain"}
     no(x, w, None)
     assert declined.calls == 1
     assert no.band == 0
@@ -117,12 +122,20 @@ def test_the_choice_is_measured_once_per_band_and_kept(tmp_path: Path) -> None:
     cached = json.loads((tmp_path / CACHE_FILE).read_text())
     (key,) = cached
     assert key.endswith("| 4 rows")
-    assert cached[key]["choice"] == ("packed" if first else "plain")
-    assert set(cached[key]["seconds"]) == {"packed", "plain"}
+    assert cached[key]["choice"] == first
+    assert set(cached[key]["seconds"]) == {"plain", *AVAILABLE}
     assert all(seconds > 0 for seconds in cached[key]["seconds"].values())
-    cached[key]["choice"] = "plain" if first else "packed"  # what the file says is the answer from now on
+    other = "plain" if first != "plain" else AVAILABLE[0]
+    cached[key]["choice"] = other  # what the file says is the answer from now on
     (tmp_path / CACHE_FILE).write_text(json.dumps(cached))
-    assert measured_chooser(ws, F.linear, cache_dir=tmp_path)(4) is (not first)
+    assert measured_chooser(ws, F.linear, cache_dir=tmp_path)(4) == other
+
+
+def test_the_fastest_pack_is_chosen_only_by_a_margin() -> None:
+    assert decide({"plain": 1.0, "mkl": 0.8, "onednn": 0.5}) == "onednn"
+    assert decide({"plain": 1.0, "mkl": 0.5, "onednn": 0.8}) == "mkl"
+    assert decide({"plain": 1.0, "mkl": 0.95, "onednn": 0.97}) == "plain"  # a near tie stays plain
+    assert decide({"plain": 1.0}) == "plain"  # a build without packs
 
 
 def test_routed_layers_compute_through_the_products_and_are_restored() -> None:
@@ -131,7 +144,7 @@ def test_routed_layers_compute_through_the_products_and_are_restored() -> None:
     model[2].forward = own  # an instance forward set by someone else stays afterwards
     layers = linear_layers(model)
     plain = Recording()
-    products = PackedProducts((layer.weight for layer in layers), capacity=4, plain=plain, choose=lambda band: False)
+    products = PackedProducts((layer.weight for layer in layers), capacity=4, plain=plain, choose=lambda band: "plain")
     x = torch.randn(4, 16)
     with torch.no_grad():
         expected = model(x)
@@ -148,11 +161,11 @@ def test_routed_layers_compute_through_the_products_and_are_restored() -> None:
 def test_nothing_is_packed_where_a_second_copy_of_the_weights_would_crowd_memory() -> None:
     (w,) = weights((256, 256))  # 256 KiB
     plain = Recording()
-    crowded = PackedProducts([w], capacity=8, plain=plain, choose=lambda band: True, available=lambda: 512 * 1024)
+    crowded = PackedProducts([w], capacity=8, plain=plain, choose=lambda band: "mkl", available=lambda: 512 * 1024)
     assert crowded.bands() == []
     crowded(torch.randn(8, 256), w, None)
     assert plain.calls == 1
-    roomy = PackedProducts([w], capacity=8, plain=plain, choose=lambda band: True, available=lambda: 2**20)
+    roomy = PackedProducts([w], capacity=8, plain=plain, choose=lambda band: AVAILABLE[0], available=lambda: 2**20)
     roomy(torch.randn(8, 256), w, None)
     assert plain.calls == 1
     assert roomy.band == 8

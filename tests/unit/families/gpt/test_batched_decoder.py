@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ml_playground.core.packed_products import packing_available
+from ml_playground.core.packed_products import PACKS, Method, packing_available
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.batched import BatchedDecoder
 from ml_playground.families.gpt.model import GPT, GPTConfig
@@ -14,17 +14,17 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(
-    "packed",
+    "method",
     [
-        pytest.param(True, marks=pytest.mark.skipif(not packing_available(), reason="no MKL"), id="packed"),
-        pytest.param(False, id="plain"),
+        pytest.param(method, marks=pytest.mark.skipif(not packing_available(method), reason=f"no {method} pack"))
+        for method in ("plain", *PACKS)
     ],
 )
 @pytest.mark.parametrize("rotary", [False, True])
-def test_every_row_gets_the_logits_of_its_own_sequence(rotary: bool, packed: bool) -> None:
+def test_every_row_gets_the_logits_of_its_own_sequence(rotary: bool, method: Method) -> None:
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=40, block_size=48, n_layer=2, n_head=4, n_embd=32, rotary=rotary)).eval()
-    decoder = BatchedDecoder(gpt, rows=4, pack=lambda band: packed)
+    decoder = BatchedDecoder(gpt, rows=4, pack=lambda band: method)
     greedy = SamplingParams(max_new_tokens=10, temperature=0.0)
     prompts = {0: [1, 2, 3], 1: [5] * 11, 2: [7, 8], 3: [9, 10, 11, 12, 13, 14]}
     sequences: dict[int, list[int]] = {}
@@ -43,7 +43,7 @@ def test_every_row_gets_the_logits_of_its_own_sequence(rotary: bool, packed: boo
                 row.last = int(expected.argmax())
                 sequences[row.handle].append(row.last)
     assert sorted(sequences) == [0, 2, 3]
-    assert decoder.products.band == (4 if packed else 0)  # four rows, then three, ran packed
+    assert decoder.products.band == (0 if method == "plain" else 4)  # four rows, then three, ran packed
 
 
 def test_the_batch_takes_what_fits_it() -> None:
@@ -62,7 +62,7 @@ def test_the_batch_takes_what_fits_it() -> None:
 
 def test_streams_added_together_are_taken_back_when_one_fails() -> None:
     gpt = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
-    decoder = BatchedDecoder(gpt, rows=4, pack=lambda band: False)
+    decoder = BatchedDecoder(gpt, rows=4, pack=lambda band: "plain")
     greedy = SamplingParams(max_new_tokens=4, temperature=0.0)
     decoder.add([1, 2], greedy)
     with pytest.raises(IndexError):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ml_playground.core.packed_products import packing_available
+from ml_playground.core.packed_products import PACKS, Method, packing_available
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.families.hf_lora.batched import HfBatchedDecoder
 from ml_playground.families.hf_lora.generation import generate_ids
@@ -46,15 +46,15 @@ def step_against_alone(decoder: HfBatchedDecoder, lm: nn.Module, sequences: dict
 
 
 PACKING = [
-    pytest.param(True, marks=pytest.mark.skipif(not packing_available(), reason="no MKL"), id="packed"),
-    pytest.param(False, id="plain"),
+    pytest.param(method, marks=pytest.mark.skipif(not packing_available(method), reason=f"no {method} pack"))
+    for method in ("plain", *PACKS)
 ]
 
 
-@pytest.mark.parametrize("packed", PACKING)
-def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module, packed: bool) -> None:
+@pytest.mark.parametrize("method", PACKING)
+def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module, method: Method) -> None:
     assert HfBatchedDecoder.applies(lm)
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: packed)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: method)
     greedy = SamplingParams(max_new_tokens=20, temperature=0.0)
     sequences: dict[int, list[int]] = {}
 
@@ -78,7 +78,7 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
             join([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])  # longer than everything in view
         step_against_alone(decoder, lm, sequences)
     assert sorted(sequences) == [0, 2, 3]
-    assert decoder.products.band == (4 if packed else 0)  # three rows or more ran packed (padded to four)
+    assert decoder.products.band == (0 if method == "plain" else 4)  # three rows or more ran packed (padded to four)
     assert all("forward" not in layer.__dict__ for layer in decoder.linears)  # the model is as it was
     for handle in (2, 0, 3):
         decoder.remove(handle)
@@ -88,8 +88,8 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
     assert len(decoder) == 1
 
 
-@pytest.mark.parametrize("packed", PACKING)
-def test_answers_together_are_the_answers_alone(lm: nn.Module, packed: bool) -> None:
+@pytest.mark.parametrize("method", PACKING)
+def test_answers_together_are_the_answers_alone(lm: nn.Module, method: Method) -> None:
     """Greedy and seeded samples (one with a repetition penalty): the same tokens beside others as decoded alone
     by ``stream_tokens``."""
     prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
@@ -99,7 +99,7 @@ def test_answers_together_are_the_answers_alone(lm: nn.Module, packed: bool) -> 
         SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
         SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.5),
     ]
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: packed)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: method)
     together: dict[int, list[int]] = {}
     for prompt, params in zip(prompts, settings, strict=True):
         handle, first = decoder.add(prompt, params)
@@ -138,7 +138,7 @@ def test_a_sliding_window_cache_keeps_the_one_stream_path(tmp_path: Path) -> Non
 
 
 def test_streams_prefilled_together_get_the_logits_of_their_own_sequences(lm: nn.Module) -> None:
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: False)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: "plain")
     greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
     _, first = decoder.add([20, 21], greedy)  # a stream already decoding
     decoder.step()
@@ -154,7 +154,7 @@ def test_streams_prefilled_together_get_the_logits_of_their_own_sequences(lm: nn
 
 
 def test_a_step_writes_its_column_in_place_until_rows_join_or_leave(lm: nn.Module) -> None:
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: False)
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: "plain")
     greedy = SamplingParams(max_new_tokens=40, temperature=0.0)
     sequences: dict[int, list[int]] = {}
     for prompt in ([5, 6, 7], [8, 9]):
