@@ -254,8 +254,9 @@ def linear_layers(module: nn.Module) -> list[nn.Linear]:
 
 
 @contextmanager
-def routed(layers: list[nn.Linear], products: PackedProducts) -> Iterator[None]:
-    """Inside: each of ``layers`` computes its product through ``products``; outside, nothing is changed."""
+def routed(layers: list[nn.Linear], products: Product) -> Iterator[None]:
+    """Inside: each of ``layers`` computes its product through ``products`` (``F.linear``'s signature: packed
+    products, row blocks); outside, nothing is changed."""
 
     def forward(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: products(x, layer.weight, layer.bias)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_playground.core.batch_rows import RowBatch
-from ml_playground.core.packed_products import Chooser, PackedProducts, linear_layers, routed
+from ml_playground.core.packed_products import Chooser, PackedProducts, Product, linear_layers, routed
 from ml_playground.core.sampling_rules import SamplingParams
 
 
@@ -122,14 +122,17 @@ def _growing_layer_class() -> type[Any]:
 class HfBatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one causal LM decoded together; ``add`` a prompt, then ``step`` them all."""
 
-    def __init__(self, lm: nn.Module, rows: int, context_length: int, pack: Chooser | None = None) -> None:
+    def __init__(
+        self, lm: nn.Module, rows: int, context_length: int, pack: Chooser | None = None, plain: Product = F.linear
+    ) -> None:
         """``pack``: how to run the products of a band of rows, plain or packed (``core/packed_products.py``); default:
-        measured on this machine once, at construction (the engine's start)."""
+        measured on this machine once, at construction (the engine's start). ``plain``: the product where nothing
+        is packed (one or two rows)."""
         super().__init__(rows, context_length)
         self.lm = lm
         self.device = next(lm.parameters()).device
         self.linears = linear_layers(lm)
-        self.products = PackedProducts((layer.weight for layer in self.linears), rows, choose=pack)
+        self.products = PackedProducts((layer.weight for layer in self.linears), rows, plain=plain, choose=pack)
         self.products.prepare()
         self.past: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # (rows, cache columns)

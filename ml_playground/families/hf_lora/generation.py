@@ -8,28 +8,33 @@ means the same thing for every family; ``use_kv_cache`` keeps the model's own ca
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from ml_playground.core.packed_products import Product, linear_layers, routed
 from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, guided_logits
 
 
 class _Context:
     """One prompt's tokens and the model's KV cache for them."""
 
-    def __init__(self, lm: nn.Module, tokens: torch.Tensor, use_kv_cache: bool) -> None:
+    def __init__(self, lm: nn.Module, tokens: torch.Tensor, use_kv_cache: bool, product: Product | None = None) -> None:
         self.lm, self.tokens, self.use_kv_cache = lm, tokens, use_kv_cache
         self.past: Any = None
+        self.product, self.layers = product, linear_layers(lm) if product is not None else []
 
     def next_logits(self) -> torch.Tensor:
-        if self.use_kv_cache:
-            step_input = self.tokens if self.past is None else self.tokens[:, -1:]
-            output = self.lm(input_ids=step_input, past_key_values=self.past, use_cache=True)
-            self.past = output.past_key_values
-        else:
-            output = self.lm(input_ids=self.tokens, use_cache=False)
+        # Routed for this call only: the model is as it was between tokens, whoever else decodes with it.
+        with routed(self.layers, self.product) if self.product is not None else nullcontext():
+            if self.use_kv_cache:
+                step_input = self.tokens if self.past is None else self.tokens[:, -1:]
+                output = self.lm(input_ids=step_input, past_key_values=self.past, use_cache=True)
+                self.past = output.past_key_values
+            else:
+                output = self.lm(input_ids=self.tokens, use_cache=False)
         logits: torch.Tensor = output.logits[:, -1, :].float()
         return logits
 
@@ -69,8 +74,11 @@ class _Guided:
 
 
 @torch.inference_mode()
-def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
+def stream_tokens(
+    lm: nn.Module, prompt: torch.Tensor, params: SamplingParams, product: Product | None = None
+) -> Iterator[torch.Tensor]:
     """Yield each new token (B, 1) for a prompt of ids (B, T0); ``lm`` is a ``transformers`` causal LM (or PEFT's).
+    ``product``: what the linear layers multiply with (one row in blocks, ``core/row_products.py``); default theirs.
 
     Condition guidance (``params.guidance`` with the prompt under every known condition in
     ``params.contrast``) applies the GPT family's rule to the model read under each condition; the
@@ -93,7 +101,7 @@ def stream_tokens(lm: nn.Module, prompt: torch.Tensor, params: SamplingParams) -
             batch.append(token)
             yield token
         return
-    context = _Context(lm, prompt, params.use_kv_cache)
+    context = _Context(lm, prompt, params.use_kv_cache, product)
     for _ in range(params.max_new_tokens):
         token = sampler(context.next_logits())
         context.append(token)

@@ -13,6 +13,8 @@ from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConf
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError
 from ml_playground.core.gguf_import import hf_folder_for
+from ml_playground.core.packed_products import linear_layers
+from ml_playground.core.row_products import RowProducts, measured_blocks
 from ml_playground.core.tokenizer import PretrainedTokenizer
 from ml_playground.families.base import ChatMessages, InferenceModel
 from ml_playground.families.hf_lora.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
@@ -130,11 +132,14 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
     pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
     context = context_length(model, settings.block_size)
     batched = HfBatchedDecoder.applies(model)
+    weights = [layer.weight for layer in linear_layers(model)]
+    one_row = RowProducts(weights, measured_blocks(weights))  # one row by each weight: in blocks where faster
+    row_product = one_row if one_row.weights else None
     return InferenceModel(
         module=LogitsOnly(model),
         tokenizer=PretrainedTokenizer(tokenizer, described),
         context_length=context,
-        stream=lambda prompt, params: stream_tokens(model, prompt, params),
+        stream=lambda prompt, params: stream_tokens(model, prompt, params, row_product),
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
         device=next(model.parameters()).device,
@@ -142,5 +147,5 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),
         conditions=checkpoint_conditions(config, which),
-        batch_decoder=(lambda rows: HfBatchedDecoder(model, rows, context)) if batched else None,
+        batch_decoder=(lambda rows: HfBatchedDecoder(model, rows, context, plain=one_row)) if batched else None,
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ml_playground.core.packed_products import linear_layers
+from ml_playground.core.row_products import RowProducts
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.hf_lora.generation import generate_ids, stream_tokens
 from ml_playground.families.hf_lora.hub import load_pretrained_model
@@ -60,3 +62,30 @@ def test_guidance_reads_every_condition_in_one_padded_batch_as_it_would_alone(tm
     assert len(guided) == 5
     with pytest.raises(ValueError, match="one sequence at a time"):
         next(stream_tokens(lm, torch.tensor([prompts[0], prompts[0]]), params))
+
+
+def test_one_row_products_in_blocks_give_the_same_tokens_and_leave_the_model_as_it_was(tmp_path: Path) -> None:
+    """Decoding with each layer's one-row product in row blocks (``core/row_products.py``, what loading measures
+    on a CPU where it is faster): the same greedy tokens, the products taken in blocks, the layers restored."""
+    model = load_pretrained_model(str(build_tiny_causal_lm(tmp_path / "tiny", [TEXT])), revision=None,
+                                  dtype=torch.float32)  # fmt: skip
+    layers = linear_layers(model)
+    products = Counting([layer.weight for layer in layers], blocks=2)
+    assert products.weights  # the tiny model's widths split in two
+    prompt = torch.tensor([[5, 6, 7]])
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    plain = [int(t) for t in stream_tokens(model, prompt, greedy)]
+    assert [int(t) for t in stream_tokens(model, prompt, greedy, products)] == plain
+    assert products.blocked > 0
+    assert all("forward" not in layer.__dict__ for layer in layers)
+
+
+class Counting(RowProducts):
+    """Row blocks, counting the products that took them."""
+
+    blocked = 0
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if id(weight) in self.weights and x.numel() == x.shape[-1]:
+            self.blocked += 1
+        return super().__call__(x, weight, bias)
