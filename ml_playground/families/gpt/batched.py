@@ -108,9 +108,15 @@ class BatchedDecoder(RowBatch):
             angles = torch.outer(positions.float(), self.inv_freq).view(n, 1, 1, D // 2)
             rotary = (angles.cos(), angles.sin())
         span = int(positions.max()) + 1
-        visible = (torch.arange(span, device=device).view(1, span) <= positions.view(n, 1)).view(n, 1, 1, span)
-        mask = torch.zeros(visible.shape, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
-        rows = torch.arange(n, device=device)
+        mask = None  # one row sees every column up to its own length: nothing to mask
+        if n > 1:
+            visible = (torch.arange(span, device=device).view(1, span) <= positions.view(n, 1)).view(n, 1, 1, span)
+            mask = torch.zeros(visible.shape, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
+        # Where each row's new key goes in the caches seen as (rows * heads * columns, head_dim): one index for
+        # every layer's keys and values (``index_copy_``: 7 against 11 us a call for one row, 10 against 14 for
+        # eight, than ``cache[rows, :, positions] =`` on the AMD EPYC of ``core/row_products.py``).
+        heads = torch.arange(n * H, device=device).view(n, H)
+        slots = (heads * self.context_length + positions.view(n, 1)).view(n * H)
         for layer, block in enumerate(weights.blocks):
             h = F.layer_norm(x, weights.width, *block.ln_1, 1e-5)
             q, k, v = product(h, *block.qkv).view(n, 1, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
@@ -119,8 +125,8 @@ class BatchedDecoder(RowBatch):
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             keys, values = self.keys[layer], self.values[layer]
-            keys[rows, :, positions] = k[:, :, 0]
-            values[rows, :, positions] = v[:, :, 0]
+            keys.view(-1, D).index_copy_(0, slots, k.reshape(n * H, D))
+            values.view(-1, D).index_copy_(0, slots, v.reshape(n * H, D))
             y = F.scaled_dot_product_attention(q, keys[:n, :, :span], values[:n, :, :span], attn_mask=mask)
             x = x + product(y.transpose(1, 2).reshape(n, 1, C), *block.proj)
             h = product(F.layer_norm(x, weights.width, *block.ln_2, 1e-5), *block.fc)
