@@ -9,7 +9,7 @@ the same weights at about 35. The same products with each weight viewed as ``k``
 as one batched product (``torch.bmm`` of ``(k, out/k, in)`` by the row, ``k`` of 2, 4 or 8) streamed
 them at 33-42 GB/s (27 with one thread). Which way wins depends on the CPU and its libraries (on an
 Intel Xeon MKL's own path is fast), so it is measured once per machine on the model's own weights and
-kept (``row_products_v1.json``, keyed by CPU, PyTorch, threads and the weights' shapes).
+kept (``row_products_v1.json``, keyed by CPU, PyTorch, threads, the weights' shapes and the plain product).
 
 Blocks compute the same dot products with the sums in another order: results agree with ``F.linear``
 to float rounding, not bit for bit. ``blocks = 1`` is the plain product.
@@ -94,7 +94,9 @@ def measured_blocks(weights: Iterable[torch.Tensor], plain: Product = F.linear, 
     if not usable:
         return 1
     cpu, _ = cpu_facts()
-    key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes_key(usable)} | 1 row"
+    against = getattr(plain, "__name__", type(plain).__name__)  # F.linear, or the oneDNN product it is timed against
+    key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes_key(usable)} | {against}"
+    key += " | 1 row"
     choices = tuple(str(blocks) for blocks in (1, *CANDIDATES))
     return int(cached_choice(CACHE_FILE, key, choices, lambda: measure(usable, plain), decide, cache_dir))
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ml_playground.core.row_products import RowProducts
+from ml_playground.core.row_products import CANDIDATES, RowProducts, measured_blocks
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
+from ml_playground.families.gpt.family import decode_blocks
 from ml_playground.families.gpt.generation import generate
 from ml_playground.families.gpt.kernels import LinearKernel, onednn_available
 from ml_playground.families.gpt.model import GPT, GPTConfig, KVCache
@@ -91,3 +93,11 @@ def test_row_blocks_give_the_module_paths_logits_to_rounding_and_its_greedy_toke
     blocked = generate(model, tokens[:, :3], greedy)
     plain = generate(model.use_decode_blocks(1), tokens[:, :3], greedy)
     assert torch.equal(blocked, plain)
+
+
+def test_row_blocks_are_measured_only_for_the_auto_kernel_on_a_cpu() -> None:
+    model = model_of(SHAPES["nanoGPT"])
+    assert decode_blocks(model, "aten") == 1  # the kernel asked for, plainly
+    measured = decode_blocks(model, "auto")
+    assert measured == measured_blocks(decode_matrices(model), F.linear)  # the machine's answer, kept
+    assert measured in (1, *CANDIDATES)
