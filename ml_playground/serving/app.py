@@ -706,15 +706,15 @@ class Guard:
             return
         path = scope.get("path", "")
         requests = self.served.metrics.requests
+        endpoint = endpoint_label(path)  # never the raw path: a client must not be able to mint label values
         key = self.served.api_key
         if key is not None and path not in OPEN_PATHS:
             sent = next((value for name, value in scope.get("headers", []) if name == b"authorization"), b"")
             if not secrets.compare_digest(sent, f"Bearer {key}".encode()):
                 message = "missing or wrong API key: send it as 'Authorization: Bearer KEY'"
-                requests.labels(path, "401").inc()
+                requests.labels(endpoint, "401").inc()
                 await error_response(401, message, kind="authentication_error")(scope, receive, send)
                 return
-        endpoint = endpoint_label(path)
 
         async def counted(message: Any) -> None:
             if message["type"] == "http.response.start":

@@ -159,7 +159,9 @@ def test_the_key_the_body_limit_and_the_metrics(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200  # open without the key
     missing = httpx.get(f"{server.url}/v1/models", timeout=10)
     wrong = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=10)
+    probing = [httpx.get(f"{server.url}/admin-{n}", timeout=10) for n in range(3)]  # paths the server does not know
     assert missing.status_code == wrong.status_code == 401
+    assert {response.status_code for response in probing} == {401}
     assert missing.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{server.url}/v1/models", headers=AUTH, timeout=10).status_code == 200
     too_large = post(server, "/v1/completions", {"prompt": "a" * (BODY_LIMIT + 10)})
@@ -179,6 +181,8 @@ def test_the_key_the_body_limit_and_the_metrics(server: ServerProcess) -> None:
     assert 'ml_playground_requests_total{endpoint="/v1/completions",status="200"}' in metrics
     assert 'ml_playground_requests_total{endpoint="/v1/completions",status="413"} 2.0' in metrics
     assert 'ml_playground_requests_total{endpoint="/v1/models",status="401"} 2.0' in metrics
+    assert 'ml_playground_requests_total{endpoint="other",status="401"} 3.0' in metrics  # one label, not three
+    assert "admin-" not in metrics
     assert "ml_playground_time_to_first_token_seconds_count" in metrics
     assert "ml_playground_queue_depth 0.0" in metrics
 
