@@ -23,26 +23,11 @@ from ml_playground.core.packed_products import (
     packing_available,
     routed,
 )
+from tests.product_helpers import Recording, weights
 
 AVAILABLE: list[Method] = [method for method in PACKS if packing_available(method)]
 pytestmark = [pytest.mark.unit, pytest.mark.skipif(not AVAILABLE, reason="this PyTorch build has no packed product")]
 METHODS = pytest.mark.parametrize("method", AVAILABLE)
-
-
-def weights(*shapes: tuple[int, int]) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return [torch.randn(*shape, generator=generator) for shape in shapes]
-
-
-class Recording:
-    """``F.linear``, counting its calls: what took the plain path."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        self.calls += 1
-        return F.linear(x, weight, bias)
 
 
 def test_bands_are_powers_of_two_from_four() -> None:

@@ -11,24 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.row_products import CACHE_FILE, RowProducts, decide, in_blocks, measured_blocks
+from tests.product_helpers import Recording, weights
 
 pytestmark = pytest.mark.unit
-
-
-def weights(*shapes: tuple[int, ...]) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return [torch.randn(*shape, generator=generator) for shape in shapes]
-
-
-class Recording:
-    """``F.linear``, counting its calls: what took the plain path."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        self.calls += 1
-        return F.linear(x, weight, bias)
 
 
 @pytest.mark.parametrize("blocks", [2, 4, 8])
