@@ -14,7 +14,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ml_playground.core.atomic import atomic_write_text
-from ml_playground.core.machine import user_cache_dir
+from ml_playground.core.machine import cpu_facts, user_cache_dir
+
+
+def machine_key(*parts: str) -> str:
+    """A cache key: this machine's CPU, PyTorch and threads, then the rest of what the answer depends on."""
+    import torch  # here, not at the top: a plain-text prepare never imports PyTorch
+
+    cpu, _ = cpu_facts()
+    return " | ".join((cpu, f"torch {torch.__version__}", f"{torch.get_num_threads()} threads", *parts))
 
 
 def cached_choice(

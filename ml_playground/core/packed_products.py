@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml_playground.core.machine import cpu_facts
-from ml_playground.core.measured_choice import alternating_medians, cached_choice
+from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
 
 Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # F.linear's signature
 Method = Literal["plain", "mkl", "onednn"]  # how a band's products run: unpacked, or with whose pack
@@ -153,10 +152,13 @@ def measured_chooser(weights: list[torch.Tensor], plain: Product, cache_dir: Pat
     shapes = shapes_key(weights)
 
     def choose(band: int) -> Method:
-        cpu, _ = cpu_facts()
-        key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes} | {band} rows"
         chosen = cached_choice(
-            CACHE_FILE, key, ("plain", *PACKS), lambda: measure_band(weights, band, plain), decide, cache_dir
+            CACHE_FILE,
+            machine_key(shapes, f"{band} rows"),
+            ("plain", *PACKS),
+            lambda: measure_band(weights, band, plain),
+            decide,
+            cache_dir,
         )
         return "onednn" if chosen == "onednn" else "mkl" if chosen == "mkl" else "plain"
 

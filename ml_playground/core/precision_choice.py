@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ml_playground.core.machine import cpu_facts
-from ml_playground.core.measured_choice import alternating_medians, cached_choice
+from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
 
 MARGIN = 1.3
 CACHE_FILE = "cpu_precision_v1.json"
@@ -53,7 +52,5 @@ def cpu_autocast_dtype(
     cache_dir: Path | None = None, measure_fn: Callable[[], Mapping[str, float]] = measure
 ) -> torch.dtype:
     """bfloat16 or float32 for training on this CPU: cached, or measured now (about a second)."""
-    cpu, _ = cpu_facts()
-    key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    chosen = cached_choice(CACHE_FILE, key, ("bfloat16", "float32"), measure_fn, decide, cache_dir)
+    chosen = cached_choice(CACHE_FILE, machine_key(), ("bfloat16", "float32"), measure_fn, decide, cache_dir)
     return torch.bfloat16 if chosen == "bfloat16" else torch.float32

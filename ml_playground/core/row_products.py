@@ -17,26 +17,18 @@ to float rounding, not bit for bit. ``blocks = 1`` is the plain product.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ml_playground.core.machine import cpu_facts
-from ml_playground.core.measured_choice import alternating_medians, cached_choice
-
-Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # F.linear's signature
+from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
+from ml_playground.core.packed_products import Product, eligible, shapes_key
 
 CANDIDATES = (2, 4, 8)  # blocks of rows tried besides the plain product
 MARGIN = 1.1  # blocks must be this much faster to be chosen, so a near tie stays plain
 CACHE_FILE = "row_products_v1.json"
-
-
-def eligible(weight: torch.Tensor) -> bool:
-    """A float32 CPU matrix: where the choice was measured."""
-    return weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
 
 
 def in_blocks(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
@@ -53,11 +45,6 @@ def blocked(x: torch.Tensor, stacked: torch.Tensor, bias: torch.Tensor | None) -
     column = (x if x.is_contiguous() else x.contiguous()).as_strided((blocks, width, 1), (0, 1, width))
     product = torch.bmm(stacked, column) if bias is None else torch.baddbmm(bias.view(blocks, rows, 1), stacked, column)
     return product.view(*x.shape[:-1], blocks * rows)
-
-
-def shapes_key(weights: Iterable[torch.Tensor]) -> str:
-    shapes = sorted(tuple(w.shape) for w in weights)
-    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
 
 
 def measure(weights: list[torch.Tensor], plain: Product = F.linear, repeats: int = 7) -> dict[str, float]:
@@ -93,10 +80,8 @@ def measured_blocks(weights: Iterable[torch.Tensor], plain: Product = F.linear, 
     usable = [w.detach() for w in weights if eligible(w)]
     if not usable:
         return 1
-    cpu, _ = cpu_facts()
     against = getattr(plain, "__name__", type(plain).__name__)  # F.linear, or the oneDNN product it is timed against
-    key = f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shapes_key(usable)} | {against}"
-    key += " | 1 row"
+    key = machine_key(shapes_key(usable), against, "1 row")
     choices = tuple(str(blocks) for blocks in (1, *CANDIDATES))
     return int(cached_choice(CACHE_FILE, key, choices, lambda: measure(usable, plain), decide, cache_dir))
 

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ml_playground.core.machine import cpu_facts
-from ml_playground.core.measured_choice import alternating_medians, cached_choice
+from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
 from ml_playground.families.gpt.kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
 
 MARGIN = 1.15
@@ -35,11 +34,8 @@ class Workload:
     training: bool
 
     def key(self) -> str:
-        cpu, _ = cpu_facts()
         mode = "train" if self.training else "decode"
-        return (
-            f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {self.width} x {self.rows} {mode}"
-        )
+        return machine_key(f"{self.width} x {self.rows} {mode}")
 
 
 Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, LinearKernel], torch.Tensor]
