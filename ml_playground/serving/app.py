@@ -164,16 +164,6 @@ def guidance(sc: SampleConfig, fields: GenerationFields) -> float:
     return sc.guidance if fields.guidance is None else fields.guidance
 
 
-def _params(
-    served: Served,
-    fields: GenerationFields,
-    max_tokens: int,
-    keep_prefix: int = 0,
-    contrast: tuple[ContrastPrompt, ...] = (),
-) -> SamplingParams:
-    return request_params(served.config.sample, fields, max_tokens, keep_prefix, contrast)
-
-
 def request_params(
     sc: SampleConfig,
     fields: GenerationFields,
@@ -209,7 +199,7 @@ def completion_request(
     """The generation for one prompt of the request (``prompt``: one of ``body.prompts``; None: the first)."""
     max_tokens = _check_common(served, body)
     if isinstance(prompt, list):
-        params = _params(served, body, max(max_tokens, 1))
+        params = request_params(served.config.sample, body, max(max_tokens, 1))
         return GenerationRequest(_check_ids(served, prompt, "prompt", body.echo), params, tuple(body.stop_strings))
     text = prompt if prompt is not None else body.prompt_text
     text = served.config.sample.prompt if text is None else text
@@ -225,7 +215,7 @@ def completion_request(
             contrast = party_contrast(served.model.tokenizer, body.conditions, parties, text.strip())
         text = header + text.strip()
     ids = _encode(served, text, "prompt", body.echo)
-    params = _params(served, body, max(max_tokens, 1), keep_prefix, contrast)
+    params = request_params(served.config.sample, body, max(max_tokens, 1), keep_prefix, contrast)
     return GenerationRequest(ids, params, tuple(body.stop_strings))
 
 
@@ -242,7 +232,7 @@ def chat_request(served: Served, body: ChatRequest) -> GenerationRequest:
             f"messages are {len(ids)} tokens; the model's context is {served.model.context_length}",
             param="messages",
         )
-    return GenerationRequest(ids, _params(served, body, max_tokens), tuple(body.stop_strings))
+    return GenerationRequest(ids, request_params(served.config.sample, body, max_tokens), tuple(body.stop_strings))
 
 
 class LoopWaker:
