@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import functools
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,21 @@ def test_move_aside_only_moves_a_non_empty_run(tmp_path: Path) -> None:
     assert moved is not None
     assert (moved / "metrics.jsonl").read_text() == "{}"
     assert not run.exists()
+
+
+PROBE = """
+import json, sys, torch
+from ml_playground.commands.train import use_deterministic_algorithms
+use_deterministic_algorithms({mode}, compiling={compiling})
+loaded = "torch._inductor.config" in sys.modules
+import torch._inductor.config as inductor
+print(json.dumps([torch.are_deterministic_algorithms_enabled(), loaded, inductor.deterministic]))
+"""
+
+
+@pytest.mark.parametrize(("mode", "compiling"), [(True, False), (True, True)])
+def test_deterministic_mode_reaches_inductor_only_when_compiling(mode: bool, compiling: bool) -> None:
+    """Eager runs set the flag the kernels read without importing inductor; compiled runs set inductor's too."""
+    probe = PROBE.format(mode=mode, compiling=compiling)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [mode, compiling, mode and compiling]
