@@ -230,6 +230,11 @@ class GptModelConfig(FamilyConfig):
         description="Header-conditioned datasets: add a learned vector for the party (the token after <|party|>) "
         "to every position of its record, so each position sees it directly.",
     )
+    condition_bias: bool = Field(
+        default=False,
+        description="With condition_embedding: also add a learned bias over the vocabulary per party to the logits "
+        "(the party's word choice, learned directly rather than through every layer).",
+    )
 
     linear_kernel: Literal["auto", "aten", "onednn"] = Field(
         default="auto",
@@ -248,6 +253,8 @@ class GptModelConfig(FamilyConfig):
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.rotary and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary needs an even head width (n_embd / n_head)")
+        if self.condition_bias and not self.condition_embedding:
+            raise ValueError("condition_bias needs condition_embedding = true (the bias reads the party's vector)")
         return self
 
 

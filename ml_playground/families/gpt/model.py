@@ -10,7 +10,9 @@ for the token that follows the marker, until the ``condition_reset`` token (``<|
 conditions are read from the token ids themselves, so data, batches and prompts stay plain text;
 what changes is that each position sees the party directly instead of having to find it by
 attention (the party is worth about 0.01 nats per token, too little gradient for a small model
-to learn that attention within minutes).
+to learn that attention within minutes). With ``condition_bias`` the same vector also reaches the logits
+directly, through a head of its own: a learned bias over the vocabulary per condition, which is what a
+party's choice of words is, learned without going through every layer first.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class GPTConfig:
     rope_base: float = 10000.0
     condition_marker: int | None = None  # id of the token (<|party|>) whose next token is a condition
     condition_reset: int | None = None  # id of the token (<|end|>) after which no condition holds
+    condition_bias: bool = False  # with a condition marker: a learned logit bias per condition (module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -220,6 +223,10 @@ class GPT(nn.Module):
         self.wce = (
             nn.Embedding(config.vocab_size + 1, config.n_embd, padding_idx=config.vocab_size) if conditioned else None
         )
+        # the condition's vector read out as a bias over the vocabulary (zero while the embedding is)
+        self.condition_head = (
+            Linear(config.n_embd, config.vocab_size, bias=False) if conditioned and config.condition_bias else None
+        )
         self.apply(self._init_weights)
         if self.wce is not None:
             nn.init.zeros_(self.wce.weight)  # starts as the unconditioned model
@@ -261,8 +268,10 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
+        conditions = None
         if self.wce is not None:
-            x = x + self.wce(self.condition_ids(idx, cache))
+            conditions = self.condition_ids(idx, cache)
+            x = x + self.wce(conditions)
         rotary = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
@@ -276,7 +285,17 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, (B, T), cache, layer, rotary)
         logits: torch.Tensor = self.lm_head(self.ln_f(x))
+        if self.condition_head is not None and conditions is not None:
+            logits = logits + self.condition_logits(conditions)
         return logits.view(B, T, -1)
+
+    def condition_logits(self, conditions: torch.Tensor) -> torch.Tensor:
+        """(B*T, vocab) each position's condition bias; the head reads only the few distinct conditions present."""
+        assert self.wce is not None
+        assert self.condition_head is not None
+        present, which = torch.unique(conditions, return_inverse=True)
+        table = self.condition_head(self.wce(present))
+        return F.embedding(which.view(-1), table)
 
     def condition_ids(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) the condition of each position: the token after the last marker, or ``vocab_size`` (none).

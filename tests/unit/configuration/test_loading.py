@@ -111,6 +111,8 @@ def test_speedrun_config_uses_the_modern_options() -> None:
     assert config.train.early_stopping.target_val_loss == pytest.approx(1.89)
     with pytest.raises(ConfigError, match="rotary needs an even head width"):
         load_config(SHAKESPEARE, ["train.model.rotary=true", "train.model.n_embd=12", "train.model.n_head=4"])
+    with pytest.raises(ConfigError, match="condition_bias needs condition_embedding = true"):
+        load_config(SHAKESPEARE, ["train.model.condition_bias=true"])
 
 
 @pytest.mark.parametrize("name", ["bundestag_char", "bundestag_tiktoken", "bundestag_qwen15b_lora_mps"])

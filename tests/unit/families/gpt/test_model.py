@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ml_playground.core.losses import cross_entropy
 from ml_playground.families.gpt.model import GPT, GPTConfig, KVCache
@@ -137,6 +138,32 @@ def test_a_zero_initialised_condition_embedding_changes_nothing_until_trained() 
     other[0, 2] = 9
     assert not torch.allclose(model(ids)[0, 3:], model(other)[0, 3:])  # the party now reaches every position
     assert torch.equal(model(ids)[0, :2], model(other)[0, :2])  # but not the positions before it
+
+
+def test_the_condition_bias_adds_each_position_its_party_row_and_learns() -> None:
+    torch.manual_seed(0)
+    shape = {"vocab_size": 40, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 16}
+    model = GPT(GPTConfig(**shape, condition_marker=MARKER, condition_reset=RESET, condition_bias=True)).eval()
+    without = GPT(GPTConfig(**shape, condition_marker=MARKER, condition_reset=RESET)).eval()
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("condition_head.")})
+    ids = torch.tensor([[5, MARKER, 7, 1, 2, RESET, 3, MARKER, 9, 4]])
+    assert model.wce is not None
+    assert model.condition_head is not None
+    assert torch.equal(model(ids), without(ids))  # a zero-initialised embedding: no bias yet
+    with torch.no_grad():
+        model.wce.weight[:40].normal_()
+        without.wce.weight.copy_(model.wce.weight)
+    conditions = model.condition_ids(ids)
+    expected = without(ids) + model.condition_head(model.wce(conditions))
+    assert torch.allclose(model(ids), expected, atol=1e-6)
+    assert torch.equal(model(ids)[0, :2], without(ids)[0, :2])  # no condition before the marker: no bias
+    model.train()
+    F.cross_entropy(model(ids)[0], torch.roll(ids[0], -1)).backward()
+    head_grad, party_grad = model.condition_head.weight.grad, model.wce.weight.grad
+    assert head_grad is not None
+    assert party_grad is not None
+    assert head_grad.abs().sum() > 0
+    assert party_grad[7].abs().sum() > 0
 
 
 def test_generation_with_conditions_is_the_same_cached_and_uncached() -> None:
