@@ -29,7 +29,7 @@ from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.packed_products import Chooser, PackedProducts
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
-from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
+from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary, rotary_from_angles
 
 
 class BatchedDecoder(RowBatch):
@@ -105,8 +105,7 @@ class BatchedDecoder(RowBatch):
         if weights.wpe is not None:
             x = x + F.embedding(positions, weights.wpe).unsqueeze(1)
         else:
-            angles = torch.outer(positions.float(), self.inv_freq).view(n, 1, 1, D // 2)
-            rotary = (angles.cos(), angles.sin())
+            rotary = rotary_from_angles(torch.outer(positions.float(), self.inv_freq).view(n, 1, 1, D // 2))
         span = int(positions.max()) + 1
         mask = None  # one row sees every column up to its own length: nothing to mask
         if n > 1:

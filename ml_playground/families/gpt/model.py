@@ -111,17 +111,26 @@ class KVCache:
 def rotary_tables(
     head_dim: int, start: int, length: int, base: float, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of each position's rotation angles, (T, D/2) each."""
+    """The tables ``apply_rotary`` takes for positions ``start`` .. ``start + length - 1``, (T, D) each."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(start, start + length, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    return rotary_from_angles(torch.outer(positions, inv_freq))
+
+
+def rotary_from_angles(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, cos) and (-sin, sin) of rotation angles (..., D/2), each (..., D)."""
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of the head dimension by the position's angle; x is (B, H, T, D)."""
-    half = x.size(-1) // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    """Rotate pairs (x1, x2) of the head dimension (its two halves) by the position's angle, with ``rotary_tables``.
+
+    (x1 cos - x2 sin, x2 cos + x1 sin) as ``x * (cos, cos) + (x2, x1) * (-sin, sin)``: the same products and
+    sums, so the same floats, in four operators whose gradients are the same four (slicing the halves and
+    joining them again costs a zero-filled gradient per slice).
+    """
+    rotated = x.float() * cos + x.float().roll(x.size(-1) // 2, dims=-1) * sin
     return rotated.type_as(x)
 
 
@@ -147,12 +156,19 @@ class CausalSelfAttention(nn.Module):
         # (B*T, 3C) -> 3 x (B, H, T, D) views. Split on the channels rather than unbind a permuted
         # (B, T, 3, H, D): the same strides forward, but backward then joins the three gradients with
         # one cat instead of a stack and a copy (1-2% of a default training step).
-        head_dim = C // self.n_head
-        q, k, v = (part.view(B, T, self.n_head, head_dim).transpose(1, 2) for part in self.qkv(x).split(C, dim=-1))
-        if self.qk_norm:
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        H, D = self.n_head, C // self.n_head
+        if self.qk_norm or rotary is not None:
+            # Queries and keys normalised and rotated together, as one (B, T, 2H, D) tensor: half the operators.
+            qk, v = self.qkv(x).split([2 * C, C], dim=-1)
+            qk = qk.view(B, T, 2 * H, D)
+            if self.qk_norm:
+                qk = F.rms_norm(qk, (D,))
+            if rotary is not None:
+                qk = apply_rotary(qk, rotary[0][:, None], rotary[1][:, None])  # tables (T, 1, D) for (B, T, 2H, D)
+            q, k = (part.transpose(1, 2) for part in qk.split(H, dim=2))
+            v = v.view(B, T, H, D).transpose(1, 2)
+        else:
+            q, k, v = (part.view(B, T, H, D).transpose(1, 2) for part in self.qkv(x).split(C, dim=-1))
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         past = k.size(2) - T
@@ -169,6 +185,30 @@ class CausalSelfAttention(nn.Module):
         return F.dropout(out, self.dropout, self.training) if self.dropout else out
 
 
+class ReluSquared(torch.autograd.Function):
+    """relu(x)² with the gradient 2 relu(x) computed from the saved relu(x): one operator backward where autograd
+    would run the square's and the relu's (the same floats)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        positive = F.relu(x)
+        ctx.save_for_backward(positive)
+        return positive.square()
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> torch.Tensor:
+        positive: torch.Tensor = ctx.saved_tensors[0]
+        return (positive + positive).mul_(grad_outputs[0])
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """ReLU² (So et al., 2021); with gradients, through ``ReluSquared``."""
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        return F.relu(x).square()
+    out: torch.Tensor = ReluSquared.apply(x)
+    return out
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -179,7 +219,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc(x)
-        hidden = F.relu(hidden).square() if self.relu2 else F.gelu(hidden)
+        hidden = relu_squared(hidden) if self.relu2 else F.gelu(hidden)
         out: torch.Tensor = self.proj(hidden)
         return F.dropout(out, self.dropout, self.training) if self.dropout else out
 

@@ -179,3 +179,23 @@ def test_generation_with_conditions_is_the_same_cached_and_uncached() -> None:
     cached = generate(model, prompt, params)
     uncached = generate(model, prompt, SamplingParams(**{**params.__dict__, "use_kv_cache": False}))
     assert torch.equal(cached, uncached)
+
+
+def test_rotary_and_relu_squared_give_the_floats_of_their_plain_formulas() -> None:
+    from ml_playground.families.gpt.model import apply_rotary, relu_squared, rotary_tables
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8)  # (B, T, heads, D), tables broadcast as (T, 1, D)
+    cos, sin = rotary_tables(8, 4, 5, 10000.0, torch.device("cpu"))
+    half_cos, half_sin = cos[:, None, :4], sin[:, None, 4:]
+    x1, x2 = x[..., :4], x[..., 4:]
+    plain = torch.cat([x1 * half_cos - x2 * half_sin, x1 * half_sin + x2 * half_cos], dim=-1)
+    assert torch.equal(apply_rotary(x, cos[:, None], sin[:, None]), plain)
+    h = torch.randn(6, 10, requires_grad=True)
+    grad = torch.randn(6, 10)
+    expected = torch.autograd.grad(F.relu(h).square(), h, grad)[0]
+    out = relu_squared(h)
+    assert torch.equal(out, F.relu(h).square())
+    assert torch.equal(torch.autograd.grad(out, h, grad)[0], expected)
+    with torch.no_grad():
+        assert torch.equal(relu_squared(h), F.relu(h).square())
