@@ -55,7 +55,7 @@ def gpt_config(model: GptModelConfig, vocab_size: int, conditions: tuple[int, in
         qk_norm=model.qk_norm,
         activation=model.activation,
         tie_weights=model.tie_weights,
-        condition_bias=model.condition_bias and conditions is not None,
+        condition_bias=model.condition_bias,  # the model adds its head only where a marker is given
     )
 
 

@@ -130,7 +130,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     sums, so the same floats, in four operators whose gradients are the same four (slicing the halves and
     joining them again costs a zero-filled gradient per slice).
     """
-    rotated = x.float() * cos + x.float().roll(x.size(-1) // 2, dims=-1) * sin
+    wide = x.float()
+    rotated = wide * cos + wide.roll(x.size(-1) // 2, dims=-1) * sin
     return rotated.type_as(x)
 
 
