@@ -1,10 +1,9 @@
 """Continuous batching for the GPT family: one forward pass per step over every active stream.
 
 A decode step of a small model is bound by reading its weights: eight rows cost little more than one.
-Each stream is a row of a padded KV cache with its own length; a step feeds every row's last token at
-its own position (learned position embeddings or rotary angles per row) and masks each row's attention
-to its own length. Rows stay packed at the front (a finished row's slot is filled by the last row), so
-the caches are read as views, never gathered. A new stream is prefilled alone (``GPT.forward`` with a
+Each stream is a row of the KV cache of ``core/row_cache.py`` with its own length; a step feeds every
+row's last token at its own position (learned position embeddings or rotary angles per row) and masks
+each row's attention to its own length. A new stream is prefilled alone (``GPT.forward`` with a
 cache of its own, copied into its row) and joins at the next step; a stream leaves at once.
 
 The step's products run through ``core/packed_products.py``: each weight packed once for the batch's
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.packed_products import Chooser, PackedProducts
+from ml_playground.core.row_cache import RowCache
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
 from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary, rotary_from_angles
@@ -46,14 +46,20 @@ class BatchedDecoder(RowBatch):
         config = model.config
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        device = model.wte.weight.device
-        dtype = model.wte.weight.dtype
-        shape = (rows, self.n_head, self.context_length, self.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        weight = model.wte.weight
+        self.cache = RowCache(
+            config.n_layer,
+            rows,
+            self.n_head,
+            self.head_dim,
+            columns=self.context_length,
+            limit=self.context_length,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
         self.inv_freq = 1.0 / (
-            config.rope_base ** (torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32) / self.head_dim)
+            config.rope_base
+            ** (torch.arange(0, self.head_dim, 2, device=weight.device, dtype=torch.float32) / self.head_dim)
         )
 
     @staticmethod
@@ -62,18 +68,17 @@ class BatchedDecoder(RowBatch):
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
         """Prefill a new stream into the next row: (its handle, its first token)."""
-        slot = len(self.rows)
-        device = self.lengths.device
-        cache = KVCache(len(self.keys), capacity=self.context_length)
+        cache = KVCache(self.model.config.n_layer, capacity=self.context_length)
         with torch.inference_mode():
-            logits = self.model(torch.tensor([prompt_ids], dtype=torch.long, device=device), cache)[:, -1, :]
+            ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.cache.lengths.device)
+            logits = self.model(ids, cache)[:, -1, :]
         length = len(prompt_ids)
-        for layer, (keys, values) in enumerate(zip(cache.keys, cache.values, strict=True)):
-            assert keys is not None
-            assert values is not None
-            self.keys[layer][slot, :, :length] = keys[0, :, :length]
-            self.values[layer][slot, :, :length] = values[0, :, :length]
-        self.lengths[slot] = length
+        layers = [
+            (keys[0, :, :length], values[0, :, :length])
+            for keys, values in zip(cache.keys, cache.values, strict=True)
+            if keys is not None and values is not None
+        ]
+        self.cache.put(len(self.rows), layers)
         return self._join(params, logits)
 
     def remove(self, handle: int) -> None:
@@ -81,11 +86,7 @@ class BatchedDecoder(RowBatch):
         slot = self._slot(handle)
         last = len(self.rows) - 1
         if slot != last:
-            length = int(self.lengths[last])
-            for keys, values in zip(self.keys, self.values, strict=True):
-                keys[slot, :, :length] = keys[last, :, :length]
-                values[slot, :, :length] = values[last, :, :length]
-            self.lengths[slot] = self.lengths[last]
+            self.cache.move(last, slot)
             self.rows[slot] = self.rows[last]
         self.rows.pop()
 
@@ -95,10 +96,11 @@ class BatchedDecoder(RowBatch):
         weights, product = self.step_weights, self.products
         config = weights.config
         C, H, D = weights.width[0], self.n_head, self.head_dim
-        device = self.lengths.device
-        positions = self.lengths[:n].clone()
-        if int(positions.max()) + 1 > self.context_length:
-            raise ValueError(f"a row would exceed block_size {self.context_length}")
+        device = self.inv_freq.device
+        cache = self.cache
+        positions = cache.positions(n)
+        targets, mask = cache.targets(positions), cache.mask(positions, weights.wte.dtype)
+        span = int(positions.max()) + 1
         idx = torch.tensor([[row.last] for row in self.rows], dtype=torch.long, device=device)
         x = F.embedding(idx, weights.wte)
         rotary = None
@@ -106,16 +108,6 @@ class BatchedDecoder(RowBatch):
             x = x + F.embedding(positions, weights.wpe).unsqueeze(1)
         else:
             rotary = rotary_from_angles(torch.outer(positions.float(), self.inv_freq).view(n, 1, 1, D // 2))
-        span = int(positions.max()) + 1
-        mask = None  # one row sees every column up to its own length: nothing to mask
-        if n > 1:
-            visible = (torch.arange(span, device=device).view(1, span) <= positions.view(n, 1)).view(n, 1, 1, span)
-            mask = torch.zeros(visible.shape, dtype=x.dtype, device=device).masked_fill_(~visible, float("-inf"))
-        # Where each row's new key goes in the caches seen as (rows * heads * columns, head_dim): one index for
-        # every layer's keys and values (``index_copy_``: 7 against 11 us a call for one row, 10 against 14 for
-        # eight, than ``cache[rows, :, positions] =`` on the AMD EPYC of ``core/row_products.py``).
-        heads = torch.arange(n * H, device=device).view(n, H)
-        slots = (heads * self.context_length + positions.view(n, 1)).view(n * H)
         for layer, block in enumerate(weights.blocks):
             h = F.layer_norm(x, weights.width, *block.ln_1, 1e-5)
             q, k, v = product(h, *block.qkv).view(n, 1, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
@@ -123,13 +115,11 @@ class BatchedDecoder(RowBatch):
                 q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-            keys, values = self.keys[layer], self.values[layer]
-            keys.view(-1, D).index_copy_(0, slots, k.reshape(n * H, D))
-            values.view(-1, D).index_copy_(0, slots, v.reshape(n * H, D))
-            y = F.scaled_dot_product_attention(q, keys[:n, :, :span], values[:n, :, :span], attn_mask=mask)
+            keys, values = cache.extend(layer, targets, span, k, v)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             x = x + product(y.transpose(1, 2).reshape(n, 1, C), *block.proj)
             h = product(F.layer_norm(x, weights.width, *block.ln_2, 1e-5), *block.fc)
             h = F.relu(h).square() if weights.relu2 else F.gelu(h)
             x = x + product(h, *block.mlp_proj)
-        self.lengths[:n] += 1
+        cache.advance(n)
         return product(F.layer_norm(x, weights.width, *weights.ln_f, 1e-5), weights.head, None)[:, 0, :]
