@@ -119,6 +119,23 @@ def _growing_layer_class() -> type[Any]:
     return GrowingLayer
 
 
+def prefill(lm: nn.Module, prompts: list[list[int]], device: torch.device) -> tuple[Any, torch.Tensor]:
+    """The model's forward over ``prompts`` as one batch, left-padded to the longest, each row masked to its own
+    tokens and given its own positions (one prompt: alone, exactly as one stream would be): (the model's
+    output with its cache, the mask (prompts, longest))."""
+    width = max(len(prompt) for prompt in prompts)
+    row_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        row_mask[i, width - len(prompt) :] = 1
+    with torch.inference_mode():
+        if len(prompts) == 1:
+            return lm(input_ids=ids, use_cache=True), row_mask
+        positions = (row_mask.cumsum(1) - 1).clamp(min=0)
+        return lm(input_ids=ids, attention_mask=row_mask, position_ids=positions, use_cache=True), row_mask
+
+
 class HfBatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one causal LM decoded together; ``add`` a prompt, then ``step`` them all."""
 
@@ -155,18 +172,7 @@ class HfBatchedDecoder(RowBatch):
         tokens and given its own positions) and put them in the last rows: (handle, first token) each.
         One prompt is prefilled alone, exactly as one stream would be."""
         lengths = [len(prompt) for prompt in prompts]
-        width = max(lengths)
-        row_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for i, (prompt, length) in enumerate(zip(prompts, lengths, strict=True)):
-            ids[i, width - length :] = torch.tensor(prompt, dtype=torch.long)
-            row_mask[i, width - length :] = 1
-        with torch.inference_mode():
-            if len(prompts) == 1:
-                output = self.lm(input_ids=ids, use_cache=True)
-            else:
-                positions = (row_mask.cumsum(1) - 1).clamp(min=0)
-                output = self.lm(input_ids=ids, attention_mask=row_mask, position_ids=positions, use_cache=True)
+        output, row_mask = prefill(self.lm, prompts, self.device)
         logits = output.logits[:, -1, :].float()
         if not self.rows:
             self.past, self.mask = output.past_key_values, row_mask

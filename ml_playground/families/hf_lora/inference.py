@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
+from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError
 from ml_playground.core.gguf_import import hf_folder_for
 from ml_playground.core.packed_products import linear_layers
 from ml_playground.core.row_products import RowProducts, measured_blocks
+from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import PretrainedTokenizer
 from ml_playground.families.base import ChatMessages, InferenceModel
 from ml_playground.families.hf_lora.adapters import ADAPTERS_DIR, MERGED_DIR, check_adapters_match
 from ml_playground.families.hf_lora.batched import HfBatchedDecoder
 from ml_playground.families.hf_lora.chat import apply_text_format, stop_ids
+from ml_playground.families.hf_lora.decode import LlamaDecoder, LlamaWeights, agrees, stream_rows
 from ml_playground.families.hf_lora.generation import stream_tokens
 from ml_playground.families.hf_lora.hub import load_pretrained_model, load_pretrained_tokenizer
 from ml_playground.families.hf_lora.lora import load_adapters, merged
@@ -130,16 +135,12 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
     loaded, tokenizer, described = load_lora_model(config, settings, which)
     model = merged(loaded)  # the adapters folded in: what export writes, and faster to decode
     pointer = CheckpointService(config.train.out_dir).pointer_info(which) if which in ("best", "last") else None
-    context = context_length(model, settings.block_size)
-    batched = HfBatchedDecoder.applies(model)
-    weights = [layer.weight for layer in linear_layers(model)]
-    one_row = RowProducts(weights, measured_blocks(weights))  # one row by each weight: in blocks where faster
-    row_product = one_row if one_row.weights else None
+    decoding = Decoding.of(model, context_length(model, settings.block_size))
     return InferenceModel(
         module=LogitsOnly(model),
         tokenizer=PretrainedTokenizer(tokenizer, described),
-        context_length=context,
-        stream=lambda prompt, params: stream_tokens(model, prompt, params, row_product),
+        context_length=decoding.context,
+        stream=decoding.stream,
         step=int(pointer["step"]) if pointer is not None else -1,
         checkpoint=described,
         device=next(model.parameters()).device,
@@ -147,5 +148,43 @@ def lora_inference_model(config: ExperimentConfig, settings: HfLoraModelConfig, 
         stop_in_text=False,
         chat_ids=chat_encoder(tokenizer),
         conditions=checkpoint_conditions(config, which),
-        batch_decoder=(lambda rows: HfBatchedDecoder(model, rows, context, plain=one_row)) if batched else None,
+        batch_decoder=decoding.decoder if decoding.batches else None,
     )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a model decodes: without its module calls where it is Llama-shaped (``decode.py``, checked at start-up),
+    one stream as a batch of one row; else through its own forward, several streams with a shared cache
+    (``batched.py``) where its cache allows, one stream token by token (``generation.py``). One row by each
+    weight runs in blocks where this machine measured that faster (``core/row_products.py``)."""
+
+    model: nn.Module
+    context: int
+    one_row: RowProducts
+    lean: LlamaWeights | None
+    batches: bool
+
+    @staticmethod
+    def of(model: nn.Module, context: int) -> Decoding:
+        llama = LlamaWeights.of(model)
+        weights = llama.matrices() if llama is not None else [layer.weight for layer in linear_layers(model)]
+        one_row = RowProducts(weights, measured_blocks(weights))
+        lean = llama if llama is not None and agrees(llama, one_row) else None
+        return Decoding(model, context, one_row, lean, lean is not None or HfBatchedDecoder.applies(model))
+
+    def decoder(self, rows: int) -> RowBatch:
+        """A batch decoder of ``rows`` streams."""
+        if self.lean is not None:
+            return LlamaDecoder(self.lean, rows, self.context, plain=self.one_row)
+        return HfBatchedDecoder(self.model, rows, self.context, plain=self.one_row)
+
+    def stream(self, prompt: torch.Tensor, params: SamplingParams) -> Iterator[torch.Tensor]:
+        """One prompt's new tokens (1, 1) each: as a batch of one row on the lean path where it takes the stream,
+        else token by token through the model's own forward (guidance, a window that slides, no cache)."""
+        if self.lean is not None and prompt.size(0) == 1:
+            decoder = self.decoder(1)
+            if decoder.admits(prompt.size(1), params):
+                return stream_rows(decoder, prompt, params)
+        product = self.one_row if self.one_row.weights else None
+        return stream_tokens(self.model, prompt, params, product)

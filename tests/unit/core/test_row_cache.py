@@ -26,11 +26,15 @@ def test_rows_keep_their_columns_as_the_buffers_grow_and_a_step_writes_each_rows
     positions = rows.positions(2)
     assert positions.tolist() == [3, 1]
     with torch.inference_mode():  # as a decode step runs
-        keys, values = rows.extend(0, rows.targets(positions), 4, torch.full((2, 2, 4), 5.0), torch.full((2, 2, 4), 6.0))
+        keys, values = rows.extend(
+            0, rows.targets(positions), 4, torch.full((2, 2, 4), 5.0), torch.full((2, 2, 4), 6.0)
+        )
         rows.advance(2)
     assert keys.shape == (2, 2, 4, 4)
-    assert keys[0, :, :3].eq(1.0).all() and keys[0, :, 3].eq(5.0).all()
-    assert keys[1, :, 0].eq(2.0).all() and keys[1, :, 1].eq(5.0).all()
+    assert keys[0, :, :3].eq(1.0).all()
+    assert keys[0, :, 3].eq(5.0).all()
+    assert keys[1, :, 0].eq(2.0).all()
+    assert keys[1, :, 1].eq(5.0).all()
     assert values[1, :, 1].eq(6.0).all()
     mask = rows.mask(positions, torch.float32)
     assert mask is not None

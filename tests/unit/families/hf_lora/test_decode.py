@@ -1,0 +1,207 @@
+"""Decoding a Llama-shaped model without its module calls: every row's logits are the model's own for its tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml_playground.core.packed_products import PACKS, Method, packing_available
+from ml_playground.core.sampling_rules import SamplingParams
+from ml_playground.families.hf_lora.decode import LlamaDecoder, LlamaWeights, agrees, fuse, stream_rows
+from ml_playground.families.hf_lora.generation import generate_ids
+from ml_playground.families.hf_lora.hub import load_pretrained_model
+from ml_playground.families.hf_lora.inference import Decoding
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+
+pytestmark = pytest.mark.unit
+
+TEXT = "Sehr geehrte Frau Präsidentin! Meine Damen und Herren! Wir beraten heute den Haushalt. " * 3
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
+    folder = build_tiny_causal_lm(tmp_path_factory.mktemp(request.param), [TEXT], architecture=request.param)
+    model: nn.Module = load_pretrained_model(str(folder), revision=None, dtype=torch.float32, key="x")
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def weights(lm: nn.Module) -> LlamaWeights:
+    found = LlamaWeights.of(lm)
+    assert found is not None
+    return found
+
+
+def alone(lm: nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        logits: torch.Tensor = lm(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    return logits
+
+
+PACKING = [
+    pytest.param(method, marks=pytest.mark.skipif(not packing_available(method), reason=f"no {method} pack"))
+    for method in ("plain", *PACKS)
+]
+
+
+@pytest.mark.parametrize("method", PACKING)
+def test_every_row_gets_the_models_logits_for_its_own_tokens_as_rows_join_leave_and_grow(
+    lm: nn.Module, weights: LlamaWeights, method: Method
+) -> None:
+    decoder = LlamaDecoder(weights, rows=4, context_length=64, pack=lambda band: method, columns=4)
+    greedy = SamplingParams(max_new_tokens=30, temperature=0.0)
+    sequences: dict[int, list[int]] = {}
+
+    def join(prompt: list[int]) -> None:
+        handle, first = decoder.add(prompt, greedy)
+        assert first == int(alone(lm, prompt).argmax())
+        sequences[handle] = [*prompt, first]
+
+    join([5, 6, 7])
+    join([9] * 11)  # longer than the cache's first room: it grows
+    for step in range(12):
+        if step == 2:
+            join([11, 12])
+        if step == 4:
+            decoder.remove(0)  # the last row moves into the first slot
+            del sequences[0]
+        if step == 6:
+            join([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
+        with torch.inference_mode():
+            logits = decoder.logits()
+        for i, row in enumerate(decoder.rows):
+            expected = alone(lm, sequences[row.handle])
+            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
+            row.last = int(expected.argmax())
+            sequences[row.handle].append(row.last)
+    assert sorted(sequences) == [1, 2, 3]
+    assert decoder.cache.columns == 32  # 4 doubled as the longest row grew past 4, 8 and 16 columns
+    assert decoder.products.band == (0 if method == "plain" else 4)
+    for handle in (2, 1, 3):
+        decoder.remove(handle)
+    assert decoder.step() == {}
+
+
+@pytest.mark.parametrize("method", PACKING)
+def test_answers_together_are_the_models_own_answers_alone(
+    lm: nn.Module, weights: LlamaWeights, method: Method
+) -> None:
+    """Greedy and seeded samples: beside others the same tokens as the model's own forward gives them alone."""
+    prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
+    settings = [
+        SamplingParams(max_new_tokens=12, temperature=0.0),
+        SamplingParams(max_new_tokens=12, temperature=1.0, top_k=20, seed=3),
+        SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
+        SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.5),
+    ]
+    decoder = LlamaDecoder(weights, rows=4, context_length=64, pack=lambda band: method)
+    together: dict[int, list[int]] = {}
+    for prompt, params in zip(prompts, settings, strict=True):
+        handle, first = decoder.add(prompt, params)
+        together[handle] = [first]
+    for _ in range(11):
+        for handle, token in decoder.step().items():
+            together[handle].append(token)
+    for handle, (prompt, params) in enumerate(zip(prompts, settings, strict=True)):
+        assert together[handle] == generate_ids(lm, prompt, params, None)
+
+
+def test_the_models_own_weights_become_views_of_the_fused_ones(lm: nn.Module, weights: LlamaWeights) -> None:
+    body = lm.model
+    assert isinstance(body, nn.Module)
+    attention = body.layers[0].self_attn
+    qkv, bias = weights.layers[0].qkv
+    assert attention.q_proj.weight.data_ptr() == qkv.data_ptr()  # nothing copied
+    rows = attention.q_proj.weight.size(0)
+    assert attention.k_proj.weight.data_ptr() == qkv[rows:].data_ptr()
+    assert (bias is None) == (attention.q_proj.bias is None)  # Qwen2 has q, k, v biases; Llama none
+
+
+def test_a_model_that_the_step_does_not_compute_keeps_its_own_path(lm: nn.Module, weights: LlamaWeights) -> None:
+    assert agrees(weights)
+    assert not agrees(weights, plain=lambda x, w, b: F.linear(x, w, b) * 1.01)  # a step that is not the model's
+
+
+def test_only_llama_shaped_configurations_are_taken(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    assert LlamaWeights.of(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))) is None
+    sliding = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_sliding_window=True, sliding_window=8, max_window_layers=0,
+        layer_types=["sliding_attention", "sliding_attention"],
+    )  # fmt: skip
+    assert LlamaWeights.of(Qwen2ForCausalLM(sliding)) is None
+
+
+def test_one_stream_is_a_batch_of_one_row_where_it_fits_else_the_models_own_path(lm: nn.Module) -> None:
+    decoding = Decoding.of(lm, context=32)
+    assert decoding.lean is not None
+    assert isinstance(decoding.decoder(2), LlamaDecoder)
+    prompt = torch.tensor([[5, 6, 7]])
+    for params in (
+        SamplingParams(max_new_tokens=10, temperature=0.0),
+        SamplingParams(max_new_tokens=10, temperature=1.0, top_k=20, seed=5),
+        SamplingParams(max_new_tokens=40, temperature=0.0),  # past the context: the window slides, token by token
+    ):
+        tokens = [int(t[0, 0]) for t in decoding.stream(prompt, params)]
+        assert tokens == generate_ids(lm, [5, 6, 7], params, None)
+        assert len(tokens) == params.max_new_tokens
+
+
+def test_a_stream_that_stops_early_gives_its_row_back(weights: LlamaWeights) -> None:
+    decoder = LlamaDecoder(weights, rows=1, context_length=32)
+    tokens = stream_rows(decoder, torch.tensor([[5, 6, 7]]), SamplingParams(max_new_tokens=10, temperature=0.0))
+    next(tokens)
+    next(tokens)
+    assert len(decoder) == 1
+    tokens.close()
+    assert len(decoder) == 0
+
+
+def test_streams_prefilled_together_get_the_models_logits_for_their_own_tokens(
+    lm: nn.Module, weights: LlamaWeights
+) -> None:
+    decoder = LlamaDecoder(weights, rows=4, context_length=64, pack=lambda band: "plain")
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    _, first = decoder.add([20, 21], greedy)  # a stream already decoding
+    decoder.step()
+    sequences = {0: [20, 21, first, decoder.rows[0].last]}
+    prompts = [[5, 6, 7], [9] * 11, [11, 12]]  # one pass, left-padded to 11; each row keeps its own columns
+    for (handle, first), prompt in zip(decoder.add_many(prompts, [greedy] * 3), prompts, strict=True):
+        assert first == int(alone(lm, prompt).argmax())
+        sequences[handle] = [*prompt, first]
+    assert decoder.cache.lengths[:4].tolist() == [3, 3, 11, 2]  # the columns each row holds
+    for _ in range(4):
+        with torch.inference_mode():
+            logits = decoder.logits()
+        for i, row in enumerate(decoder.rows):
+            expected = alone(lm, sequences[row.handle])
+            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
+            row.last = int(expected.argmax())
+            sequences[row.handle].append(row.last)
+
+
+def test_a_model_of_another_shape_decodes_through_its_own_forward() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ml_playground.families.hf_lora.batched import HfBatchedDecoder
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=64)).eval()
+    decoding = Decoding.of(gpt2, context=64)
+    assert decoding.lean is None
+    assert decoding.batches
+    assert isinstance(decoding.decoder(2), HfBatchedDecoder)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    tokens = [int(t[0, 0]) for t in decoding.stream(torch.tensor([[5, 6, 7]]), params)]
+    assert tokens == generate_ids(gpt2, [5, 6, 7], params, None)
+
+
+def test_layers_with_a_bias_and_without_are_not_fused() -> None:
+    with pytest.raises(ValueError, match="some of these layers have a bias"):
+        fuse([nn.Linear(4, 4, bias=True), nn.Linear(4, 4, bias=False)])
