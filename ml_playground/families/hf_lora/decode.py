@@ -59,13 +59,15 @@ def _config_fits(lm: nn.Module) -> bool:
     if type(lm).__name__ not in ARCHITECTURES or config is None:
         return False
     rotary = getattr(getattr(lm, "model", None), "rotary_emb", None)
-    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    layer_types = getattr(config, "layer_types", None)
+    # Every layer attends to every earlier token: as its layer types say, or (Mistral) no sliding window set.
+    full = set(layer_types) == {"full_attention"} if layer_types else getattr(config, "sliding_window", None) is None
     return (
-        getattr(rotary, "rope_type", None) in ROPE_TYPES
+        full
+        and getattr(rotary, "rope_type", None) in ROPE_TYPES
         and getattr(config, "hidden_act", None) == "silu"
         and getattr(config, "pretraining_tp", 1) == 1
         and not getattr(config, "mlp_bias", False)
-        and set(layer_types) == {"full_attention"}
         and not getattr(config, "use_sliding_window", False)
     )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,8 +124,15 @@ def test_a_model_that_the_step_does_not_compute_keeps_its_own_path(lm: nn.Module
     assert not agrees(weights, plain=lambda x, w, b: F.linear(x, w, b) * 1.01)  # a step that is not the model's
 
 
-def test_only_llama_shaped_configurations_are_taken(tmp_path: Path) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+def test_only_llama_shaped_configurations_are_taken() -> None:
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     assert LlamaWeights.of(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))) is None
     sliding = Qwen2Config(
@@ -136,6 +141,12 @@ def test_only_llama_shaped_configurations_are_taken(tmp_path: Path) -> None:
         layer_types=["sliding_attention", "sliding_attention"],
     )  # fmt: skip
     assert LlamaWeights.of(Qwen2ForCausalLM(sliding)) is None
+    shape = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 2}
+    assert LlamaWeights.of(MistralForCausalLM(MistralConfig(**shape, **heads, sliding_window=16))) is None
+    full = LlamaWeights.of(MistralForCausalLM(MistralConfig(**shape, **heads, sliding_window=None)).eval())
+    assert full is not None
+    assert agrees(full)
 
 
 def test_one_stream_is_a_batch_of_one_row_where_it_fits_else_the_models_own_path(lm: nn.Module) -> None:
