@@ -8,7 +8,8 @@ the front: a stream that leaves has its slot filled by the last row.
 
 Buffers are made and written in inference mode (a stream may join outside it, steps run inside it).
 The buffers start with room for ``columns`` and grow (doubling, up to ``limit``) when a row would need
-more, so a model with a long context does not reserve it all for every row up front.
+more, so a model with a long context does not reserve it all for every row up front; ``shrink`` gives
+the room back when the long rows have left.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class RowCache:
         device: torch.device,
     ) -> None:
         self.capacity, self.heads, self.head_dim, self.limit = capacity, heads, head_dim, limit
-        self.columns = min(columns, limit)
+        self.columns = self.first = min(columns, limit)
         shape = (capacity, heads, self.columns, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
@@ -50,13 +51,28 @@ class RowCache:
         grown = self.columns
         while grown < columns:
             grown *= 2
-        grown = min(grown, self.limit)
+        self._resize(min(grown, self.limit), self.columns)
+
+    def shrink(self, n: int) -> None:
+        """Give back room the first ``n`` rows (those left) do not need: the buffers halve while a quarter of them
+        would still hold the longest row, down to the first room. A server keeps its cache for its lifetime, so
+        one long answer must not hold every row's room at its length once it has left."""
+        longest = int(self.lengths[:n].max()) if n else 0
+        columns = self.columns
+        while columns // 2 >= self.first and longest * 4 <= columns:
+            columns //= 2
+        if columns < self.columns:
+            self._resize(columns, longest)
+
+    @torch.inference_mode()
+    def _resize(self, columns: int, keep: int) -> None:
+        """New buffers of ``columns`` columns holding the first ``keep`` columns of the old ones."""
         for buffers in (self.keys, self.values):
             for i, old in enumerate(buffers):
-                new = old.new_zeros((self.capacity, self.heads, grown, self.head_dim))
-                new[:, :, : self.columns] = old
+                new = old.new_zeros((self.capacity, self.heads, columns, self.head_dim))
+                new[:, :, :keep] = old[:, :, :keep]
                 buffers[i] = new
-        self.columns = grown
+        self.columns = columns
 
     @torch.inference_mode()
     def put(self, slot: int, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -194,6 +194,7 @@ class LlamaDecoder(RowBatch):
             self.cache.move(last, slot)
             self.rows[slot] = self.rows[last]
         self.rows.pop()
+        self.cache.shrink(len(self.rows))
 
     def logits(self) -> torch.Tensor:
         """One step over every row: the next-token logits (rows, V) after each row's last token."""

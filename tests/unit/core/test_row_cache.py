@@ -61,3 +61,20 @@ def test_a_row_past_the_context_is_refused() -> None:
     assert rows.columns == 6  # doubling stops at the limit
     with pytest.raises(ValueError, match="context length 6"):
         rows.positions(1)
+
+
+def test_room_the_rows_left_do_not_need_is_given_back() -> None:
+    rows = cache(columns=2, limit=64)
+    rows.put(0, prompt(3, 1.0))
+    rows.put(1, prompt(30, 2.0))  # grows to 32 columns
+    assert rows.columns == 32
+    rows.shrink(2)
+    assert rows.columns == 32  # the long row still needs them
+    rows.move(1, 0)
+    rows.put(1, prompt(3, 4.0))
+    rows.move(1, 0)  # the long row has left; a short one holds slot 0
+    rows.shrink(1)
+    assert rows.columns == 8  # halved while a quarter still holds 3 columns; its columns kept
+    assert rows.keys[0][0, :, :3].eq(4.0).all()
+    rows.shrink(0)
+    assert rows.columns == 2  # an empty batch: back to the first room
