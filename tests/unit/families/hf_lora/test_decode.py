@@ -123,11 +123,18 @@ def test_a_model_that_the_step_does_not_compute_keeps_its_own_path(lm: nn.Module
     assert agrees(weights)
     assert not agrees(weights, plain=lambda x, w, b: F.linear(x, w, b) * 1.01)  # a step that is not the model's
 
+    def fails(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    assert not agrees(weights, plain=fails)  # a shape the step does not compute: the model's own path, no crash
+
 
 def test_only_llama_shaped_configurations_are_taken() -> None:
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
         MistralConfig,
         MistralForCausalLM,
         Qwen2Config,
@@ -147,6 +154,9 @@ def test_only_llama_shaped_configurations_are_taken() -> None:
     full = LlamaWeights.of(MistralForCausalLM(MistralConfig(**shape, **heads, sliding_window=None)).eval())
     assert full is not None
     assert agrees(full)
+    wide_heads = LlamaWeights.of(LlamaForCausalLM(LlamaConfig(**shape, **heads, head_dim=16)).eval())  # 4 x 16 > 32
+    assert wide_heads is not None
+    assert agrees(wide_heads)
 
 
 def test_one_stream_is_a_batch_of_one_row_where_it_fits_else_the_models_own_path(lm: nn.Module) -> None:
