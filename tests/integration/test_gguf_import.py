@@ -19,7 +19,7 @@ from ml_playground.commands.train import train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig
 from ml_playground.core.errors import ConfigError
-from ml_playground.core.gguf_import import DONE_MARKER, hf_folder_for
+from ml_playground.core.gguf_import import DONE_MARKER, gguf_header, hf_folder_for
 from ml_playground.core.hub import load_pretrained_tokenizer
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.export.request import ExportRequest
@@ -76,8 +76,17 @@ def test_a_gguf_file_loads_as_the_same_model_and_is_converted_once(
     assert (folders[0] / DONE_MARKER).is_file()
     assert (folders[0] / "model.safetensors").is_file()
     stamp = (folders[0] / "model.safetensors").stat().st_mtime_ns
-    assert hf_folder_for(str(exported), tmp_path, "train.model.base_model") == str(folders[0])
+    read: list[Path] = []
+
+    def header(path: Path, key: str) -> dict[str, str]:
+        read.append(path)
+        return gguf_header(path, key)
+
+    assert hf_folder_for(str(exported), tmp_path, "train.model.base_model", header) == str(folders[0])
     assert (folders[0] / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
+    assert read == []  # nor the file parsed again
+    assert hf_folder_for(str(exported), tmp_path / "elsewhere", "train.model.base_model", header) != str(folders[0])
+    assert read == [exported]  # a cache without it: read and converted
 
 
 def test_bad_gguf_files_are_one_line_errors(
