@@ -9,7 +9,8 @@ the front: a stream that leaves has its slot filled by the last row.
 Buffers are made and written in inference mode (a stream may join outside it, steps run inside it).
 The buffers start with room for ``columns`` and grow (doubling, up to ``limit``) when a row would need
 more, so a model with a long context does not reserve it all for every row up front; ``shrink`` gives
-the room back when the long rows have left.
+the room back when the long rows have left. ``CachedRows`` is a batch decoder whose rows live in one
+(both families' batch decoders).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from ml_playground.core.batch_rows import RowBatch
 
 
 class RowCache:
@@ -132,3 +135,20 @@ class RowCache:
     def advance(self, n: int) -> None:
         """Each of the first ``n`` rows holds one more column."""
         self.lengths[:n] += 1
+
+
+class CachedRows(RowBatch):
+    """A batch decoder whose rows live in ``self.cache``: a stream that leaves has its slot filled by the last row,
+    and the room the rows left do not need is given back."""
+
+    cache: RowCache
+
+    def remove(self, handle: int) -> None:
+        """The stream leaves; the last row moves into its slot."""
+        slot = self._slot(handle)
+        last = len(self.rows) - 1
+        if slot != last:
+            self.cache.move(last, slot)
+            self.rows[slot] = self.rows[last]
+        self.rows.pop()
+        self.cache.shrink(len(self.rows))

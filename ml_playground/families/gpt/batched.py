@@ -24,15 +24,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.packed_products import Chooser, PackedProducts
-from ml_playground.core.row_cache import RowCache
+from ml_playground.core.row_cache import CachedRows, RowCache
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
 from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary, rotary_from_angles
 
 
-class BatchedDecoder(RowBatch):
+class BatchedDecoder(CachedRows):
     """Up to ``rows`` streams of one GPT decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(self, model: GPT, rows: int, pack: Chooser | None = None) -> None:
@@ -80,15 +79,6 @@ class BatchedDecoder(RowBatch):
         ]
         self.cache.put(len(self.rows), layers)
         return self._join(params, logits)
-
-    def remove(self, handle: int) -> None:
-        """The stream leaves; the last row moves into its slot."""
-        slot = self._slot(handle)
-        last = len(self.rows) - 1
-        if slot != last:
-            self.cache.move(last, slot)
-            self.rows[slot] = self.rows[last]
-        self.rows.pop()
 
     def logits(self) -> torch.Tensor:
         """One step over every row: the next-token logits (rows, V) after each row's last token."""

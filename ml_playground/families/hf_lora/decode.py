@@ -34,7 +34,7 @@ from torch import nn
 
 from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.packed_products import Chooser, PackedProducts, Product
-from ml_playground.core.row_cache import RowCache
+from ml_playground.core.row_cache import CachedRows, RowCache
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.hf_lora.batched import prefill
 
@@ -135,7 +135,7 @@ class LlamaWeights:
         ] + [self.head]  # fmt: skip
 
 
-class LlamaDecoder(RowBatch):
+class LlamaDecoder(CachedRows):
     """Up to ``rows`` streams of a Llama-shaped model decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(
@@ -185,16 +185,6 @@ class LlamaDecoder(RowBatch):
             )
             started.append(self._join(settings, logits[i : i + 1]))
         return started
-
-    def remove(self, handle: int) -> None:
-        """The stream leaves; the last row moves into its slot."""
-        slot = self._slot(handle)
-        last = len(self.rows) - 1
-        if slot != last:
-            self.cache.move(last, slot)
-            self.rows[slot] = self.rows[last]
-        self.rows.pop()
-        self.cache.shrink(len(self.rows))
 
     def logits(self) -> torch.Tensor:
         """One step over every row: the next-token logits (rows, V) after each row's last token."""

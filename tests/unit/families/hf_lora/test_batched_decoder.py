@@ -5,69 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
-from ml_playground.core.packed_products import PACKS, Method, packing_available
+from ml_playground.core.packed_products import Method
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
 from ml_playground.families.hf_lora.batched import HfBatchedDecoder
-from ml_playground.families.hf_lora.generation import generate_ids
-from ml_playground.families.hf_lora.hub import load_pretrained_model
-from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+from tests.unit.families.hf_lora.decoding_checks import (
+    PACKING,
+    alone,
+    assert_answers_together_are_answers_alone,
+    join,
+    step_against_alone,
+)
 
 pytestmark = pytest.mark.unit
-
-TEXT = "Sehr geehrte Frau Präsidentin! Meine Damen und Herren! Wir beraten heute den Haushalt. " * 3
-
-
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
-    folder = build_tiny_causal_lm(tmp_path_factory.mktemp(request.param), [TEXT], architecture=request.param)
-    model: nn.Module = load_pretrained_model(str(folder), revision=None, dtype=torch.float32, key="x")
-    return model.eval()
-
-
-def alone(lm: nn.Module, ids: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        logits: torch.Tensor = lm(input_ids=torch.tensor([ids])).logits[0, -1].float()
-    return logits
-
-
-def step_against_alone(decoder: HfBatchedDecoder, lm: nn.Module, sequences: dict[int, list[int]]) -> None:
-    """One batched step: each row's logits must be its own sequence's alone (1e-4); greedy, so every row
-    then feeds, and its sequence grows by, the token its sequence gives alone."""
-    with torch.inference_mode():
-        logits = decoder.logits()
-    for i, row in enumerate(decoder.rows):
-        expected = alone(lm, sequences[row.handle])
-        torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
-        row.last = int(expected.argmax())
-        sequences[row.handle].append(row.last)
-
-
-PACKING = [
-    pytest.param(method, marks=pytest.mark.skipif(not packing_available(method), reason=f"no {method} pack"))
-    for method in ("plain", *PACKS)
-]
 
 
 @pytest.mark.parametrize("method", PACKING)
 def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module, method: Method) -> None:
     assert HfBatchedDecoder.applies(lm)
     decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: method)
-    greedy = SamplingParams(max_new_tokens=20, temperature=0.0)
     sequences: dict[int, list[int]] = {}
 
-    def join(prompt: list[int]) -> None:
-        handle, first = decoder.add(prompt, greedy)
-        assert first == int(alone(lm, prompt).argmax())
-        sequences[handle] = [*prompt, first]
-
-    join([5, 6, 7])
-    join([9] * 11)  # longer than the cache so far: the first row is padded on the left
+    join(decoder, lm, sequences, [5, 6, 7])
+    join(decoder, lm, sequences, [9] * 11)  # longer than the cache so far: the first row is padded on the left
     for step in range(9):
         if step == 2:
-            join([11, 12])  # shorter: padded itself
+            join(decoder, lm, sequences, [11, 12])  # shorter: padded itself
         if step == 4:
             width = decoder.mask.size(1)
             decoder.remove(1)  # the longest row leaves: the columns only it used are cut off the front
@@ -75,7 +39,8 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
             assert decoder.mask.size(1) < width
             assert decoder.mask.size(1) == max(len(s) for s in sequences.values()) - 1
         if step == 6:
-            join([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])  # longer than everything in view
+            # longer than everything in view
+            join(decoder, lm, sequences, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
         step_against_alone(decoder, lm, sequences)
     assert sorted(sequences) == [0, 2, 3]
     assert decoder.products.band == (0 if method == "plain" else 4)  # three rows or more ran packed (padded to four)
@@ -84,7 +49,7 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
         decoder.remove(handle)
     assert len(decoder) == 0
     assert decoder.step() == {}
-    join([5, 6, 7])  # an emptied batch starts again
+    join(decoder, lm, sequences, [5, 6, 7])  # an emptied batch starts again
     assert len(decoder) == 1
 
 
@@ -92,23 +57,8 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
 def test_answers_together_are_the_answers_alone(lm: nn.Module, method: Method) -> None:
     """Greedy and seeded samples (one with a repetition penalty): the same tokens beside others as decoded alone
     by ``stream_tokens``."""
-    prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
-    settings = [
-        SamplingParams(max_new_tokens=12, temperature=0.0),
-        SamplingParams(max_new_tokens=12, temperature=1.0, top_k=20, seed=3),
-        SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
-        SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.5),
-    ]
     decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: method)
-    together: dict[int, list[int]] = {}
-    for prompt, params in zip(prompts, settings, strict=True):
-        handle, first = decoder.add(prompt, params)
-        together[handle] = [first]
-    for _ in range(11):
-        for handle, token in decoder.step().items():
-            together[handle].append(token)
-    for handle, (prompt, params) in enumerate(zip(prompts, settings, strict=True)):
-        assert together[handle] == generate_ids(lm, prompt, params, None)
+    assert_answers_together_are_answers_alone(decoder, lm)
 
 
 def test_the_batch_takes_what_fits_it(lm: nn.Module) -> None:

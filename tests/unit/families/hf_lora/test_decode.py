@@ -7,24 +7,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml_playground.core.packed_products import PACKS, Method, packing_available
+from ml_playground.core.packed_products import Method
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.hf_lora.decode import LlamaDecoder, LlamaWeights, agrees, fuse, stream_rows
 from ml_playground.families.hf_lora.generation import generate_ids
-from ml_playground.families.hf_lora.hub import load_pretrained_model
 from ml_playground.families.hf_lora.inference import Decoding
-from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+from tests.unit.families.hf_lora.decoding_checks import (
+    PACKING,
+    alone,
+    assert_answers_together_are_answers_alone,
+    join,
+    step_against_alone,
+)
 
 pytestmark = pytest.mark.unit
-
-TEXT = "Sehr geehrte Frau Präsidentin! Meine Damen und Herren! Wir beraten heute den Haushalt. " * 3
-
-
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
-    folder = build_tiny_causal_lm(tmp_path_factory.mktemp(request.param), [TEXT], architecture=request.param)
-    model: nn.Module = load_pretrained_model(str(folder), revision=None, dtype=torch.float32, key="x")
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -34,48 +30,24 @@ def weights(lm: nn.Module) -> LlamaWeights:
     return found
 
 
-def alone(lm: nn.Module, ids: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        logits: torch.Tensor = lm(input_ids=torch.tensor([ids])).logits[0, -1].float()
-    return logits
-
-
-PACKING = [
-    pytest.param(method, marks=pytest.mark.skipif(not packing_available(method), reason=f"no {method} pack"))
-    for method in ("plain", *PACKS)
-]
-
-
 @pytest.mark.parametrize("method", PACKING)
 def test_every_row_gets_the_models_logits_for_its_own_tokens_as_rows_join_leave_and_grow(
     lm: nn.Module, weights: LlamaWeights, method: Method
 ) -> None:
     decoder = LlamaDecoder(weights, rows=4, context_length=64, pack=lambda band: method, columns=4)
-    greedy = SamplingParams(max_new_tokens=30, temperature=0.0)
     sequences: dict[int, list[int]] = {}
 
-    def join(prompt: list[int]) -> None:
-        handle, first = decoder.add(prompt, greedy)
-        assert first == int(alone(lm, prompt).argmax())
-        sequences[handle] = [*prompt, first]
-
-    join([5, 6, 7])
-    join([9] * 11)  # longer than the cache's first room: it grows
+    join(decoder, lm, sequences, [5, 6, 7])
+    join(decoder, lm, sequences, [9] * 11)  # longer than the cache's first room: it grows
     for step in range(12):
         if step == 2:
-            join([11, 12])
+            join(decoder, lm, sequences, [11, 12])
         if step == 4:
             decoder.remove(0)  # the last row moves into the first slot
             del sequences[0]
         if step == 6:
-            join([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
-        with torch.inference_mode():
-            logits = decoder.logits()
-        for i, row in enumerate(decoder.rows):
-            expected = alone(lm, sequences[row.handle])
-            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
-            row.last = int(expected.argmax())
-            sequences[row.handle].append(row.last)
+            join(decoder, lm, sequences, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
+        step_against_alone(decoder, lm, sequences)
     assert sorted(sequences) == [1, 2, 3]
     assert decoder.cache.columns == 32  # 4 doubled as the longest row grew past 4, 8 and 16 columns
     assert decoder.products.band == (0 if method == "plain" else 4)
@@ -89,23 +61,8 @@ def test_answers_together_are_the_models_own_answers_alone(
     lm: nn.Module, weights: LlamaWeights, method: Method
 ) -> None:
     """Greedy and seeded samples: beside others the same tokens as the model's own forward gives them alone."""
-    prompts = [[5, 6, 7], [9] * 11, [11, 12], [20, 21, 22, 23]]
-    settings = [
-        SamplingParams(max_new_tokens=12, temperature=0.0),
-        SamplingParams(max_new_tokens=12, temperature=1.0, top_k=20, seed=3),
-        SamplingParams(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=4),
-        SamplingParams(max_new_tokens=12, temperature=0.0, repetition_penalty=1.5),
-    ]
     decoder = LlamaDecoder(weights, rows=4, context_length=64, pack=lambda band: method)
-    together: dict[int, list[int]] = {}
-    for prompt, params in zip(prompts, settings, strict=True):
-        handle, first = decoder.add(prompt, params)
-        together[handle] = [first]
-    for _ in range(11):
-        for handle, token in decoder.step().items():
-            together[handle].append(token)
-    for handle, (prompt, params) in enumerate(zip(prompts, settings, strict=True)):
-        assert together[handle] == generate_ids(lm, prompt, params, None)
+    assert_answers_together_are_answers_alone(decoder, lm)
 
 
 def test_the_models_own_weights_become_views_of_the_fused_ones(lm: nn.Module, weights: LlamaWeights) -> None:
@@ -198,13 +155,7 @@ def test_streams_prefilled_together_get_the_models_logits_for_their_own_tokens(
         sequences[handle] = [*prompt, first]
     assert decoder.cache.lengths[:4].tolist() == [3, 3, 11, 2]  # the columns each row holds
     for _ in range(4):
-        with torch.inference_mode():
-            logits = decoder.logits()
-        for i, row in enumerate(decoder.rows):
-            expected = alone(lm, sequences[row.handle])
-            torch.testing.assert_close(logits[i], expected, rtol=0, atol=1e-4)
-            row.last = int(expected.argmax())
-            sequences[row.handle].append(row.last)
+        step_against_alone(decoder, lm, sequences)
 
 
 def test_a_model_of_another_shape_decodes_through_its_own_forward() -> None:
