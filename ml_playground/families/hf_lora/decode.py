@@ -7,8 +7,8 @@ cache's update in Python. ``LlamaDecoder`` runs the same arithmetic as plain fun
 model's own weights: ``F.rms_norm``, q, k and v as one product and gate and up as one (the model's
 weights become views of one fused tensor each, so nothing is copied), q and k rotated together,
 grouped-query attention with the group's heads as the query rows of their key head, and the KV cache
-of ``core/row_cache.py``. Measured on a 2-core AMD EPYC (2026-12-07, SmolLM2-135M in float32):
-a step of one row 33-35 -> 18-22 ms, of eight rows 60 -> 36 ms.
+of ``core/row_cache.py``. Measured on a 2-core AMD EPYC (2026-12-07, SmolLM2-135M in float32, the two
+decoders alternating in one process): one row 32-34 -> 40-50 tokens/s, eight rows 145-151 -> 186-194.
 
 Each row is one stream (continuous batching, as ``batched.py`` but with rows of their own lengths
 instead of left padding); one stream alone is a batch of one row. Prompts are prefilled by the
@@ -18,8 +18,8 @@ into its row.
 The logits agree with the model's forward to float rounding, not bit for bit (the fused products and
 ``F.rms_norm`` add in another order): tested against it to 1e-4 on tiny Llama and Qwen2 models, and
 greedy answers equal. Whether a model is of this shape is decided from its configuration and then
-checked once, when a decoder is first built for it: two tokens through both paths must agree, or the
-model keeps its own forward (``batched.py`` and ``generation.py``).
+checked once when it is loaded for inference (``inference.py:Decoding``): two tokens through both paths
+must agree, or the model keeps its own forward (``batched.py`` and ``generation.py``).
 """
 
 from __future__ import annotations
