@@ -16,7 +16,7 @@ from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError
 from ml_playground.core.gguf_import import hf_folder_for
-from ml_playground.core.packed_products import linear_layers
+from ml_playground.core.packed_products import Product, linear_layers
 from ml_playground.core.row_products import RowProducts, measured_blocks
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import PretrainedTokenizer
@@ -166,12 +166,24 @@ class Decoding:
     batches: bool
 
     @staticmethod
-    def of(model: nn.Module, context: int) -> Decoding:
+    def of(
+        model: nn.Module,
+        context: int,
+        check: Callable[[LlamaWeights, Product], bool] = agrees,
+        blocks: Callable[[list[torch.Tensor]], int] = measured_blocks,
+    ) -> Decoding:
+        """``check``: whether the lean step computes this model (default: measured on two tokens); ``blocks``: how
+        many row blocks one row by these weights runs in (default: measured on this machine, cached)."""
         llama = LlamaWeights.of(model)
-        weights = llama.matrices() if llama is not None else [layer.weight for layer in linear_layers(model)]
-        one_row = RowProducts(weights, measured_blocks(weights))
-        lean = llama if llama is not None and agrees(llama, one_row) else None
-        return Decoding(model, context, one_row, lean, lean is not None or HfBatchedDecoder.applies(model))
+        if llama is not None:
+            fused = llama.matrices()
+            lean_row = RowProducts(fused, blocks(fused))
+            if check(llama, lean_row):
+                return Decoding(model, context, lean_row, llama, batches=True)
+        # The model's own forward multiplies by its layers' weights, not the fused ones: blocks are made for those.
+        weights = [layer.weight for layer in linear_layers(model)]
+        one_row = RowProducts(weights, blocks(weights))
+        return Decoding(model, context, one_row, None, batches=HfBatchedDecoder.applies(model))
 
     def decoder(self, rows: int) -> RowBatch:
         """A batch decoder of ``rows`` streams."""

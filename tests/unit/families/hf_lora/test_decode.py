@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml_playground.core.packed_products import Method
+from ml_playground.core.packed_products import Method, linear_layers
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.hf_lora.decode import LlamaDecoder, LlamaWeights, agrees, fuse, stream_rows
 from ml_playground.families.hf_lora.generation import generate_ids
@@ -156,6 +156,20 @@ def test_streams_prefilled_together_get_the_models_logits_for_their_own_tokens(
     assert decoder.cache.lengths[:4].tolist() == [3, 3, 11, 2]  # the columns each row holds
     for _ in range(4):
         step_against_alone(decoder, lm, sequences)
+
+
+def test_row_blocks_are_made_for_the_weights_the_chosen_path_multiplies_by(lm: nn.Module) -> None:
+    def halves(weights: list[torch.Tensor]) -> set[int]:  # what two row blocks take: an even number of rows
+        return {id(weight) for weight in weights if weight.shape[0] % 2 == 0}
+
+    lean = Decoding.of(lm, context=32, blocks=lambda weights: 2)
+    assert lean.lean is not None
+    assert set(lean.one_row.weights) == halves(lean.lean.matrices())  # the fused q/k/v and gate/up
+    refused = Decoding.of(lm, context=32, check=lambda weights, product: False, blocks=lambda weights: 2)
+    assert refused.lean is None
+    own = halves([layer.weight for layer in linear_layers(lm)])
+    assert set(refused.one_row.weights) == own  # the model's own layers, which its forward passes
+    assert id(lm.get_submodule("model.layers.0.self_attn.q_proj").weight) in own - set(lean.one_row.weights)
 
 
 def test_a_model_of_another_shape_decodes_through_its_own_forward() -> None:
