@@ -16,10 +16,23 @@ the room back when the long rows have left. ``CachedRows`` is a batch decoder wh
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ml_playground.core.batch_rows import RowBatch
+
+
+@dataclass(frozen=True)
+class RowStep:
+    """One decode step of the first rows: each row's new position, where its keys and values go, the columns to
+    attend to (``span``: the longest row's) and the additive mask (n, 1, 1, span) that hides each row's columns
+    past its own position (None for one row)."""
+
+    positions: torch.Tensor
+    targets: torch.Tensor
+    span: int
+    mask: torch.Tensor | None
 
 
 class RowCache:
@@ -96,41 +109,36 @@ class RowCache:
                 buffer[target, :, :length] = buffer[source, :, :length]
         self.lengths[target] = self.lengths[source]
 
-    def positions(self, n: int) -> torch.Tensor:
-        """Where the next token of each of the first ``n`` rows goes (its own length), with room made for it."""
+    def step(self, n: int, dtype: torch.dtype) -> RowStep:
+        """Where a decode step of the first ``n`` rows writes and what it reads, with room made for its columns."""
         positions = self.lengths[:n].clone()
-        self.reserve(int(positions.max()) + 1)
-        return positions
-
-    def targets(self, positions: torch.Tensor) -> torch.Tensor:
-        """The index of each row's and head's new column in a layer's buffer seen as (rows * heads * columns,
-        head_dim): one index for every layer (``index_copy_``: 7 against 11 us a call for one row, 10 against 14
-        for eight, than ``buffer[rows, :, positions] =`` on a 2-core AMD EPYC)."""
-        n = positions.size(0)
-        heads = torch.arange(n * self.heads, device=positions.device).view(n, self.heads)
-        return (heads * self.columns + positions.view(n, 1)).view(n * self.heads)
-
-    def mask(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """An additive attention mask (n, 1, 1, span) that hides each row's columns past its position; None for one
-        row, which sees every column up to its own length."""
-        n = positions.size(0)
-        if n == 1:
-            return None
         span = int(positions.max()) + 1
-        columns = torch.arange(span, device=positions.device).view(1, span)
-        visible = (columns <= positions.view(n, 1)).view(n, 1, 1, span)
-        return torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, float("-inf"))
+        self.reserve(span)
+        # Each row's and head's new column in a layer's buffer seen as (rows * heads * columns, head_dim), one index
+        # for every layer (``index_copy_``: 7 against 11 us a call for one row, 10 against 14 for eight, than
+        # ``buffer[rows, :, positions] =`` on a 2-core AMD EPYC).
+        heads = torch.arange(n * self.heads, device=positions.device).view(n, self.heads)
+        targets = (heads * self.columns + positions.view(n, 1)).view(n * self.heads)
+        mask = None  # one row sees every column up to its own length
+        if n > 1:
+            visible = (torch.arange(span, device=positions.device).view(1, span) <= positions.view(n, 1)).view(
+                n, 1, 1, span
+            )
+            mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(
+                ~visible, float("-inf")
+            )
+        return RowStep(positions, targets, span, mask)
 
     def extend(
-        self, layer: int, targets: torch.Tensor, span: int, keys: torch.Tensor, values: torch.Tensor
+        self, layer: int, step: RowStep, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the step's keys and values (n, heads, head_dim) of ``layer`` at ``targets``; the first ``span``
-        columns of the ``n`` rows to attend to."""
+        """Write the step's keys and values (n, heads, head_dim) of ``layer``; the columns of the ``n`` rows to
+        attend to."""
         n = keys.size(0)
         key_buffer, value_buffer = self.keys[layer], self.values[layer]
-        key_buffer.view(-1, self.head_dim).index_copy_(0, targets, keys.reshape(n * self.heads, self.head_dim))
-        value_buffer.view(-1, self.head_dim).index_copy_(0, targets, values.reshape(n * self.heads, self.head_dim))
-        return key_buffer[:n, :, :span], value_buffer[:n, :, :span]
+        key_buffer.view(-1, self.head_dim).index_copy_(0, step.targets, keys.reshape(n * self.heads, self.head_dim))
+        value_buffer.view(-1, self.head_dim).index_copy_(0, step.targets, values.reshape(n * self.heads, self.head_dim))
+        return key_buffer[:n, :, : step.span], value_buffer[:n, :, : step.span]
 
     def advance(self, n: int) -> None:
         """Each of the first ``n`` rows holds one more column."""

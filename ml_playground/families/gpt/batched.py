@@ -88,9 +88,8 @@ class BatchedDecoder(CachedRows):
         C, H, D = weights.width[0], self.n_head, self.head_dim
         device = self.inv_freq.device
         cache = self.cache
-        positions = cache.positions(n)
-        targets, mask = cache.targets(positions), cache.mask(positions, weights.wte.dtype)
-        span = int(positions.max()) + 1
+        step = cache.step(n, weights.wte.dtype)
+        positions = step.positions
         idx = torch.tensor([[row.last] for row in self.rows], dtype=torch.long, device=device)
         x = F.embedding(idx, weights.wte)
         rotary = None
@@ -105,8 +104,8 @@ class BatchedDecoder(CachedRows):
                 q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-            keys, values = cache.extend(layer, targets, span, k, v)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            keys, values = cache.extend(layer, step, k, v)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
             x = x + product(y.transpose(1, 2).reshape(n, 1, C), *block.proj)
             h = product(F.layer_norm(x, weights.width, *block.ln_2, 1e-5), *block.fc)
             h = F.relu(h).square() if weights.relu2 else F.gelu(h)

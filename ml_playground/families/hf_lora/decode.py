@@ -192,10 +192,8 @@ class LlamaDecoder(CachedRows):
         w, cache, product = self.weights, self.cache, self.products
         H, KVH, D, C = w.heads, w.kv_heads, w.head_dim, w.width
         device = w.embedding.device
-        positions = cache.positions(n)
-        targets, mask = cache.targets(positions), cache.mask(positions, w.embedding.dtype)
-        span = int(positions.max()) + 1
-        angles = torch.outer(positions.float(), w.inv_freq)
+        step = cache.step(n, w.embedding.dtype)
+        angles = torch.outer(step.positions.float(), w.inv_freq)
         cos = (angles.cos() * w.attention_scaling).to(w.embedding.dtype)
         sin = (angles.sin() * w.attention_scaling).to(w.embedding.dtype)
         # rotate_half(x) * sin == roll(x, D/2) * (-sin, sin): q and k of every head rotated in one expression
@@ -207,9 +205,10 @@ class LlamaDecoder(CachedRows):
             qkv = product(h, *layer.qkv).view(n, H + 2 * KVH, D)
             qk = qkv[:, : H + KVH]
             qk = qk * cos + torch.roll(qk, D // 2, -1) * sin
-            keys, values = cache.extend(index, targets, span, qk[:, H:], qkv[:, H + KVH :])
+            keys, values = cache.extend(index, step, qk[:, H:], qkv[:, H + KVH :])
             # The heads that share a key head are its query rows: one position each, the same columns visible.
-            y = F.scaled_dot_product_attention(qk[:, :H].reshape(n, KVH, H // KVH, D), keys, values, attn_mask=mask)
+            queries = qk[:, :H].reshape(n, KVH, H // KVH, D)
+            y = F.scaled_dot_product_attention(queries, keys, values, attn_mask=step.mask)
             x = x + product(y.reshape(n, H * D), *layer.out)
             gate, up = product(F.rms_norm(x, (C,), layer.post_norm, w.eps), layer.gate_up, None).chunk(2, -1)
             x = x + product(F.silu(gate) * up, layer.down, None)

@@ -23,12 +23,11 @@ def test_rows_keep_their_columns_as_the_buffers_grow_and_a_step_writes_each_rows
     rows.put(0, prompt(3, 1.0))  # more than the first room: doubled to 4
     rows.put(1, prompt(1, 2.0))
     assert rows.columns == 4
-    positions = rows.positions(2)
-    assert positions.tolist() == [3, 1]
+    step = rows.step(2, torch.float32)
+    assert step.positions.tolist() == [3, 1]
+    assert step.span == 4  # the longest row's columns, its new one included
     with torch.inference_mode():  # as a decode step runs
-        keys, values = rows.extend(
-            0, rows.targets(positions), 4, torch.full((2, 2, 4), 5.0), torch.full((2, 2, 4), 6.0)
-        )
+        keys, values = rows.extend(0, step, torch.full((2, 2, 4), 5.0), torch.full((2, 2, 4), 6.0))
         rows.advance(2)
     assert keys.shape == (2, 2, 4, 4)
     assert keys[0, :, :3].eq(1.0).all()
@@ -36,12 +35,10 @@ def test_rows_keep_their_columns_as_the_buffers_grow_and_a_step_writes_each_rows
     assert keys[1, :, 0].eq(2.0).all()
     assert keys[1, :, 1].eq(5.0).all()
     assert values[1, :, 1].eq(6.0).all()
-    mask = rows.mask(positions, torch.float32)
-    assert mask is not None
-    assert mask[:, 0, 0].isinf().tolist() == [[False] * 4, [False, False, True, True]]  # row 1 sees its 2 columns
-    assert rows.mask(positions[:1], torch.float32) is None  # one row: nothing to hide
-    rows.positions(2)  # row 0 needs a fifth column: doubled to 8, contents kept
-    assert rows.columns == 8
+    assert step.mask is not None
+    assert step.mask[:, 0, 0].isinf().tolist() == [[False] * 4, [False, False, True, True]]  # row 1 sees its 2
+    assert rows.step(1, torch.float32).mask is None  # one row: nothing to hide; it needs a fifth column:
+    assert rows.columns == 8  # doubled to 8, contents kept
     assert rows.keys[0][0, :, 3].eq(5.0).all()
 
 
@@ -60,7 +57,7 @@ def test_a_row_past_the_context_is_refused() -> None:
     rows.put(0, prompt(6, 1.0))
     assert rows.columns == 6  # doubling stops at the limit
     with pytest.raises(ValueError, match="context length 6"):
-        rows.positions(1)
+        rows.step(1, torch.float32)
 
 
 def test_room_the_rows_left_do_not_need_is_given_back() -> None:
