@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.packed_products import Chooser, PackedProducts
+from ml_playground.core.rotary import inverse_frequencies, rotary_from_angles
 from ml_playground.core.row_cache import CachedRows, RowCache
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
-from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary, rotary_from_angles
+from ml_playground.families.gpt.model import GPT, KVCache, apply_rotary
 
 
 class BatchedDecoder(CachedRows):
@@ -56,10 +57,7 @@ class BatchedDecoder(CachedRows):
             dtype=weight.dtype,
             device=weight.device,
         )
-        self.inv_freq = 1.0 / (
-            config.rope_base
-            ** (torch.arange(0, self.head_dim, 2, device=weight.device, dtype=torch.float32) / self.head_dim)
-        )
+        self.inv_freq = inverse_frequencies(self.head_dim, config.rope_base, weight.device)
 
     @staticmethod
     def applies(model: GPT) -> bool:

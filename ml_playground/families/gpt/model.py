@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml_playground.core.rotary import inverse_frequencies, rotary_from_angles
 from ml_playground.families.gpt.kernels import LinearKernel, linear
 
 
@@ -112,15 +113,8 @@ def rotary_tables(
     head_dim: int, start: int, length: int, base: float, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The tables ``apply_rotary`` takes for positions ``start`` .. ``start + length - 1``, (T, D) each."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
-    return rotary_from_angles(torch.outer(positions, inv_freq))
-
-
-def rotary_from_angles(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, cos) and (-sin, sin) of rotation angles (..., D/2), each (..., D)."""
-    cos, sin = angles.cos(), angles.sin()
-    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+    return rotary_from_angles(torch.outer(positions, inverse_frequencies(head_dim, base, device)))
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 
 from ml_playground.core.batch_rows import RowBatch
 from ml_playground.core.packed_products import Chooser, PackedProducts, Product
+from ml_playground.core.rotary import rotary_from_angles
 from ml_playground.core.row_cache import CachedRows, RowCache
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.hf_lora.batched import prefill
@@ -193,11 +194,12 @@ class LlamaDecoder(CachedRows):
         H, KVH, D, C = w.heads, w.kv_heads, w.head_dim, w.width
         device = w.embedding.device
         step = cache.step(n, w.embedding.dtype)
-        angles = torch.outer(step.positions.float(), w.inv_freq)
-        cos = (angles.cos() * w.attention_scaling).to(w.embedding.dtype)
-        sin = (angles.sin() * w.attention_scaling).to(w.embedding.dtype)
-        # rotate_half(x) * sin == roll(x, D/2) * (-sin, sin): q and k of every head rotated in one expression
-        cos, sin = torch.cat((cos, cos), -1).view(n, 1, D), torch.cat((-sin, sin), -1).view(n, 1, D)
+        # rotate_half(x) * sin == roll(x, D/2) * (-sin, sin): q and k of every head rotated in one expression, in the
+        # model's dtype as the model rotates them (``apply_rotary`` of our GPT widens to float32 first)
+        cos, sin = (
+            table.mul(w.attention_scaling).to(w.embedding.dtype).view(n, 1, D)
+            for table in rotary_from_angles(torch.outer(step.positions.float(), w.inv_freq))
+        )
         idx = torch.tensor([row.last for row in self.rows], dtype=torch.long, device=device)
         x = F.embedding(idx, w.embedding)  # (n, C)
         for index, layer in enumerate(w.layers):
