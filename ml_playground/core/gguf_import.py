@@ -32,11 +32,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def gguf_header(path: Path, key: str) -> dict[str, str]:
-    """The file's architecture and pre-tokenizer name; one line when the file is missing or not GGUF."""
+    """The file's architecture and pre-tokenizer name; one line when the file is not GGUF (``hf_folder_for``
+    says so when it is missing)."""
     from gguf import GGUFReader
 
-    if not path.is_file():
-        raise ConfigError(f"GGUF file {path} does not exist", key=key)
     try:
         reader = GGUFReader(str(path))
         found = {}
