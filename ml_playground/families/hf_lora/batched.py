@@ -119,20 +119,25 @@ def _growing_layer_class() -> type[Any]:
     return GrowingLayer
 
 
-def prefill(lm: nn.Module, prompts: list[list[int]], device: torch.device) -> tuple[Any, torch.Tensor]:
-    """The model's forward over ``prompts`` as one batch, left-padded to the longest, each row masked to its own
-    tokens and given its own positions (one prompt: alone, exactly as one stream would be): (the model's
-    output with its cache, the mask (prompts, longest))."""
+def left_padded(prompts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``prompts`` as one batch left-padded to the longest: (ids, mask of each row's own tokens, each row's own
+    positions), each (prompts, longest)."""
     width = max(len(prompt) for prompt in prompts)
     row_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
     ids = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
     for i, prompt in enumerate(prompts):
         ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         row_mask[i, width - len(prompt) :] = 1
+    return ids, row_mask, (row_mask.cumsum(1) - 1).clamp(min=0)
+
+
+def prefill(lm: nn.Module, prompts: list[list[int]], device: torch.device) -> tuple[Any, torch.Tensor]:
+    """The model's forward over ``prompts`` as one ``left_padded`` batch (one prompt: alone, exactly as one stream
+    would be): (the model's output with its cache, the mask (prompts, longest))."""
+    ids, row_mask, positions = left_padded(prompts, device)
     with torch.inference_mode():
         if len(prompts) == 1:
             return lm(input_ids=ids, use_cache=True), row_mask
-        positions = (row_mask.cumsum(1) - 1).clamp(min=0)
         return lm(input_ids=ids, attention_mask=row_mask, position_ids=positions, use_cache=True), row_mask
 
 

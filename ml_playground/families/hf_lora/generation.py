@@ -16,6 +16,7 @@ from torch import nn
 
 from ml_playground.core.packed_products import Product, linear_layers, routed
 from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, guided_logits
+from ml_playground.families.hf_lora.batched import left_padded
 
 
 class _Context:
@@ -46,11 +47,8 @@ class _Guided:
     """The prompt under every known condition as one left-padded batch: one forward pass per token for all."""
 
     def __init__(self, lm: nn.Module, prompts: list[list[int]], device: torch.device) -> None:
-        width = max(len(p) for p in prompts)
         self.lm = lm
-        self.ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
-        self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        self.positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)
+        self.ids, self.mask, self.positions = left_padded(prompts, device)
         self.past: Any = None
 
     def next_logits(self) -> torch.Tensor:
