@@ -47,13 +47,16 @@ from ml_playground.commands.train import use_deterministic_algorithms
 use_deterministic_algorithms({mode}, compiling={compiling})
 loaded = "torch._inductor.config" in sys.modules
 import torch._inductor.config as inductor
-print(json.dumps([torch.are_deterministic_algorithms_enabled(), loaded, inductor.deterministic]))
+import torch.utils.deterministic as fill
+flags = [torch.are_deterministic_algorithms_enabled(), loaded, inductor.deterministic]
+print(json.dumps([*flags, fill.fill_uninitialized_memory]))
 """
 
 
 @pytest.mark.parametrize(("mode", "compiling"), [(True, False), (True, True)])
 def test_deterministic_mode_reaches_inductor_only_when_compiling(mode: bool, compiling: bool) -> None:
-    """Eager runs set the flag the kernels read without importing inductor; compiled runs set inductor's too."""
+    """Eager runs set the flag the kernels read without importing inductor; compiled runs set inductor's too.
+    Neither fills new tensors with NaN: a write of every activation before its kernel writes it."""
     probe = PROBE.format(mode=mode, compiling=compiling)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == [mode, compiling, mode and compiling]
+    assert json.loads(out) == [mode, compiling, mode and compiling, False]

@@ -199,3 +199,37 @@ def test_rotary_and_relu_squared_give_the_floats_of_their_plain_formulas() -> No
     assert torch.equal(torch.autograd.grad(out, h, grad)[0], expected)
     with torch.no_grad():
         assert torch.equal(relu_squared(h), F.relu(h).square())
+
+
+class AttentionDtypes(torch.overrides.TorchFunctionMode):
+    """Records the dtype of the queries each attention call receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func is F.scaled_dot_product_attention:
+            self.dtypes.append(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("options", [{}, {"rotary": True, "qk_norm": True}])
+def test_cpu_autocast_multiplies_in_bfloat16_but_attends_in_float32(options: dict[str, object]) -> None:
+    """bfloat16 flash attention's backward on a CPU costs more than its products save: under CPU autocast the
+    products run in bfloat16 and attention in float32, cached or not, and gradients reach every weight."""
+    model = tiny(**options)
+    idx = torch.randint(50, (2, 12))
+    reference = model(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16), AttentionDtypes() as seen:
+        logits = model(idx)
+        cache = KVCache(model.config.n_layer)
+        with torch.no_grad():  # a prefix, several tokens at once (masked), then one at a time
+            parts = [model(idx[:, :5], cache), model(idx[:, 5:8], cache), model(idx[:, 8:9], cache)]
+    assert seen.dtypes == [torch.float32] * 2 * 4
+    assert logits.dtype == torch.bfloat16
+    assert not torch.equal(logits.float(), reference)  # the products did run in bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(torch.cat(parts, dim=1).float(), reference[:, :9], atol=0.05, rtol=0.05)
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
