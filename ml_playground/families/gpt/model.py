@@ -152,9 +152,12 @@ class CausalSelfAttention(nn.Module):
         # (B, T, 3, H, D): the same strides forward, but backward then joins the three gradients with
         # one cat instead of a stack and a copy (1-2% of a default training step).
         H, D = self.n_head, C // self.n_head
+        float32_attention = torch.is_autocast_enabled("cpu") and x.device.type == "cpu"  # see below
         if self.qk_norm or rotary is not None:
             # Queries and keys normalised and rotated together, as one (B, T, 2H, D) tensor: half the operators.
             qk, v = self.qkv(x).split([2 * C, C], dim=-1)
+            if float32_attention:  # cast once, before the norm and the rotation, not again after them
+                qk, v = qk.float(), v.float()
             qk = qk.view(B, T, 2 * H, D)
             if self.qk_norm:
                 qk = F.rms_norm(qk, (D,))
@@ -167,7 +170,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if torch.is_autocast_enabled("cpu") and q.device.type == "cpu":
+        if float32_attention:
             # CPU autocast runs attention in bfloat16, whose flash kernel's backward is the slow one: 4.6 ms a call
             # against 1.2 in float32 in the speedrun on an AMD EPYC (AVX-512 BF16), more than the bfloat16
             # products save. Attention is a small share of the products at these lengths: float32 it stays.
