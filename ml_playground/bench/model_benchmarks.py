@@ -80,10 +80,15 @@ def hf_model(sizes: BenchSizes, n_layer: int, n_head: int, n_embd: int, block_si
 
 
 def training_steps(
-    model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], sizes: BenchSizes, block_size: int
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    sizes: BenchSizes,
+    block_size: int,
+    autocast: torch.dtype | None = None,
 ) -> Callable[[], None]:
     """``steps_per_repeat`` AdamW steps on fixed random batches. The fused AdamW: what our trainer builds on
-    the CPU and what Hugging Face's ``Trainer`` uses by default with PyTorch >= 2.8 (``adamw_torch_fused``)."""
+    the CPU and what Hugging Face's ``Trainer`` uses by default with PyTorch >= 2.8 (``adamw_torch_fused``).
+    ``autocast``: the forward pass under CPU autocast to that dtype (weights, optimizer and loss float32)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     generator = torch.Generator().manual_seed(1)
     data = torch.randint(
@@ -92,8 +97,9 @@ def training_steps(
 
     def run() -> None:
         for batch in data:
-            logits = forward(batch[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                logits = forward(batch[:, :-1])
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -116,19 +122,31 @@ def matmul_peak_flops(size: int) -> float:
     return max(matmul_peaks(size).values())
 
 
-def train_throughput_vs_hf(sizes: BenchSizes) -> list[BenchResult]:
+def train_throughput_vs_hf(sizes: BenchSizes, autocast: torch.dtype | None = None) -> list[BenchResult]:
+    """Training tokens/s of our GPT against HF's ``GPT2LMHeadModel`` of the same shape, both in float32 or both
+    under CPU ``autocast`` (what ``train.dtype = "auto"`` trains in where this CPU was measured faster in
+    bfloat16, and what HF's ``Trainer`` runs with ``bf16=True``); with the float32 FLOP/s against the peak."""
     shape = (sizes.n_layer, sizes.n_head, sizes.n_embd, sizes.block_size)
     ours = ours_model(sizes, *shape)
     peer = hf_model(sizes, *shape)
-    ours_run = training_steps(ours, ours, sizes, sizes.block_size)
-    peer_run = training_steps(peer, lambda x: peer(input_ids=x).logits, sizes, sizes.block_size)
+    ours_run = training_steps(ours, ours, sizes, sizes.block_size, autocast)
+    peer_run = training_steps(peer, lambda x: peer(input_ids=x).logits, sizes, sizes.block_size, autocast)
     ours_s, peer_s = paired_medians(ours_run, peer_run, warmup=1, repeats=sizes.repeats)
     tokens = sizes.steps_per_repeat * sizes.batch_size * sizes.block_size
     ours_tps, peer_tps = tokens / ours_s, tokens / peer_s
+    shape_text = f"{sizes.n_layer}L {sizes.n_head}H {sizes.n_embd}C block {sizes.block_size} batch {sizes.batch_size}"
+    if autocast is not None:
+        precision = str(autocast).removeprefix("torch.")
+        return [
+            BenchResult(
+                f"train tokens/s vs HF GPT2LMHeadModel, {precision} autocast", ours_tps, "tokens/s",
+                f"GPT2LMHeadModel {shape_text}, the same autocast", peer_tps, 1.5,
+                note=f"both forward passes under CPU {precision} autocast: what train.dtype = auto picked here",
+            )
+        ]  # fmt: skip
     flops_per_token = 6 * ours.num_parameters() + 12 * sizes.n_layer * sizes.n_embd * sizes.block_size
     peak = matmul_peak_flops(sizes.matmul_size)
     achieved = flops_per_token * ours_tps
-    shape_text = f"{sizes.n_layer}L {sizes.n_head}H {sizes.n_embd}C block {sizes.block_size} batch {sizes.batch_size}"
     return [
         BenchResult(
             "train tokens/s vs HF GPT2LMHeadModel", ours_tps, "tokens/s",

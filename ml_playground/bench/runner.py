@@ -6,9 +6,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ml_playground.bench import lora_benchmarks, model_benchmarks, process_benchmarks, serving_benchmarks, sharding
 from ml_playground.bench.harness import BenchResult, machine_info, render_machine, render_table, write_results
 from ml_playground.configuration.models import PrepareConfig
+from ml_playground.core.devices import resolve_precision
 from ml_playground.data_pipeline.preparer import prepare
 
 
@@ -37,6 +40,8 @@ def run_benchmarks(
             )
 
     add(model_benchmarks.train_throughput_vs_hf(sizes))
+    if not quick and resolve_precision("cpu", "auto").dtype == torch.bfloat16:
+        add(model_benchmarks.train_throughput_vs_hf(sizes, autocast=torch.bfloat16))
     add(model_benchmarks.linear_kernels(sizes))
     add(model_benchmarks.compile_vs_eager(sizes))
     add(model_benchmarks.sampling(sizes))
