@@ -30,7 +30,7 @@ from ml_playground.bench.harness import BenchResult
 from ml_playground.bench.process_benchmarks import peak_rss_bytes, run_train
 from ml_playground.configuration import experiment_config_path, load_config
 from ml_playground.configuration.models import ExperimentConfig, HfLoraModelConfig
-from ml_playground.core.devices import resolve_precision
+from ml_playground.core.precision_choice import cpu_autocast_dtype
 from ml_playground.data_pipeline.preparer import prepare
 from ml_playground.families.base import family_settings
 
@@ -164,7 +164,7 @@ def lora_vs_hf_trainer(bundestag: Path, work_dir: Path, sizes: LoraBenchSizes | 
     config, settings = _experiment(overrides)
     prepare(config.prepare)
     dtypes = list(sizes.dtypes or ("float32",))
-    if sizes.dtypes is None and resolve_precision("cpu", "auto").dtype == torch.bfloat16:
+    if sizes.dtypes is None and cpu_autocast_dtype() == torch.bfloat16:
         dtypes.append("bfloat16")
     tokens = config.train.data.batch_size * settings.block_size
     shape = (

@@ -11,7 +11,7 @@ import torch
 from ml_playground.bench import lora_benchmarks, model_benchmarks, process_benchmarks, serving_benchmarks, sharding
 from ml_playground.bench.harness import BenchResult, machine_info, render_machine, render_table, write_results
 from ml_playground.configuration.models import PrepareConfig
-from ml_playground.core.devices import resolve_precision
+from ml_playground.core.precision_choice import cpu_autocast_dtype
 from ml_playground.data_pipeline.preparer import prepare
 
 
@@ -40,7 +40,7 @@ def run_benchmarks(
             )
 
     add(model_benchmarks.train_throughput_vs_hf(sizes))
-    if not quick and resolve_precision("cpu", "auto").dtype == torch.bfloat16:
+    if not quick and cpu_autocast_dtype() == torch.bfloat16:
         add(model_benchmarks.train_throughput_vs_hf(sizes, autocast=torch.bfloat16))
     add(model_benchmarks.linear_kernels(sizes))
     add(model_benchmarks.compile_vs_eager(sizes))

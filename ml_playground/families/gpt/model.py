@@ -152,12 +152,13 @@ class CausalSelfAttention(nn.Module):
         # (B, T, 3, H, D): the same strides forward, but backward then joins the three gradients with
         # one cat instead of a stack and a copy (1-2% of a default training step).
         H, D = self.n_head, C // self.n_head
+        qkv = self.qkv(x)
         float32_attention = torch.is_autocast_enabled("cpu") and x.device.type == "cpu"  # see below
+        if float32_attention:  # cast once: norm, rotation and attention then run in float32
+            qkv = qkv.float()
         if self.qk_norm or rotary is not None:
             # Queries and keys normalised and rotated together, as one (B, T, 2H, D) tensor: half the operators.
-            qk, v = self.qkv(x).split([2 * C, C], dim=-1)
-            if float32_attention:  # cast once, before the norm and the rotation, not again after them
-                qk, v = qk.float(), v.float()
+            qk, v = qkv.split([2 * C, C], dim=-1)
             qk = qk.view(B, T, 2 * H, D)
             if self.qk_norm:
                 qk = F.rms_norm(qk, (D,))
@@ -166,7 +167,7 @@ class CausalSelfAttention(nn.Module):
             q, k = (part.transpose(1, 2) for part in qk.split(H, dim=2))
             v = v.view(B, T, H, D).transpose(1, 2)
         else:
-            q, k, v = (part.view(B, T, H, D).transpose(1, 2) for part in self.qkv(x).split(C, dim=-1))
+            q, k, v = (part.view(B, T, H, D).transpose(1, 2) for part in qkv.split(C, dim=-1))
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         dropout = self.dropout if self.training else 0.0
@@ -175,7 +176,7 @@ class CausalSelfAttention(nn.Module):
             # against 1.2 in float32 in the speedrun on an AMD EPYC (AVX-512 BF16), more than the bfloat16
             # products save. Attention is a small share of the products at these lengths: float32 it stays.
             with torch.autocast("cpu", enabled=False):
-                y = attend(q.float(), k.float(), v.float(), dropout)
+                y = attend(q, k, v, dropout)
         else:
             y = attend(q, k, v, dropout)
         out: torch.Tensor = self.proj(y.transpose(1, 2).reshape(B * T, C))
