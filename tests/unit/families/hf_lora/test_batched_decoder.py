@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from ml_playground.core.packed_products import Method
 from ml_playground.core.sampling_rules import ContrastPrompt, SamplingParams
-from ml_playground.families.hf_lora.batched import HfBatchedDecoder
+from ml_playground.families.hf_lora.batched import HfBatchedDecoder, prefill
 from tests.unit.families.hf_lora.decoding_checks import (
     PACKING,
     alone,
@@ -122,3 +123,24 @@ def test_a_step_writes_its_column_in_place_until_rows_join_or_leave(lm: nn.Modul
     step_against_alone(decoder, lm, sequences)
     assert decoder.past.layers[0].keys.size(0) == 1
     assert decoder.past.layers[0].keys.data_ptr() != storage
+
+
+def test_a_prefill_computes_only_the_last_positions_logits_where_the_model_can(lm: nn.Module) -> None:
+    prompts = [[5, 6, 7], [9] * 6]
+    output, row_mask = prefill(lm, prompts, torch.device("cpu"))
+    assert output.logits.shape == (2, 1, lm.config.vocab_size)  # the output head ran on one position a row
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(output.logits[row, -1].float(), alone(lm, prompt), rtol=1e-4, atol=1e-4)
+    assert row_mask.tolist() == [[0, 0, 0, 1, 1, 1], [1] * 6]
+
+    class OwnForward(nn.Module):  # a model whose forward does not take logits_to_keep: every position's logits
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = lm
+
+        def forward(self, input_ids: torch.Tensor, **kwargs: object) -> object:
+            assert "logits_to_keep" not in kwargs
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    output, _ = prefill(OwnForward(), prompts[:1], torch.device("cpu"))
+    assert output.logits.shape == (1, 3, lm.config.vocab_size)
