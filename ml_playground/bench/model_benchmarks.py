@@ -43,7 +43,7 @@ class BenchSizes:
     llama_new_tokens: int = 200  # inside one block of 256: llama.cpp would stop at its context
     scaling_grid: tuple[tuple[int, int], ...] = ((128, 4), (256, 4), (384, 4), (128, 8), (256, 8), (384, 8))
     matmul_size: int = 2048
-    serve_clients: tuple[int, ...] = (1, 8, 32)
+    serve_clients: tuple[int, ...] = (1, 2, 8, 32)
 
 
 TINY = BenchSizes(

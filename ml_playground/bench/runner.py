@@ -86,7 +86,7 @@ def run_benchmarks(
                 else None,
             )
         )
-        clients, tokens, peer_clients = ((1, 2), 8, 2) if quick else ((1, 8, 32), 128, 8)
+        clients, tokens, peer_clients = ((1, 2), 8, 2) if quick else ((1, 2, 8, 32), 128, 8)
         add(serving_benchmarks.pretrained_serving(tiny, work, clients, tokens, peer_clients))
     write_results(results, results_path, machine)
     emit("")

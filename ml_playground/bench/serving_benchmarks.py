@@ -223,7 +223,11 @@ def transformers_serve(folder: str, log: Path, cache_tokens: int, start_timeout_
 
 
 def pretrained_serving(
-    base_model: str | None, work: Path, clients: tuple[int, ...] = (1, 8, 32), tokens: int = 128, peer_clients: int = 8
+    base_model: str | None,
+    work: Path,
+    clients: tuple[int, ...] = (1, 2, 8, 32),
+    tokens: int = 128,
+    peer_clients: int = 8,
 ) -> list[BenchResult]:
     """A pretrained model (SmolLM2-135M-Instruct) behind ``serve``: each count of ``clients`` at once against one
     stream in process (what batching gains), and ``peer_clients`` against ``transformers serve

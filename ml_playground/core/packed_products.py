@@ -23,7 +23,8 @@ eight rows took 5.2 ms plain, 5.6 with MKL's pack and 2.2 with oneDNN's.
 Which way wins depends on the CPU and its libraries, so each band is measured once on the model's own
 weights, plain at three quarters of the band's rows against each pack at the band, and the answer is
 cached (``packed_products_v2.json``, keyed by CPU, PyTorch, threads, the weights' shapes and the band;
-``v1`` knew only MKL's pack). One or two rows always take the plain product. Packed results agree with
+``v1`` knew only MKL's pack). One or two rows always take the plain product (the decoders pass
+``row_products.py``'s, in row blocks where this machine measured that faster). Packed results agree with
 ``F.linear`` to float rounding, not bit for bit (a different order of sums).
 """
 
@@ -47,7 +48,7 @@ Method = Literal["plain", "mkl", "onednn"]  # how a band's products run: unpacke
 Chooser = Callable[[int], Method]  # band (rows a pack is made for) -> how products of that band run fastest
 PACKS: tuple[Method, ...] = ("mkl", "onednn")
 
-MIN_ROWS = 3  # one or two rows: MKL's matrix-vector path, as fast as a pack
+MIN_ROWS = 3  # one or two rows: the plain product (in the decoders, row blocks where measured faster)
 FIRST_BAND = 4
 MARGIN = 1.1  # packing must be this much faster to be chosen, so a near tie stays plain
 MEMORY_SHARE = 0.25  # the packs are a second copy of the weights: only where they take at most this share

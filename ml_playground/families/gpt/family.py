@@ -117,11 +117,11 @@ def model_from_checkpoint(
     return model.use_decode_blocks(decode_blocks(model, linear_kernel))
 
 
-def decode_blocks(model: GPT, linear_kernel: LinearKernelSetting) -> int:
-    """Row blocks for one-row decoding products (``core/row_products.py``): measured where the kernel is
-    ``auto`` on a CPU, else 1 (the plain product of the kernel asked for)."""
+def decode_blocks(model: GPT, linear_kernel: LinearKernelSetting) -> dict[int, int]:
+    """Row blocks for decoding products of one and two rows, by rows (``core/row_products.py``): measured where
+    the kernel is ``auto`` on a CPU, else none (the plain product of the kernel asked for)."""
     if linear_kernel != "auto" or model.lm_head.weight.device.type != "cpu":
-        return 1
+        return {}
     return measured_blocks(decode_matrices(model), kernel_product(model))
 
 

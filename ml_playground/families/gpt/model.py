@@ -18,6 +18,7 @@ party's choice of words is, learned without going through every layer first.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -265,7 +266,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, config.bias)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
-        self.decode_blocks = 1  # one-row decoding products in this many row blocks (core/row_products.py)
+        # decoding products of one or two rows in this many row blocks, by rows (core/row_products.py); none: plain
+        self.decode_blocks: dict[int, int] = {}
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
         # one row per token that can follow the marker, plus a zero row for "no condition"
@@ -301,10 +303,11 @@ class GPT(nn.Module):
                 module.kernel = kernel
         return self
 
-    def use_decode_blocks(self, blocks: int) -> GPT:
-        """Multiply one row by each weight in ``blocks`` row blocks when decoding one stream (``decode.py``;
-        1: the plain product); returns the model."""
-        self.decode_blocks = blocks
+    def use_decode_blocks(self, blocks: Mapping[int, int]) -> GPT:
+        """Multiply one or two rows by each weight in the row blocks ``blocks`` gives for that many rows
+        ({rows: blocks}) when decoding one or two streams (``decode.py``; 1 or none: the plain product); returns
+        the model."""
+        self.decode_blocks = dict(blocks)
         return self
 
     def num_parameters(self, exclude_embeddings: bool = True) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,10 +170,10 @@ class Decoding:
         model: nn.Module,
         context: int,
         check: Callable[[LlamaWeights, Product], bool] = agrees,
-        blocks: Callable[[list[torch.Tensor]], int] = measured_blocks,
+        blocks: Callable[[list[torch.Tensor]], Mapping[int, int]] = measured_blocks,
     ) -> Decoding:
         """``check``: whether the lean step computes this model (default: measured on two tokens); ``blocks``: how
-        many row blocks one row by these weights runs in (default: measured on this machine, cached)."""
+        many row blocks one or two rows by these weights run in, by rows (default: measured on this machine, cached)."""
         llama = LlamaWeights.of(model)
         if llama is not None:
             fused = llama.matrices()

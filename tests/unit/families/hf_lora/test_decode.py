@@ -159,17 +159,17 @@ def test_streams_prefilled_together_get_the_models_logits_for_their_own_tokens(
 
 
 def test_row_blocks_are_made_for_the_weights_the_chosen_path_multiplies_by(lm: nn.Module) -> None:
-    def halves(weights: list[torch.Tensor]) -> set[int]:  # what two row blocks take: an even number of rows
-        return {id(weight) for weight in weights if weight.shape[0] % 2 == 0}
+    def halves(weights: list[torch.Tensor]) -> set[tuple[int, int]]:  # what two row blocks take: an even number of rows
+        return {(id(weight), 2) for weight in weights if weight.shape[0] % 2 == 0}
 
-    lean = Decoding.of(lm, context=32, blocks=lambda weights: 2)
+    lean = Decoding.of(lm, context=32, blocks=lambda weights: {1: 2})
     assert lean.lean is not None
     assert set(lean.one_row.weights) == halves(lean.lean.matrices())  # the fused q/k/v and gate/up
-    refused = Decoding.of(lm, context=32, check=lambda weights, product: False, blocks=lambda weights: 2)
+    refused = Decoding.of(lm, context=32, check=lambda weights, product: False, blocks=lambda weights: {1: 2})
     assert refused.lean is None
     own = halves([layer.weight for layer in linear_layers(lm)])
     assert set(refused.one_row.weights) == own  # the model's own layers, which its forward passes
-    assert id(lm.get_submodule("model.layers.0.self_attn.q_proj").weight) in own - set(lean.one_row.weights)
+    assert (id(lm.get_submodule("model.layers.0.self_attn.q_proj").weight), 2) in own - set(lean.one_row.weights)
 
 
 def test_a_model_of_another_shape_decodes_through_its_own_forward() -> None:
