@@ -68,7 +68,7 @@ class BatchedDecoder(CachedRows):
         cache = KVCache(self.model.config.n_layer, capacity=self.context_length)
         with torch.inference_mode():
             ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.cache.lengths.device)
-            logits = self.model(ids, cache)[:, -1, :]
+            logits = self.model(ids, cache, last_only=True)[:, -1, :]
         length = len(prompt_ids)
         layers = [
             (keys[0, :, :length], values[0, :, :length])

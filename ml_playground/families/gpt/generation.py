@@ -46,10 +46,10 @@ class _Context:
             self.start += self.jump
         length = keep + self.tokens.size(1) - self.start
         if not self.use_kv_cache:
-            logits = model(_window(self.tokens, keep, self.start))
+            logits = model(_window(self.tokens, keep, self.start), last_only=True)
         elif self.cache is None or self.cache.length + 1 > block or self.cache.length != length - 1:
             self.cache = KVCache(model.config.n_layer, capacity=block)
-            logits = model(_window(self.tokens, keep, self.start), self.cache)
+            logits = model(_window(self.tokens, keep, self.start), self.cache, last_only=True)
         elif self.decode_step is not None:
             logits = self.decode_step(self.tokens[:, -1:], self.cache)
         else:

@@ -314,8 +314,11 @@ class GPT(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.wpe.weight.numel() if exclude_embeddings and self.wpe is not None else total
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T); with a cache, ``idx`` continues the cached tokens."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T); with a cache, ``idx`` continues the cached tokens.
+        ``last_only``: the last position's logits alone (B, 1, vocab), what decoding reads of a prompt: the output
+        head then runs on one position instead of T (with a tokenizer of 50,257 tokens it is most of a prompt's
+        products)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -337,10 +340,13 @@ class GPT(nn.Module):
         x = self.drop(x).view(B * T, -1)
         for layer, block in enumerate(self.blocks):
             x = block(x, (B, T), cache, layer, rotary)
+        if last_only:
+            x = x.view(B, T, -1)[:, -1]
+            conditions = conditions[:, -1:] if conditions is not None else None
         logits: torch.Tensor = self.lm_head(self.ln_f(x))
         if self.condition_head is not None and conditions is not None:
             logits = logits + self.condition_logits(conditions)
-        return logits.view(B, T, -1)
+        return logits.view(B, 1 if last_only else T, -1)
 
     def condition_logits(self, conditions: torch.Tensor) -> torch.Tensor:
         """(B*T, vocab) each position's condition bias; the head reads only the few distinct conditions present."""

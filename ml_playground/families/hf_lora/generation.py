@@ -16,7 +16,7 @@ from torch import nn
 
 from ml_playground.core.packed_products import Product, linear_layers, routed
 from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, guided_logits
-from ml_playground.families.hf_lora.batched import left_padded
+from ml_playground.families.hf_lora.batched import last_logits_only, left_padded
 
 
 class _Context:
@@ -30,12 +30,13 @@ class _Context:
     def next_logits(self) -> torch.Tensor:
         # Routed for this call only: the model is as it was between tokens, whoever else decodes with it.
         with routed(self.layers, self.product) if self.product is not None else nullcontext():
+            last = last_logits_only(self.lm)  # the prompt's (or, without a cache, the sequence's) last position
             if self.use_kv_cache:
                 step_input = self.tokens if self.past is None else self.tokens[:, -1:]
-                output = self.lm(input_ids=step_input, past_key_values=self.past, use_cache=True)
+                output = self.lm(input_ids=step_input, past_key_values=self.past, use_cache=True, **last)
                 self.past = output.past_key_values
             else:
-                output = self.lm(input_ids=self.tokens, use_cache=False)
+                output = self.lm(input_ids=self.tokens, use_cache=False, **last)
         logits: torch.Tensor = output.logits[:, -1, :].float()
         return logits
 
@@ -59,6 +60,7 @@ class _Guided:
             position_ids=self.positions,
             past_key_values=self.past,
             use_cache=True,
+            **last_logits_only(self.lm),
         )
         self.past = output.past_key_values
         logits: torch.Tensor = output.logits[:, -1, :].float()

@@ -82,10 +82,11 @@ class Recording(torch.nn.Module):
         super().__init__()
         self.model, self.config, self.windows = model, model.config, list[list[int]]()
 
-    def forward(self, ids: torch.Tensor, cache: object = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: object = None, *, last_only: bool = False) -> torch.Tensor:
         if ids.size(1) > 1:
             self.windows.append(ids[0].tolist())
-        return self.model(ids, cache)  # type: ignore[arg-type]
+            assert last_only  # generation reads only the last position of a window
+        return self.model(ids, cache, last_only=last_only)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("use_kv_cache", [True, False])

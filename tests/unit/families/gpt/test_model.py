@@ -51,6 +51,23 @@ def test_cached_forward_equals_full_forward() -> None:
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
 
 
+def test_last_only_gives_the_last_positions_logits_alone() -> None:
+    torch.manual_seed(0)
+    shape = {"vocab_size": 40, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 16}
+    ids = torch.tensor([[5, MARKER, 7, 1, 2], [3, 4, 5, 6, MARKER]])
+    for config in (GPTConfig(**shape), GPTConfig(**shape, condition_marker=MARKER, condition_bias=True)):
+        model = GPT(config).eval()
+        if model.wce is not None:
+            with torch.no_grad():
+                model.wce.weight[:40].normal_()  # conditions that move the logits
+        last = model(ids, last_only=True)
+        assert last.shape == (2, 1, 40)
+        torch.testing.assert_close(last, model(ids)[:, -1:], rtol=1e-5, atol=1e-5)
+        cache = KVCache(model.config.n_layer)
+        torch.testing.assert_close(model(ids, cache, last_only=True), last, rtol=1e-5, atol=1e-5)
+        assert cache.length == 5  # every position is cached, the head ran on one
+
+
 def test_overlong_input_is_refused() -> None:
     with pytest.raises(ValueError, match="exceeds block_size 16"):
         tiny()(torch.zeros((1, 17), dtype=torch.long))
