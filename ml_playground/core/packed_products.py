@@ -9,11 +9,15 @@ packed once (``torch.ops.mkl._mkl_reorder_linear_weight``, the operator inductor
 models) eight rows took 32 ms, and the output head 5.9 ms instead of 10.3.
 
 A pack is made for a fixed number of rows, and a product with any other count falls back to the plain
-one. So rows are padded up to a band (4, 8, 16, ... up to the batch's capacity), each row's result
-does not depend on the others (tested), and one set of packs is held at a time: the band grows with
-the batch and shrinks once the rows would fit in a quarter of it. That costs one more copy of the weights in
-memory while packs are held, so nothing is packed where the weights take more than a quarter of the
-memory available at start-up.
+one. So rows are padded up to a band (4, 8, 16, ... up to the batch's capacity) and each row's result
+does not depend on the others (tested). The band grows with the batch at once and shrinks once the rows
+would fit in a quarter of it. Each set of packs is a copy of the weights, and packing them takes time
+in the step that needs them, which stalls every stream: a batch of SmolLM2-135M swinging between 16 and
+3 rows on a 2-core AMD EPYC took 214-283 ms in each first step after a swing against 31-66 ms for the
+next. So a band's packs, once made, are kept while the sets held fit in a quarter of the memory
+available at start-up (the least recently used set goes first): the same swings then cost 33-54 ms
+after the first of each band. Nothing is packed where one copy of the weights would take more than
+that quarter.
 
 A second pack is oneDNN's (``torch.ops.mkldnn._reorder_linear_weight``, the weight reordered once into
 oneDNN's blocked layout for the band's rows). MKL on AMD processors takes other code paths: on a
@@ -51,7 +55,7 @@ PACKS: tuple[Method, ...] = ("mkl", "onednn")
 MIN_ROWS = 3  # one or two rows: the plain product (in the decoders, row blocks where measured faster)
 FIRST_BAND = 4
 MARGIN = 1.1  # packing must be this much faster to be chosen, so a near tie stays plain
-MEMORY_SHARE = 0.25  # the packs are a second copy of the weights: only where they take at most this share
+MEMORY_SHARE = 0.25  # each set of packs is a copy of the weights: all the sets kept take at most this share
 CACHE_FILE = "packed_products_v2.json"
 
 
@@ -172,7 +176,8 @@ class PackedProducts:
     ``weights`` are the ones worth packing (others always take ``plain``); ``choose`` answers for a band
     (default: measured and cached). ``prepare()`` asks it for every band up front, so no decode step
     pays for a measurement. A weight changed in place since it was packed (its version moved) is packed
-    again before use. Weights that take more than ``MEMORY_SHARE`` of ``available()`` are never packed."""
+    again before use. The sets of packs kept take at most ``MEMORY_SHARE`` of ``available()`` (``max_sets`` of
+    them); weights that take more than that are never packed."""
 
     def __init__(
         self,
@@ -186,15 +191,17 @@ class PackedProducts:
         usable = any(packing_available(method) for method in PACKS)
         self.weights = {id(w): w for w in weights if usable and eligible(w)}
         size = sum(w.numel() * w.element_size() for w in self.weights.values())
-        if self.weights and size > MEMORY_SHARE * available():  # a second copy would crowd the machine
+        room = MEMORY_SHARE * available() if self.weights else 0.0
+        if size > room:  # even one copy of the weights would crowd the machine
             self.weights = {}
+        self.max_sets = int(room // size) if self.weights else 0  # the sets of packs that fit in the room
         self.plain = plain
         self.capacity = capacity
         self.choose = choose or measured_chooser(list(self.weights.values()), plain, cache_dir)
         self.decisions: dict[int, Method] = {}
-        self.band = 0  # the rows the packs held now are made for; 0: none held
-        self.method: Method = "plain"  # whose packs are held now
-        self.packs: dict[int, tuple[torch.Tensor, int]] = {}  # id(weight) -> (pack, the weight's version then)
+        self.band = 0  # the band the last packed product ran at; 0: none yet
+        # band -> id(weight) -> (pack, the weight's version then), least recently used band first
+        self.sets: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}
 
     def bands(self) -> list[int]:
         """Every band a batch of ``capacity`` rows can need."""
@@ -216,11 +223,28 @@ class PackedProducts:
         return self.decisions[band]
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        entry = self.packs.get(id(weight))
+        packs = self.sets[self.band]
+        entry = packs.get(id(weight))
         if entry is None or entry[1] != weight._version:
-            entry = (pack_weight(weight.detach(), self.band, self.method), weight._version)
-            self.packs[id(weight)] = entry
+            entry = (pack_weight(weight.detach(), self.band, self.decisions[self.band]), weight._version)
+            packs[id(weight)] = entry
         return entry[0]
+
+    def _use_band(self, needed: int, method: Method) -> None:
+        """Run at ``needed``'s band if its packs are held, else at twice it where those are held (shrinking at a
+        quarter), else make ``needed``'s set, the least recently used sets giving way beyond ``max_sets``."""
+        current = self.band == needed or (self.band == 2 * needed and needed not in self.sets)
+        if current and self.decisions.get(self.band) == method:  # the common case: the band of the last step
+            return
+        for band in (needed, 2 * needed):
+            if band in self.sets and self.decisions.get(band) == method:
+                self.sets[band] = self.sets.pop(band)  # the most recently used now
+                self.band = band
+                return
+        while self.sets and len(self.sets) >= self.max_sets:
+            del self.sets[next(iter(self.sets))]
+        self.sets[needed] = {}
+        self.band = needed
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
@@ -236,18 +260,16 @@ class PackedProducts:
         method = self._decided(needed)
         if method == "plain":
             return self.plain(x, weight, bias)
-        if self.band not in (needed, 2 * needed) or self.method != method:  # grow at once; shrink at a quarter
-            self.packs.clear()
-            self.band, self.method = needed, method
+        self._use_band(needed, method)
         flat = x.reshape(rows, x.shape[-1])
         if rows < self.band:
             flat = F.pad(flat, (0, 0, 0, self.band - rows))
-        out = packed_product(flat, self._pack(weight), weight, bias, self.band, self.method)
+        out = packed_product(flat, self._pack(weight), weight, bias, self.band, self.decisions[self.band])
         return out[:rows].view(*x.shape[:-1], weight.shape[0])
 
     def release(self) -> None:
-        """Drop the packs (the memory of one copy of the weights); the next batched product packs again."""
-        self.packs.clear()
+        """Drop every set of packs (their memory); the next batched product packs again."""
+        self.sets.clear()
         self.band = 0
 
 

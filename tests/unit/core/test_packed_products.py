@@ -49,11 +49,33 @@ def test_packed_products_are_the_plain_ones_at_every_row_count_as_the_band_grows
         torch.testing.assert_close(out, F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
         assert out.shape == (rows, 1, 48)
         seen.append(products.band)
-    # One or two rows stay plain (the band held stays); the band grows at once and shrinks once the rows
-    # fit a quarter of it.
-    assert seen == [0, 0, 4, 4, 8, 8, 16, 16, 16, 16, 4, 4, 4]
+    # One or two rows stay plain (the band used last stays); the band grows at once and shrinks once the rows
+    # fit a quarter of it, or at once to a band whose packs are still held.
+    assert seen == [0, 0, 4, 4, 8, 8, 16, 16, 8, 8, 4, 4, 4]
     assert plain.calls == 3
-    assert len(products.packs) == 1
+    assert sorted(products.sets) == [4, 8, 16]  # each band's packs kept: room for many copies of this weight
+    assert all(len(packs) == 1 for packs in products.sets.values())
+
+
+@METHODS
+def test_a_swinging_batch_packs_each_band_once_within_the_memory_room(method: Method) -> None:
+    (w,) = weights((64, 64))  # 16 KiB: room for two sets of packs in 128 KiB (a quarter of it: 32 KiB)
+    products = PackedProducts([w], capacity=32, choose=lambda band: method, available=lambda: 128 * 1024)
+    assert products.max_sets == 2
+    made: list[torch.Tensor] = []
+    bands = []
+    for rows in (16, 3, 16, 3, 5, 17):
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(products(x, w, None), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        bands.append(products.band)
+        pack = products.sets[products.band][id(w)][0]
+        if all(pack is not seen for seen in made):
+            made.append(pack)
+    # 16 -> 4 -> back to 16 and 4 use the packs made for them; 5 rows run at 16 (held: no new set), and 17 make
+    # a set at 32, for which the least recently used set (4) gives way
+    assert bands == [16, 4, 16, 4, 16, 32]
+    assert len(made) == 3
+    assert list(products.sets) == [16, 32]
 
 
 @METHODS
@@ -77,7 +99,7 @@ def test_a_weight_changed_in_place_is_packed_again(method: Method) -> None:
     torch.testing.assert_close(products(x, w, None), F.linear(x, w), rtol=1e-5, atol=1e-5)
     products.release()
     assert products.band == 0
-    assert not products.packs
+    assert not products.sets
 
 
 def test_what_packing_does_not_cover_takes_the_plain_product() -> None:
