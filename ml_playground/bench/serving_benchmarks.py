@@ -84,6 +84,9 @@ class ClientRun:
         return f"; first token p50 {percentile(self.firsts, 50):.3f} s, p95 {percentile(self.firsts, 95):.3f} s"
 
 
+WARM_UP_TOKENS = 4  # a warm-up request's tokens: enough for the batch to step
+
+
 def clients_at_once(
     pool: ProcessPoolExecutor,
     url: str,
@@ -95,7 +98,9 @@ def clients_at_once(
 ) -> tuple[ClientRun, list[float]]:
     """``repeats`` rounds of ``clients`` streamed completions at once (seeds differ by round), after one
     untimed round; ``between()`` (the in-process peer) runs before each round. (the run, the peer's figures)."""
-    list(pool.map(client, [url] * clients, [1] * clients, range(clients), [prompt] * clients))  # untimed: warm up
+    # untimed: a warm-up round of a few tokens each, so the batch steps at this many rows once (a batch decoder
+    # packs its weights for a band of rows the first time it runs one: a one-time cost of the server's life)
+    list(pool.map(client, [url] * clients, [WARM_UP_TOKENS] * clients, range(clients), [prompt] * clients))
     rates: list[float] = []
     firsts: list[float] = []
     peer: list[float] = []
