@@ -26,17 +26,17 @@ class _Context:
         self.lm, self.tokens, self.use_kv_cache = lm, tokens, use_kv_cache
         self.past: Any = None
         self.product, self.layers = product, linear_layers(lm) if product is not None else []
+        self.last = last_logits_only(lm)  # the prompt's (or, without a cache, the sequence's) last position only
 
     def next_logits(self) -> torch.Tensor:
         # Routed for this call only: the model is as it was between tokens, whoever else decodes with it.
         with routed(self.layers, self.product) if self.product is not None else nullcontext():
-            last = last_logits_only(self.lm)  # the prompt's (or, without a cache, the sequence's) last position
             if self.use_kv_cache:
                 step_input = self.tokens if self.past is None else self.tokens[:, -1:]
-                output = self.lm(input_ids=step_input, past_key_values=self.past, use_cache=True, **last)
+                output = self.lm(input_ids=step_input, past_key_values=self.past, use_cache=True, **self.last)
                 self.past = output.past_key_values
             else:
-                output = self.lm(input_ids=self.tokens, use_cache=False, **last)
+                output = self.lm(input_ids=self.tokens, use_cache=False, **self.last)
         logits: torch.Tensor = output.logits[:, -1, :].float()
         return logits
 
@@ -51,6 +51,7 @@ class _Guided:
         self.lm = lm
         self.ids, self.mask, self.positions = left_padded(prompts, device)
         self.past: Any = None
+        self.last = last_logits_only(lm)
 
     def next_logits(self) -> torch.Tensor:
         """(conditions, V) for the token after each row."""
@@ -60,7 +61,7 @@ class _Guided:
             position_ids=self.positions,
             past_key_values=self.past,
             use_cache=True,
-            **last_logits_only(self.lm),
+            **self.last,
         )
         self.past = output.past_key_values
         logits: torch.Tensor = output.logits[:, -1, :].float()
