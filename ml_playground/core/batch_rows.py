@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ml_playground.core.sampling_rules import SamplingParams, TokenSampler
+from ml_playground.core.sampling_rules import SamplingParams, TokenSampler, draw_rows
 
 
 @dataclass
@@ -87,13 +87,14 @@ class RowBatch(ABC):
         """One step over every row: the next-token logits (rows, V) after each row's last token."""
 
     def step(self) -> dict[int, int]:
-        """The next token of every stream, by handle (each drawn by the stream's own sampler)."""
+        """The next token of every stream, by handle: each the token the stream's own sampler draws (streams that
+        share their settings drawn together, ``sampling_rules.py:draw_rows``)."""
         if not self.rows:
             return {}
         with torch.inference_mode():
             logits = self.logits()
         drawn: dict[int, int] = {}
-        for i, row in enumerate(self.rows):
-            row.last = int(row.sampler(logits[i : i + 1])[0, 0])
-            drawn[row.handle] = row.last
+        for row, token in zip(self.rows, draw_rows(logits, [row.sampler for row in self.rows]), strict=True):
+            row.last = token
+            drawn[row.handle] = token
         return drawn

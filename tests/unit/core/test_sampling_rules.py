@@ -10,9 +10,12 @@ from ml_playground.core.sampling_rules import (
     TokenSampler,
     draw,
     draw_among_top_k,
+    draw_rows,
     filter_logits,
+    largest,
     next_token,
     penalize_repeats,
+    uniforms,
 )
 
 pytestmark = pytest.mark.unit
@@ -127,3 +130,78 @@ def test_no_top_k_or_a_tie_at_the_k_th_takes_the_whole_vocabulary() -> None:
     params = SamplingParams(max_new_tokens=1, top_k=2, seed=0)
     drawn = {int(next_token(logits, params, generator)) for _ in range(300)}
     assert drawn == {0, 1, 2, 3}  # the tied ones are drawn too
+
+
+@pytest.mark.parametrize("vocabulary", [49152, 50257, 3000])
+@pytest.mark.parametrize("count", [1, 6, 51])
+def test_the_largest_logits_are_top_k_s(vocabulary: int, count: int) -> None:
+    generator = torch.Generator().manual_seed(vocabulary + count)
+    smooth = torch.randn(5, vocabulary, generator=generator) * 3
+    tied = torch.randint(0, 40, (5, vocabulary), generator=generator).float()  # every value hundreds of times
+    for logits in (smooth, tied):
+        values, index = largest(logits, count)
+        top = torch.topk(logits, count, dim=-1)
+        assert torch.equal(values, top.values)
+        assert torch.equal(logits.gather(1, index), values)  # where they are, whichever of equal values
+        if logits is smooth:
+            assert torch.equal(index, top.indices)
+
+
+def test_a_row_of_fewer_finite_logits_than_asked_keeps_inside_the_vocabulary() -> None:
+    logits = torch.full((2, 1000), float("-inf"))  # 1000 is not a multiple of the chunk: the last one is padded
+    logits[0, 3] = 1.0
+    logits[1, 990:] = torch.arange(10.0)
+    values, index = largest(logits, 2)
+    assert torch.equal(values, torch.topk(logits, 2, dim=-1).values)
+    assert int(index.max()) < 1000
+    assert index[0, 0] == 3
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_a_temperature_divides_the_top_k_as_it_would_divide_every_logit(temperature: float) -> None:
+    logits = torch.randn(3, 20000, generator=torch.Generator().manual_seed(1)) * 4
+    among, whole = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    for _ in range(100):
+        fast = draw_among_top_k(logits, 40, 0.9, among, temperature)
+        slow = draw(torch.softmax(filter_logits(logits / temperature, 40, 0.9), dim=-1), whole)
+        assert fast is not None
+        assert torch.equal(fast, slow)
+
+
+def sampler_settings() -> list[SamplingParams]:
+    """A batch of streams: three sharing top-k settings, two greedy, one penalized, one without top-k, one alone
+    at its temperature."""
+    shared = SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95)
+    return [
+        SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=1),
+        SamplingParams(max_new_tokens=9, temperature=0.0, seed=2),
+        shared,
+        SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=3, repetition_penalty=1.3),
+        SamplingParams(max_new_tokens=9, temperature=0.8, top_p=0.9, seed=4),
+        SamplingParams(max_new_tokens=9, temperature=0.0, seed=5),
+        SamplingParams(max_new_tokens=9, temperature=0.6, top_k=20, seed=6),
+        SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=7),
+    ]
+
+
+def test_rows_drawn_together_are_each_streams_own_draws() -> None:
+    settings = sampler_settings()
+    together = [TokenSampler(params, torch.device("cpu")) for params in settings]
+    apart = [TokenSampler(params, torch.device("cpu")) for params in settings]
+    generator = torch.Generator().manual_seed(3)
+    for step in range(40):
+        logits = torch.randn(len(settings), 49152, generator=generator) * 3
+        if step % 10 == 3:  # a tie at the 50th logit of one row: its group is drawn one row at a time
+            order = logits[2].argsort(descending=True)
+            logits[2, order[50]] = logits[2, order[49]]
+        drawn = draw_rows(logits, together)
+        assert drawn == [int(sampler(logits[i : i + 1])[0, 0]) for i, sampler in enumerate(apart)]
+    for mine, theirs in zip(together, apart, strict=True):  # every generator where drawing alone left it
+        assert torch.equal(mine.generator.get_state(), theirs.generator.get_state())
+
+
+def test_each_row_needs_its_own_generator() -> None:
+    generators = [torch.Generator().manual_seed(seed) for seed in (1, 2)]
+    assert uniforms(2, generators, torch.device("cpu")).shape == (2, 1)
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        uniforms(3, generators, torch.device("cpu"))
