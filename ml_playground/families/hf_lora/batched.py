@@ -32,6 +32,7 @@ base model's context length) and that use no guidance; others keep the one-strea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -42,8 +43,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_playground.core.batch_rows import RowBatch
-from ml_playground.core.packed_products import Chooser, PackedProducts, Product, linear_layers, routed
+from ml_playground.core.packed_products import MIN_ROWS, Chooser, PackedProducts, Product, linear_layers, routed
+from ml_playground.core.prompt_products import PromptProducts
 from ml_playground.core.sampling_rules import SamplingParams
+
+PromptRoute = tuple[list[nn.Linear], Product]  # a model's linear layers and the product its prompts run through
+PromptChooser = Callable[[list[torch.Tensor]], bool]  # weights -> whether prompts by them run faster packed
+
+
+def prompt_route(linears: list[nn.Linear], rows: int, choose: PromptChooser | None) -> PromptRoute | None:
+    """How a batch decoder of ``rows`` rows prefills: through ``PromptProducts`` where it has several rows (a
+    long-lived decoder, worth the packs), else plainly (None). ``choose``: default measured, cached."""
+    if rows < MIN_ROWS:
+        return None
+    return linears, PromptProducts((layer.weight for layer in linears), choose=choose)
 
 
 def _pad_left(tensor: torch.Tensor, columns: int, dim: int) -> torch.Tensor:
@@ -133,14 +146,17 @@ def left_padded(prompts: list[list[int]], device: torch.device) -> tuple[torch.T
     return ids, row_mask, (row_mask.cumsum(1) - 1).clamp(min=0)
 
 
-def prefill(lm: nn.Module, prompts: list[list[int]], device: torch.device) -> tuple[Any, torch.Tensor]:
+def prefill(
+    lm: nn.Module, prompts: list[list[int]], device: torch.device, route: PromptRoute | None = None
+) -> tuple[Any, torch.Tensor]:
     """The model's forward over ``prompts`` as one ``left_padded`` batch (one prompt: alone, exactly as one stream
     would be): (the model's output with its cache, the mask (prompts, longest)). Only the last position's logits
     are computed where the model can skip the rest (``logits_to_keep``): the output head is a fifth of
-    SmolLM2-135M's products, and eight prompts of 28 tokens took 428 ms instead of 513 on a 2-core AMD EPYC."""
+    SmolLM2-135M's products, and eight prompts of 28 tokens took 428 ms instead of 513 on a 2-core AMD EPYC.
+    ``route``: the model's linear layers and the product they run through (``core/prompt_products.py``)."""
     ids, row_mask, positions = left_padded(prompts, device)
     last = last_logits_only(lm)
-    with torch.inference_mode():
+    with torch.inference_mode(), routed(*route) if route is not None else contextlib.nullcontext():
         if len(prompts) == 1:
             return lm(input_ids=ids, use_cache=True, **last), row_mask
         return lm(input_ids=ids, attention_mask=row_mask, position_ids=positions, use_cache=True, **last), row_mask
@@ -161,17 +177,24 @@ class HfBatchedDecoder(RowBatch):
     """Up to ``rows`` streams of one causal LM decoded together; ``add`` a prompt, then ``step`` them all."""
 
     def __init__(
-        self, lm: nn.Module, rows: int, context_length: int, pack: Chooser | None = None, plain: Product = F.linear
+        self,
+        lm: nn.Module,
+        rows: int,
+        context_length: int,
+        pack: Chooser | None = None,
+        plain: Product = F.linear,
+        prompt: PromptChooser | None = None,
     ) -> None:
         """``pack``: how to run the products of a band of rows, plain or packed (``core/packed_products.py``); default:
         measured on this machine once, at construction (the engine's start). ``plain``: the product where nothing
-        is packed (one or two rows)."""
+        is packed (one or two rows). ``prompt``: whether prompts run through packs (``prompt_route``)."""
         super().__init__(rows, context_length)
         self.lm = lm
         self.device = next(lm.parameters()).device
         self.linears = linear_layers(lm)
         self.products = PackedProducts((layer.weight for layer in self.linears), rows, plain=plain, choose=pack)
         self.products.prepare()
+        self.route = prompt_route(self.linears, rows, prompt)
         self.past: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # (rows, cache columns)
         self.positions = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's next position
@@ -193,7 +216,7 @@ class HfBatchedDecoder(RowBatch):
         tokens and given its own positions) and put them in the last rows: (handle, first token) each.
         One prompt is prefilled alone, exactly as one stream would be."""
         lengths = [len(prompt) for prompt in prompts]
-        output, row_mask = prefill(self.lm, prompts, self.device)
+        output, row_mask = prefill(self.lm, prompts, self.device, self.route)
         logits = output.logits[:, -1, :].float()
         if not self.rows:
             self.past, self.mask = output.past_key_values, row_mask

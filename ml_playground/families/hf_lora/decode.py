@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_playground.core.batch_rows import RowBatch
-from ml_playground.core.packed_products import Chooser, PackedProducts, Product
+from ml_playground.core.packed_products import Chooser, PackedProducts, Product, linear_layers
 from ml_playground.core.rotary import rotary_from_angles
 from ml_playground.core.row_cache import CachedRows, RowCache
 from ml_playground.core.sampling_rules import SamplingParams
-from ml_playground.families.hf_lora.batched import prefill
+from ml_playground.families.hf_lora.batched import PromptChooser, prefill, prompt_route
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3")  # inverse frequencies fixed at load; dynamic kinds change with length
@@ -147,14 +147,16 @@ class LlamaDecoder(CachedRows):
         pack: Chooser | None = None,
         plain: Product = F.linear,
         columns: int = FIRST_COLUMNS,
+        prompt: PromptChooser | None = None,
     ) -> None:
         """``pack``: how to run the products of a band of rows (``core/packed_products.py``); default: measured on
         this machine once. ``plain``: the product where nothing is packed (one or two rows). ``columns``: the
-        cache's room before it grows."""
+        cache's room before it grows. ``prompt``: whether prompts run through packs (``batched.py:prompt_route``)."""
         super().__init__(rows, context_length)
         self.weights = weights
         self.products = PackedProducts(weights.matrices(), rows, plain=plain, choose=pack)
         self.products.prepare()
+        self.route = prompt_route(linear_layers(weights.lm), rows, prompt)
         embedding = weights.embedding
         self.cache = RowCache(
             len(weights.layers),
@@ -174,7 +176,7 @@ class LlamaDecoder(CachedRows):
     def add_many(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[int, int]]:
         """Prefill new streams in one forward pass of the model (left-padded, ``batched.py:prefill``) and put each
         one's own columns of the cache in a row of its own: (handle, first token) each."""
-        output, row_mask = prefill(self.weights.lm, prompts, self.weights.embedding.device)
+        output, row_mask = prefill(self.weights.lm, prompts, self.weights.embedding.device, self.route)
         width = row_mask.size(1)
         logits = output.logits[:, -1, :].float()
         started = []

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("method", PACKING)
 def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm: nn.Module, method: Method) -> None:
     assert HfBatchedDecoder.applies(lm)
-    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: method)
+    prompt = method == "onednn"  # with oneDNN's packs, prompts go through them too: the steps check their cache
+    decoder = HfBatchedDecoder(lm, rows=4, context_length=64, pack=lambda band: method, prompt=lambda ws: prompt)
     sequences: dict[int, list[int]] = {}
 
     join(decoder, lm, sequences, [5, 6, 7])
@@ -46,6 +47,8 @@ def test_every_row_gets_the_logits_of_its_own_sequence_as_rows_join_and_leave(lm
     assert sorted(sequences) == [0, 2, 3]
     assert decoder.products.band == (0 if method == "plain" else 4)  # three rows or more ran packed (padded to four)
     assert all("forward" not in layer.__dict__ for layer in decoder.linears)  # the model is as it was
+    assert decoder.route is not None
+    assert bool(decoder.route[1].packs) is prompt
     for handle in (2, 0, 3):
         decoder.remove(handle)
     assert len(decoder) == 0
@@ -64,6 +67,7 @@ def test_answers_together_are_the_answers_alone(lm: nn.Module, method: Method) -
 
 def test_the_batch_takes_what_fits_it(lm: nn.Module) -> None:
     decoder = HfBatchedDecoder(lm, rows=1, context_length=16)
+    assert decoder.route is None  # one stream's decoder would pay more for packs than its prompt saves
     assert decoder.admits(4, SamplingParams(max_new_tokens=12))
     assert not decoder.admits(4, SamplingParams(max_new_tokens=13))  # past the context
     assert not decoder.admits(0, SamplingParams(max_new_tokens=2))

@@ -34,7 +34,11 @@ def weights(lm: nn.Module) -> LlamaWeights:
 def test_every_row_gets_the_models_logits_for_its_own_tokens_as_rows_join_leave_and_grow(
     lm: nn.Module, weights: LlamaWeights, method: Method
 ) -> None:
-    decoder = LlamaDecoder(weights, rows=4, context_length=64, pack=lambda band: method, columns=4)
+    # With oneDNN's packs, prompts go through them too (``prompt_route``): the steps check the cache they made.
+    prompt = method == "onednn"
+    decoder = LlamaDecoder(
+        weights, rows=4, context_length=64, pack=lambda band: method, columns=4, prompt=lambda ws: prompt
+    )
     sequences: dict[int, list[int]] = {}
 
     join(decoder, lm, sequences, [5, 6, 7])
@@ -51,6 +55,8 @@ def test_every_row_gets_the_models_logits_for_its_own_tokens_as_rows_join_leave_
     assert sorted(sequences) == [1, 2, 3]
     assert decoder.cache.columns == 32  # 4 doubled as the longest row grew past 4, 8 and 16 columns
     assert decoder.products.band == (0 if method == "plain" else 4)
+    assert decoder.route is not None
+    assert bool(decoder.route[1].packs) is prompt  # q, k, v, o, gate, up, down packed at the first prompt
     for handle in (2, 1, 3):
         decoder.remove(handle)
     assert decoder.step() == {}
