@@ -226,7 +226,11 @@ def draw_rows(logits: torch.Tensor, samplers: Sequence[TokenSampler]) -> list[in
     for i, sampler in enumerate(samplers):
         params = sampler.params
         top_k_draw = params.top_k is not None and params.top_k < vocabulary
-        if not sampler.penalized and (params.temperature == 0.0 or top_k_draw):
+        if sampler.penalized:
+            continue
+        if params.temperature == 0.0:  # greedy: the other settings do not matter
+            groups.setdefault((0.0, None, None), []).append(i)
+        elif top_k_draw:
             groups.setdefault((params.temperature, params.top_k, params.top_p), []).append(i)
     tokens: dict[int, int] = {}
     for (temperature, top_k, top_p), rows in groups.items():

@@ -178,7 +178,7 @@ def sampler_settings() -> list[SamplingParams]:
         shared,
         SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=3, repetition_penalty=1.3),
         SamplingParams(max_new_tokens=9, temperature=0.8, top_p=0.9, seed=4),
-        SamplingParams(max_new_tokens=9, temperature=0.0, seed=5),
+        SamplingParams(max_new_tokens=9, temperature=0.0, top_k=7, seed=5),  # greedy all the same
         SamplingParams(max_new_tokens=9, temperature=0.6, top_k=20, seed=6),
         SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=7),
     ]
