@@ -149,8 +149,8 @@ def left_padded(prompts: list[list[int]], device: torch.device) -> tuple[torch.T
 def prefill(
     lm: nn.Module, prompts: list[list[int]], device: torch.device, route: PromptRoute | None = None
 ) -> tuple[Any, torch.Tensor]:
-    """The model's forward over ``prompts`` as one ``left_padded`` batch (one prompt: alone, exactly as one stream
-    would be): (the model's output with its cache, the mask (prompts, longest)). Only the last position's logits
+    """The model's forward over ``prompts`` as one ``left_padded`` batch (one prompt: alone, unpadded, as one stream
+    is prefilled): (the model's output with its cache, the mask (prompts, longest)). Only the last position's logits
     are computed where the model can skip the rest (``logits_to_keep``): the output head is a fifth of
     SmolLM2-135M's products, and eight prompts of 28 tokens took 428 ms instead of 513 on a 2-core AMD EPYC.
     ``route``: the model's linear layers and the product they run through (``core/prompt_products.py``)."""
@@ -214,7 +214,8 @@ class HfBatchedDecoder(RowBatch):
     def add_many(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[tuple[int, int]]:
         """Prefill new streams in one forward pass (left-padded to the longest, each row masked to its own
         tokens and given its own positions) and put them in the last rows: (handle, first token) each.
-        One prompt is prefilled alone, exactly as one stream would be."""
+        One prompt is prefilled alone, unpadded, as one stream is (through packed products where the decoder
+        prefills that way: the same logits to float rounding)."""
         lengths = [len(prompt) for prompt in prompts]
         output, row_mask = prefill(self.lm, prompts, self.device, self.route)
         logits = output.logits[:, -1, :].float()
