@@ -104,6 +104,39 @@ def eligible(weight: torch.Tensor) -> bool:
     return weight.dim() == 2 and weight.dtype == torch.float32 and weight.device.type == "cpu"
 
 
+Packs = dict[int, tuple[torch.Tensor, int]]  # id(weight) -> (its pack, the weight's version when packed)
+
+
+def packable(
+    weights: Iterable[torch.Tensor], methods: Iterable[Method], available: Callable[[], int]
+) -> tuple[dict[int, torch.Tensor], float]:
+    """The weights packs may be made of (float32 CPU matrices, where this build has one of ``methods``), by id,
+    and the room all packs kept may take (``MEMORY_SHARE`` of ``available()``): none where even one copy of
+    them would take more than that."""
+    usable = any(packing_available(method) for method in methods)
+    chosen = {id(w): w for w in weights if usable and eligible(w)}
+    room = MEMORY_SHARE * available() if chosen else 0.0
+    if sum(w.numel() * w.element_size() for w in chosen.values()) > room:
+        return {}, room
+    return chosen, room
+
+
+def takes_pack(x: torch.Tensor, weight: torch.Tensor, packed: Mapping[int, torch.Tensor]) -> bool:
+    """Whether a product of ``x`` by ``weight`` may run packed: one of the ``packed`` weights, in its own dtype,
+    with no autocast deciding the product's precision."""
+    return id(weight) in packed and x.dtype == weight.dtype and not torch.is_autocast_enabled("cpu")
+
+
+def current_pack(packs: Packs, weight: torch.Tensor, band: int, method: Method) -> torch.Tensor:
+    """``weight``'s pack in ``packs``, made now where there is none or the weight changed in place since it was
+    packed (its version moved)."""
+    entry = packs.get(id(weight))
+    if entry is None or entry[1] != weight._version:
+        entry = (pack_weight(weight.detach(), band, method), weight._version)
+        packs[id(weight)] = entry
+    return entry[0]
+
+
 def band_for(rows: int) -> int:
     """The rows a pack is made for when a product has ``rows`` rows: the next power of two, at least 4."""
     band = FIRST_BAND
@@ -188,20 +221,15 @@ class PackedProducts:
         cache_dir: Path | None = None,
         available: Callable[[], int] = available_bytes,
     ) -> None:
-        usable = any(packing_available(method) for method in PACKS)
-        self.weights = {id(w): w for w in weights if usable and eligible(w)}
+        self.weights, room = packable(weights, PACKS, available)
         size = sum(w.numel() * w.element_size() for w in self.weights.values())
-        room = MEMORY_SHARE * available() if self.weights else 0.0
-        if size > room:  # even one copy of the weights would crowd the machine
-            self.weights = {}
         self.max_sets = int(room // size) if self.weights else 0  # the sets of packs that fit in the room
         self.plain = plain
         self.capacity = capacity
         self.choose = choose or measured_chooser(list(self.weights.values()), plain, cache_dir)
         self.decisions: dict[int, Method] = {}
         self.band = 0  # the band the last packed product ran at; 0: none yet
-        # band -> id(weight) -> (pack, the weight's version then), least recently used band first
-        self.sets: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}
+        self.sets: dict[int, Packs] = {}  # band -> its packs, least recently used band first
 
     def bands(self) -> list[int]:
         """Every band a batch of ``capacity`` rows can need."""
@@ -222,14 +250,6 @@ class PackedProducts:
             self.decisions[band] = chosen if chosen == "plain" or packing_available(chosen) else "plain"
         return self.decisions[band]
 
-    def _pack(self, weight: torch.Tensor) -> torch.Tensor:
-        packs = self.sets[self.band]
-        entry = packs.get(id(weight))
-        if entry is None or entry[1] != weight._version:
-            entry = (pack_weight(weight.detach(), self.band, self.decisions[self.band]), weight._version)
-            packs[id(weight)] = entry
-        return entry[0]
-
     def _use_band(self, needed: int, method: Method) -> None:
         """Run at ``needed``'s band if its packs are held, else at twice it where those are held (shrinking at a
         quarter), else make ``needed``'s set, the least recently used sets giving way beyond ``max_sets``."""
@@ -248,13 +268,7 @@ class PackedProducts:
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        if (
-            rows < MIN_ROWS
-            or rows > self.capacity
-            or id(weight) not in self.weights
-            or x.dtype != weight.dtype
-            or torch.is_autocast_enabled("cpu")
-        ):
+        if rows < MIN_ROWS or rows > self.capacity or not takes_pack(x, weight, self.weights):
             return self.plain(x, weight, bias)
         needed = band_for(rows)
         method = self._decided(needed)
@@ -264,7 +278,9 @@ class PackedProducts:
         flat = x.reshape(rows, x.shape[-1])
         if rows < self.band:
             flat = F.pad(flat, (0, 0, 0, self.band - rows))
-        out = packed_product(flat, self._pack(weight), weight, bias, self.band, self.decisions[self.band])
+        method = self.decisions[self.band]
+        pack = current_pack(self.sets[self.band], weight, self.band, method)
+        out = packed_product(flat, pack, weight, bias, self.band, method)
         return out[:rows].view(*x.shape[:-1], weight.shape[0])
 
     def release(self) -> None:

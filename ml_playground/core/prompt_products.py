@@ -27,15 +27,16 @@ import torch.nn.functional as F
 
 from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
 from ml_playground.core.packed_products import (
-    MEMORY_SHARE,
     MIN_ROWS,
+    Packs,
     Product,
     available_bytes,
-    eligible,
+    current_pack,
     pack_weight,
+    packable,
     packed_product,
-    packing_available,
     shapes_key,
+    takes_pack,
 )
 
 PROMPT_ROWS = 32  # the rows a prompt's products are timed at: a short prompt, or a few together
@@ -88,30 +89,17 @@ class PromptProducts:
         choose: Callable[[list[torch.Tensor]], bool] | None = None,
         available: Callable[[], int] = available_bytes,
     ) -> None:
-        usable = packing_available("onednn")
-        self.weights = {id(w): w for w in weights if usable and eligible(w)}
-        size = sum(w.numel() * w.element_size() for w in self.weights.values())
-        if self.weights and size > MEMORY_SHARE * available():
-            self.weights = {}
+        self.weights, _ = packable(weights, ("onednn",), available)
         self.plain = plain
         chosen = self.weights and (choose or (lambda ws: measured_choice(ws, plain)))(list(self.weights.values()))
         self.packed = bool(chosen)
-        self.packs: dict[int, tuple[torch.Tensor, int]] = {}  # id(weight) -> (pack, the weight's version then)
+        self.packs: Packs = {}
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        if (
-            not self.packed
-            or rows < MIN_ROWS
-            or id(weight) not in self.weights
-            or x.dtype != weight.dtype
-            or torch.is_autocast_enabled("cpu")
-        ):
+        if not self.packed or rows < MIN_ROWS or not takes_pack(x, weight, self.weights):
             return self.plain(x, weight, bias)
-        entry = self.packs.get(id(weight))
-        if entry is None or entry[1] != weight._version:
-            entry = (pack_weight(weight.detach(), PROMPT_ROWS, "onednn"), weight._version)
-            self.packs[id(weight)] = entry
+        pack = current_pack(self.packs, weight, PROMPT_ROWS, "onednn")
         flat = x.reshape(rows, x.shape[-1])
-        out = packed_product(flat, entry[0], weight, bias, PROMPT_ROWS, "onednn")
+        out = packed_product(flat, pack, weight, bias, PROMPT_ROWS, "onednn")
         return out.view(*x.shape[:-1], weight.shape[0])

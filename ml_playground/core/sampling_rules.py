@@ -138,19 +138,18 @@ def largest(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tenso
     are one pass over the row, and the top-k runs over the ``count`` chunks alone."""
     rows, vocabulary = logits.shape
     chunks = -(-vocabulary // CHUNK)
-    if 4 * count > chunks:  # the chosen chunks would be much of the row
-        top = torch.topk(logits, count, dim=-1)
-        return top.values, top.indices
-    padded = F.pad(logits, (0, chunks * CHUNK - vocabulary), value=float("-inf")) if vocabulary % CHUNK else logits
-    blocks = padded.reshape(rows, chunks, CHUNK)
-    best = torch.topk(blocks.amax(dim=-1), count, dim=-1).indices  # (B, count): the chunks with the largest maxima
-    candidates = blocks.gather(1, best.unsqueeze(-1).expand(rows, count, CHUNK)).view(rows, count * CHUNK)
-    values, where = torch.topk(candidates, count, dim=-1)
-    index = best.gather(1, where // CHUNK) * CHUNK + where % CHUNK
-    if vocabulary % CHUNK and bool((index >= vocabulary).any()):  # a row of fewer finite logits than ``count``
-        top = torch.topk(logits, count, dim=-1)
-        return top.values, top.indices
-    return values, index
+    if 4 * count <= chunks:  # else the chosen chunks would be much of the row: the plain top-k below
+        padding = chunks * CHUNK - vocabulary
+        padded = F.pad(logits, (0, padding), value=float("-inf")) if padding else logits
+        blocks = padded.reshape(rows, chunks, CHUNK)
+        best = torch.topk(blocks.amax(dim=-1), count, dim=-1).indices  # (B, count): the chunks of largest maxima
+        candidates = blocks.gather(1, best.unsqueeze(-1).expand(rows, count, CHUNK)).view(rows, count * CHUNK)
+        values, where = torch.topk(candidates, count, dim=-1)
+        index = best.gather(1, where // CHUNK) * CHUNK + where % CHUNK
+        if not padding or not bool((index >= vocabulary).any()):  # padding found: fewer finite logits than asked
+            return values, index
+    top = torch.topk(logits, count, dim=-1)
+    return top.values, top.indices
 
 
 def draw_among_top_k(
