@@ -16,13 +16,13 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ml_playground.bench.harness import BenchResult, median_seconds, paired_medians
+from ml_playground.core.linear_kernels import LinearKernel, linear, onednn_available
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import CharTokenizer
 from ml_playground.families.gpt.family import decode_blocks
 from ml_playground.families.gpt.generation import generate
 from ml_playground.families.gpt.gguf import write_gguf
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
-from ml_playground.families.gpt.kernels import LinearKernel, linear, onednn_available
 from ml_playground.families.gpt.model import GPT, GPTConfig
 
 

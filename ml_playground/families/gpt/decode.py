@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.lazy_types import is_fsdp_module
+from ml_playground.core.linear_kernels import linear
 from ml_playground.core.row_products import RowProducts
-from ml_playground.families.gpt.kernels import linear
 from ml_playground.families.gpt.model import GPT, Block, KVCache, LayerNorm, apply_rotary, rotary_tables
 from ml_playground.families.gpt.model import Linear as ModelLinear
 

@@ -18,6 +18,7 @@ from ml_playground.configuration.models import ExperimentConfig, GptModelConfig
 from ml_playground.core.console import say
 from ml_playground.core.devices import resolve_precision
 from ml_playground.core.errors import CheckpointError, ConfigError, DataError
+from ml_playground.core.linear_kernels import LinearKernelSetting
 from ml_playground.core.row_products import measured_blocks
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import load_tokenizer
@@ -31,7 +32,6 @@ from ml_playground.families.gpt.batched import BatchedDecoder
 from ml_playground.families.gpt.decode import decode_matrices, kernel_product
 from ml_playground.families.gpt.generation import generate, generate_stream
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
-from ml_playground.families.gpt.kernels import LinearKernelSetting
 from ml_playground.families.gpt.model import GPT, GPTConfig
 from ml_playground.training.checkpointing.service import CheckpointService, LoadedCheckpoint
 from ml_playground.training.distributed import is_sharded, wrap_model

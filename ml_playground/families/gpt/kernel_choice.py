@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ml_playground.core.linear_kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
 from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
-from ml_playground.families.gpt.kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
 
 MARGIN = 1.15
 MAX_ROWS = 4096  # more rows change nothing in which kernel wins, only how long the measurement takes

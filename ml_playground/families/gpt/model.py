@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml_playground.core.linear_kernels import LinearKernel, linear
 from ml_playground.core.rotary import inverse_frequencies, rotary_from_angles
-from ml_playground.families.gpt.kernels import LinearKernel, linear
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ml_playground.core.linear_kernels import LinearKernel, onednn_available
 from ml_playground.core.row_products import CANDIDATES, RowProducts, measured_blocks
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.decode import DecodeStep, decode_matrices
 from ml_playground.families.gpt.family import decode_blocks
 from ml_playground.families.gpt.generation import generate
-from ml_playground.families.gpt.kernels import LinearKernel, onednn_available
 from ml_playground.families.gpt.model import GPT, GPTConfig, KVCache
 
 pytestmark = pytest.mark.unit

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from ml_playground.core.linear_kernels import LinearKernel, linear, onednn_available
 from ml_playground.families.gpt.kernel_choice import (
     CACHE_FILE,
     MARGIN,
@@ -16,7 +17,6 @@ from ml_playground.families.gpt.kernel_choice import (
     measure,
     pick_linear_kernel,
 )
-from ml_playground.families.gpt.kernels import LinearKernel, linear, onednn_available
 
 pytestmark = pytest.mark.unit
 

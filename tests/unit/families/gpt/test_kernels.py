@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from ml_playground.core.errors import ConfigError
+from ml_playground.core.linear_kernels import linear, onednn_available, resolve_linear_kernel
 from ml_playground.core.losses import cross_entropy
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.families.gpt.family import model_from_checkpoint
 from ml_playground.families.gpt.generation import generate
 from ml_playground.families.gpt.kernel_choice import Workload, pick_linear_kernel
-from ml_playground.families.gpt.kernels import linear, onednn_available, resolve_linear_kernel
 from ml_playground.families.gpt.model import GPT, GPTConfig, Linear
 from tests.unit.families.gpt.test_gpt_loading import saved
 
@@ -99,7 +99,7 @@ def test_falls_back_to_f_linear_where_onednn_does_not_apply() -> None:
 # opcheck's own AOT test reads .grad of a non-leaf tensor it made (a warning from torch's test utility)
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
 def test_the_compile_operator_passes_pytorchs_operator_checks() -> None:
-    from ml_playground.families.gpt.kernels import _onednn_op
+    from ml_playground.core.linear_kernels import _onednn_op
 
     torch.manual_seed(0)
     x, weight, bias = torch.randn(3, 5, 8), torch.randn(6, 8), torch.randn(6)
