@@ -268,6 +268,11 @@ class HfLoraModelConfig(FamilyConfig):
     lora: LoraConfig = LoraConfig()
     gradient_checkpointing: bool = False
     save_merged_on_best: bool = Field(default=False, description="Also write the merged model to out_dir/merged.")
+    linear_kernel: Literal["auto", "aten", "onednn"] = Field(
+        default="auto",
+        description="CPU float32 products by the frozen base weights: onednn, PyTorch's default aten (MKL on x86), "
+        "or auto (the faster here, measured once per machine).",
+    )
     compile: bool = Field(
         default=False,
         description="torch.compile each decoder layer for training steps (one compile serves every layer; "

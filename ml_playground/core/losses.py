@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from ml_playground.core.linear_kernels import LinearKernel, linear
+
 IGNORE_INDEX = -100  # targets with this id are not in the loss (PyTorch's cross_entropy default)
 
 
@@ -31,6 +33,7 @@ def head_cross_entropy(
 
 
 CHUNK_BYTES = 64 * 2**20  # float32 logits per chunk of rows in ``chunked_head_cross_entropy``
+ROW_STEP = 64  # on oneDNN, the head's products run on a multiple of this many rows
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -47,45 +50,63 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         chunk_bytes: int,
+        kernel: LinearKernel,
     ) -> torch.Tensor:
         rows = max(1, chunk_bytes // (4 * weight.shape[0]))
         device = hidden.device.type
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         weight = weight.to(compute)  # once, not once per chunk and product as autocast would
         bias = None if bias is None else bias.to(compute)
+        # the gradient's product is a linear layer whose weight is the head's transposed (a view: oneDNN reads it)
+        transposed = weight.t() if kernel != "aten" and compute == torch.float32 else None
+        padded = hidden
+        if transposed is not None:
+            # oneDNN keeps a primitive for every row count it meets, and the targets of a masked batch vary
+            # from step to step: rows in multiples of ROW_STEP keep the count of shapes (and memory) bounded
+            rows = max(ROW_STEP, rows - rows % ROW_STEP)
+            padded = F.pad(hidden, (0, 0, 0, -hidden.shape[0] % ROW_STEP))
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
         with torch.autocast(device, enabled=False):
             for start in range(0, hidden.shape[0], rows):
-                part = hidden[start : start + rows].to(compute)
-                logits = F.linear(part, weight, bias).float()
                 target = targets[start : start + rows]
-                total += F.cross_entropy(logits, target, reduction="sum")
+                count = len(target)
+                logits = linear(padded[start : start + rows].to(compute), weight, bias, kernel).float()
+                total += F.cross_entropy(logits[:count], target, reduction="sum")
                 probabilities = logits.softmax(dim=-1)
-                probabilities[torch.arange(len(target), device=target.device), target] -= 1.0
-                grad[start : start + rows] = (probabilities.to(compute) @ weight).to(grad.dtype)
+                probabilities[count:] = 0.0  # padding rows, if any: no gradient
+                probabilities[torch.arange(count, device=target.device), target] -= 1.0
+                scores = probabilities.to(compute)
+                product = scores @ weight if transposed is None else linear(scores, transposed, None, kernel)
+                grad[start : start + count] = product[:count].to(grad.dtype)
         ctx.save_for_backward(grad)
         return total
 
     @staticmethod
-    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
         (grad,) = ctx.saved_tensors
-        return grad * grad_outputs[0].to(grad.dtype), None, None, None, None
+        return grad * grad_outputs[0].to(grad.dtype), None, None, None, None, None
 
 
 def chunked_head_cross_entropy(
-    hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, chunk_bytes: int = CHUNK_BYTES
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    chunk_bytes: int = CHUNK_BYTES,
+    kernel: LinearKernel = "aten",
 ) -> torch.Tensor:
     """``head_cross_entropy`` for a frozen ``nn.Linear`` head without the batch's whole logits in memory.
 
     The mean over the targets present, as ``cross_entropy``. Gradients reach ``hidden`` only: the head
     must be frozen (a LoRA base's), which is checked. For SmolLM2 at batch 4 x 256, the logits and
-    their gradient are 2 x 201 MB of float32; the chunks (``chunk_bytes`` of logits each) are reused."""
+    their gradient are 2 x 201 MB of float32; the chunks (``chunk_bytes`` of logits each) are reused.
+    ``kernel`` runs the head's two products (logits, and the gradient to ``hidden``) on that library
+    (``core/linear_kernels.py``) where it applies (float32 on a CPU)."""
     if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
         raise ValueError("chunked_head_cross_entropy needs a frozen head")
     keep = targets != IGNORE_INDEX
     picked, wanted = hidden[keep], targets[keep]
     if wanted.numel() == 0:
         return hidden.sum() * float("nan")  # as cross_entropy: the mean over no targets
-    total: torch.Tensor = _ChunkedHeadLoss.apply(picked, head.weight, head.bias, wanted, chunk_bytes)
+    total: torch.Tensor = _ChunkedHeadLoss.apply(picked, head.weight, head.bias, wanted, chunk_bytes, kernel)
     return total / wanted.numel()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ml_playground.core.linear_kernels import LinearKernel
 from ml_playground.core.losses import IGNORE_INDEX, chunked_head_cross_entropy, cross_entropy, head_cross_entropy
 
 
@@ -22,9 +23,11 @@ class LogitsOnly(nn.Module):
         return logits
 
 
-def target_loss(base: nn.Module, model: LogitsOnly) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def target_loss(
+    base: nn.Module, model: LogitsOnly, kernel: LinearKernel = "aten"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The training loss of ``model`` computed as decoder, then the output head only where there is a target
-    (a frozen head in chunks of rows, never the batch's whole logits).
+    (a frozen head in chunks of rows, never the batch's whole logits, its products on ``kernel``).
 
     ``base`` is the ``transformers`` causal LM inside ``model`` (with its LoRA layers). A model whose
     logits are more than its head applied to the decoder's last hidden state (a soft cap, a scale) would
@@ -43,7 +46,7 @@ def target_loss(base: nn.Module, model: LogitsOnly) -> Callable[[torch.Tensor, t
         hidden: torch.Tensor = decoder(input_ids=idx, use_cache=False).last_hidden_state
         if frozen:  # LoRA leaves the head alone: its logits are needed a few rows at a time only
             assert isinstance(head, nn.Linear)
-            return chunked_head_cross_entropy(hidden, head, targets)
+            return chunked_head_cross_entropy(hidden, head, targets, kernel=kernel)
         return head_cross_entropy(hidden, head, targets)
 
     return split if _agrees(split, full, model) else full

@@ -19,12 +19,15 @@ from torch import nn
 
 from ml_playground.configuration.models import HfLoraModelConfig
 from ml_playground.core.console import say
+from ml_playground.core.devices import Precision
 from ml_playground.core.errors import DataError, UserError
+from ml_playground.core.linear_kernels import LinearKernel, LinearKernelSetting
 from ml_playground.core.logging_protocol import MetricsLogger
 from ml_playground.core.sampling_rules import SamplingParams
 from ml_playground.core.tokenizer import PretrainedTokenizer, load_tokenizer
 from ml_playground.data_pipeline.meta import TOKENIZER_DIR, text_format
 from ml_playground.families.base import BuildContext, TrainingSetup, family_settings
+from ml_playground.families.hf_lora import frozen_products
 from ml_playground.families.hf_lora.adapters import AdapterExportHook
 from ml_playground.families.hf_lora.chat import apply_text_format
 from ml_playground.families.hf_lora.compiled_layers import compile_layers_for_training
@@ -93,6 +96,26 @@ def make_merger(
     return merge
 
 
+def route_frozen_products(
+    base: nn.Module,
+    setting: LinearKernelSetting,
+    precision: Precision,
+    rows: int,
+    chooser: Callable[[frozen_products.FrozenWorkload], LinearKernel] = frozen_products.choose,
+) -> LinearKernel:
+    """The kernel of the base model's frozen products, picked for its projections at ``rows`` tokens a step
+    (``auto``: measured once per machine), and the projections routed to it; the head's loss takes it too."""
+    get_head = getattr(base, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    projections = [layer for layer in frozen_products.frozen_linears(base) if layer is not head]
+    if not projections:
+        return "aten"
+    work = frozen_products.workload(projections, rows)
+    kernel = frozen_products.pick(setting, precision.device, precision.dtype, work, chooser=chooser)
+    frozen_products.route(projections, kernel)
+    return kernel
+
+
 def finetune_setup(ctx: BuildContext) -> TrainingSetup:
     config, dataset, precision, console, dist = ctx.config, ctx.dataset, ctx.precision, ctx.console, ctx.dist
     tc = config.train
@@ -125,6 +148,9 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
         enable_activation_checkpointing(base)
     peft_model = apply_lora(base, settings.lora)
     peft_model.to(precision.device)
+    kernel = route_frozen_products(base, settings.linear_kernel, precision, tc.data.batch_size * tc.sequence_length)
+    if kernel != "aten":
+        say(console, f"linear kernel: {kernel} for the frozen products (train.model.linear_kernel)")
     if settings.compile and compile_layers_for_training(base, lambda line: say(console, line)):
         say(console, "torch.compile: the decoder layers, for training steps (the first step compiles)")
     total, trainable = parameter_counts(peft_model)
@@ -194,5 +220,5 @@ def finetune_setup(ctx: BuildContext) -> TrainingSetup:
         load_trainable=load_trainable,
         generate_text=generate_text,
         make_hooks=make_hooks,
-        loss=target_loss(base, model),
+        loss=target_loss(base, model, kernel),
     )

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ml_playground.core.losses import IGNORE_INDEX, chunked_head_cross_entropy, head_cross_entropy
+from ml_playground.core.linear_kernels import onednn_available
+from ml_playground.core.losses import IGNORE_INDEX, ROW_STEP, chunked_head_cross_entropy, head_cross_entropy
 
 pytestmark = pytest.mark.unit
 
@@ -54,3 +55,18 @@ def test_no_target_is_nan_as_cross_entropy_and_a_trainable_head_is_refused() -> 
     assert math.isnan(float(chunked_head_cross_entropy(hidden, head, torch.full_like(targets, IGNORE_INDEX)).detach()))
     with pytest.raises(ValueError, match="frozen head"):
         chunked_head_cross_entropy(hidden, nn.Linear(32, 3000), targets)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("kept", [1, ROW_STEP - 1, ROW_STEP, 2 * ROW_STEP + 5])
+def test_on_onednn_padded_chunks_give_the_same_loss_and_gradient(kept: int) -> None:
+    head, _, _ = _case(bias=True)
+    hidden = torch.randn(1, 3 * ROW_STEP, 32, requires_grad=True)
+    targets = torch.randint(0, 3000, (1, 3 * ROW_STEP))
+    targets[:, kept:] = IGNORE_INDEX
+    chunk = 4 * 3000 * (ROW_STEP + 7)  # rounded down to one row step a chunk on oneDNN
+    want, want_grad = _loss_and_grad(chunked_head_cross_entropy(hidden, head, targets, chunk), hidden)
+    got, got_grad = _loss_and_grad(chunked_head_cross_entropy(hidden, head, targets, chunk, kernel="onednn"), hidden)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert torch.allclose(got_grad, want_grad, atol=1e-7)
+    assert not got_grad[:, kept:].any()

@@ -1,0 +1,130 @@
+"""A LoRA run's frozen products (the base model's projections and its output head) on the faster CPU kernel.
+
+LoRA trains a few small matrices beside each projection; the projections themselves stay frozen, and a
+training step spends most of its time multiplying by them: forward, and again for the gradient to their
+input (a frozen weight needs no gradient of its own). PyTorch sends a float32 product on x86 to MKL,
+which takes no AVX-512 path on AMD processors; oneDNN (``core/linear_kernels.py``) does. Which is
+faster depends on the CPU, so ``train.model.linear_kernel = "auto"`` times both on the model's own
+frozen shapes at the run's rows (batch x block), forward and input gradient, once per machine, and keeps
+the answer in ``<cache>/frozen_products_v1.json``. oneDNN must be ``MARGIN`` faster to be chosen.
+
+Only float32 products change: under bfloat16 autocast a routed layer is ``F.linear`` as before, and a run
+whose precision is not float32 does not measure at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ml_playground.core.linear_kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
+from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
+
+MARGIN = 1.15
+MAX_ROWS = 1024  # more rows change nothing in which kernel wins, only how long the measurement takes
+CACHE_FILE = "frozen_products_v1.json"
+
+Shape = tuple[int, int]  # (out_features, in_features), as nn.Linear's weight
+
+
+@dataclass(frozen=True)
+class FrozenWorkload:
+    shapes: tuple[Shape, ...]  # the distinct shapes of the frozen projections, sorted
+    rows: int  # tokens per product: batch x block
+
+    def key(self) -> str:
+        listed = ", ".join(f"{out}x{inp}" for out, inp in self.shapes)
+        return machine_key(f"frozen {listed} x {min(self.rows, MAX_ROWS)} rows")
+
+
+def frozen_linears(model: nn.Module) -> list[nn.Linear]:
+    """The model's ``nn.Linear`` layers whose parameters are all frozen (LoRA's base projections)."""
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.Linear) and not any(p.requires_grad for p in module.parameters())
+    ]
+
+
+def workload(linears: Sequence[nn.Linear], rows: int) -> FrozenWorkload:
+    return FrozenWorkload(tuple(sorted({(m.out_features, m.in_features) for m in linears})), rows)
+
+
+class FrozenForward:
+    """A frozen layer's forward on ``kernel``: reads the layer's weight at each call (a merge or a load shows)."""
+
+    def __init__(self, layer: nn.Linear, kernel: LinearKernel) -> None:
+        self.layer = layer
+        self.kernel: LinearKernel = kernel
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.layer.weight, self.layer.bias, self.kernel)
+
+
+def route(linears: Sequence[nn.Linear], kernel: LinearKernel) -> int:
+    """Run each of ``linears`` on ``kernel`` (nothing changes for ``aten``); how many layers were routed."""
+    if kernel == "aten":
+        return 0
+    for layer in linears:
+        # an instance attribute: nn.Module.__call__ finds it, and the state dict's names are unchanged
+        layer.forward = FrozenForward(layer, kernel)  # type: ignore[method-assign, assignment]
+    return len(linears)
+
+
+def measure(work: FrozenWorkload, repeats: int = 5) -> dict[LinearKernel, float]:
+    """Median seconds of one product per shape, forward and gradient to the input, on each kernel."""
+    rows = min(work.rows, MAX_ROWS)
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(out, inp, generator=generator) / inp**0.5 for out, inp in work.shapes]
+    inputs = [torch.randn(rows, inp, generator=generator, requires_grad=True) for _, inp in work.shapes]
+    upstream = [torch.randn(rows, out, generator=generator) for out, _ in work.shapes]
+
+    def run(kernel: LinearKernel) -> None:
+        for x, weight, grad in zip(inputs, weights, upstream, strict=True):
+            linear(x, weight, None, kernel).backward(grad)  # type: ignore[no-untyped-call]
+
+    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
+    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+
+def choose(
+    work: FrozenWorkload,
+    *,
+    cache_dir: Path | None = None,
+    measure_fn: Callable[[FrozenWorkload], Mapping[LinearKernel, float]] = measure,
+) -> LinearKernel:
+    """The faster kernel for ``work`` here, from the cache or measured now (and then cached)."""
+
+    def decide(seconds: Mapping[str, float]) -> str:
+        return "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
+
+    def timed() -> Mapping[str, float]:
+        seconds = measure_fn(work)
+        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+    return (
+        "onednn"
+        if cached_choice(CACHE_FILE, work.key(), ("aten", "onednn"), timed, decide, cache_dir) == "onednn"
+        else "aten"
+    )
+
+
+def pick(
+    setting: LinearKernelSetting,
+    device: torch.device,
+    dtype: torch.dtype,
+    work: FrozenWorkload,
+    *,
+    available: bool | None = None,
+    chooser: Callable[[FrozenWorkload], LinearKernel] = choose,
+) -> LinearKernel:
+    """``train.model.linear_kernel`` for a LoRA run: ``auto`` measures where oneDNN could change a product
+    (a CPU whose PyTorch has it, a float32 run); elsewhere the default."""
+    resolved = resolve_linear_kernel(setting, device, available=available)
+    if setting != "auto" or resolved != "onednn":
+        return resolved
+    return chooser(work) if dtype == torch.float32 else "aten"

@@ -1,0 +1,149 @@
+"""A LoRA run's frozen products on oneDNN: the same loss and adapter gradients, eager and compiled; the choice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ml_playground.core.devices import Precision
+from ml_playground.core.errors import ConfigError
+from ml_playground.core.linear_kernels import LinearKernel, onednn_available
+from ml_playground.core.losses import IGNORE_INDEX
+from ml_playground.families.hf_lora import frozen_products
+from ml_playground.families.hf_lora.compiled_layers import compile_layers_for_training
+from ml_playground.families.hf_lora.frozen_products import FrozenWorkload, choose, pick
+from ml_playground.families.hf_lora.modules import target_loss
+from ml_playground.families.hf_lora.setup import route_frozen_products
+from tests.unit.families.hf_lora.test_target_loss import _grads, _lora
+
+pytestmark = pytest.mark.unit
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+CPU32 = Precision(torch.device("cpu"), torch.float32)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 200, (3, 20), generator=generator)
+    y = torch.randint(0, 200, (3, 20), generator=generator)
+    y[:, :7] = IGNORE_INDEX  # masked prompts: a row count that is no multiple of the head's row step
+    return x, y
+
+
+def _step(base: nn.Module, model: nn.Module, kernel: LinearKernel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x, y = _batch()
+    loss = target_loss(base, model, kernel)(x, y)  # type: ignore[arg-type]
+    loss.backward()  # type: ignore[no-untyped-call]
+    return loss.detach(), _grads(model)
+
+
+def _assert_close(
+    got: tuple[torch.Tensor, dict[str, torch.Tensor]], want: tuple[torch.Tensor, dict[str, torch.Tensor]]
+) -> None:
+    assert torch.allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert got[1].keys() == want[1].keys()
+    assert got[1]
+    assert all("lora_" in name for name in got[1])
+    for name, grad in got[1].items():
+        assert torch.allclose(grad, want[1][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_frozen_linears_are_the_base_projections_and_head_not_the_adapters(tmp_path: Path) -> None:
+    base, _ = _lora(tmp_path)
+    found = frozen_products.frozen_linears(base)
+    head = base.get_output_embeddings()
+    assert head in found
+    assert found
+    assert all(not p.requires_grad for layer in found for p in layer.parameters())
+    adapters = [m for name, m in base.named_modules() if "lora_" in name and isinstance(m, nn.Linear)]
+    assert adapters
+    assert not set(map(id, adapters)) & set(map(id, found))
+    projections = [layer for layer in found if layer is not head]
+    work = frozen_products.workload(projections, rows=60)
+    assert work.shapes == tuple(sorted({(m.out_features, m.in_features) for m in projections}))
+    assert frozen_products.route(projections, "aten") == 0
+    assert all("forward" not in vars(layer) for layer in projections)  # aten leaves the layers as they are
+
+
+@needs_onednn
+def test_routed_projections_train_like_the_default_eager_and_compiled(tmp_path: Path) -> None:
+    base, model = _lora(tmp_path)
+    reference = _step(base, model, "aten")
+    assert route_frozen_products(base, "onednn", CPU32, rows=60) == "onednn"
+    routed = [m for m in frozen_products.frozen_linears(base) if "forward" in vars(m)]
+    assert len(routed) == len(frozen_products.frozen_linears(base)) - 1  # every projection, not the head
+    eager = _step(base, model, "onednn")
+    _assert_close(eager, reference)
+    assert compile_layers_for_training(base, pytest.fail) == 2
+    compiled = _step(base, model, "onednn")
+    _assert_close(compiled, reference)
+    assert "lora_A" in next(name for name in model.state_dict() if "lora_" in name)  # names unchanged
+    with torch.no_grad():  # evaluation and sampling: the routed layers without a graph
+        assert torch.allclose(model(_batch()[0]), model.lm(input_ids=_batch()[0]).logits)
+
+
+def test_the_choice_is_measured_once_and_needs_a_margin(tmp_path: Path) -> None:
+    calls: list[FrozenWorkload] = []
+
+    def timings(seconds: Mapping[LinearKernel, float]):  # type: ignore[no-untyped-def]
+        def measure(work: FrozenWorkload) -> Mapping[LinearKernel, float]:
+            calls.append(work)
+            return seconds
+
+        return measure
+
+    faster = FrozenWorkload(((8, 4),), rows=16)
+    assert choose(faster, cache_dir=tmp_path, measure_fn=timings({"aten": 2.0, "onednn": 1.0})) == "onednn"
+    assert choose(faster, cache_dir=tmp_path, measure_fn=timings({"aten": 1.0, "onednn": 2.0})) == "onednn"  # cached
+    near_tie = FrozenWorkload(((8, 4),), rows=32)
+    assert choose(near_tie, cache_dir=tmp_path, measure_fn=timings({"aten": 1.1, "onednn": 1.0})) == "aten"
+    assert calls == [faster, near_tie]
+    assert (tmp_path / frozen_products.CACHE_FILE).exists()
+
+
+@needs_onednn
+def test_the_real_measurement_times_both_kernels() -> None:
+    seconds = frozen_products.measure(FrozenWorkload(((48, 32), (32, 48)), rows=64), repeats=1)
+    assert set(seconds) == {"aten", "onednn"}
+    assert all(value > 0 for value in seconds.values())
+
+
+def test_pick_measures_only_where_onednn_could_change_a_product() -> None:
+    work = FrozenWorkload(((8, 4),), rows=16)
+    asked: list[FrozenWorkload] = []
+
+    def chooser(w: FrozenWorkload) -> LinearKernel:
+        asked.append(w)
+        return "onednn"
+
+    cpu = torch.device("cpu")
+    assert pick("auto", cpu, torch.float32, work, available=True, chooser=chooser) == "onednn"
+    assert pick("auto", cpu, torch.bfloat16, work, available=True, chooser=chooser) == "aten"
+    assert pick("auto", cpu, torch.float32, work, available=False, chooser=chooser) == "aten"
+    assert pick("auto", torch.device("meta"), torch.float32, work, available=True, chooser=chooser) == "aten"
+    assert pick("aten", cpu, torch.float32, work, available=True, chooser=chooser) == "aten"
+    assert pick("onednn", cpu, torch.float32, work, available=True, chooser=chooser) == "onednn"
+    assert asked == [work]
+    with pytest.raises(ConfigError, match="no oneDNN"):
+        pick("onednn", cpu, torch.float32, work, available=False, chooser=chooser)
+
+
+def test_setup_asks_the_chooser_with_the_projections_shapes_and_the_runs_rows(tmp_path: Path) -> None:
+    base, _ = _lora(tmp_path)
+    asked: list[FrozenWorkload] = []
+
+    def chooser(work: FrozenWorkload) -> LinearKernel:
+        asked.append(work)
+        return "aten"
+
+    assert route_frozen_products(base, "auto", CPU32, rows=4 * 24, chooser=chooser) == "aten"
+    assert all("forward" not in vars(layer) for layer in frozen_products.frozen_linears(base))
+    if onednn_available():  # elsewhere auto resolves to aten without measuring
+        (work,) = asked
+        assert work.rows == 96
+        head = base.get_output_embeddings()
+        assert (head.out_features, head.in_features) not in work.shapes  # the head is not measured
+    assert route_frozen_products(nn.Sequential(nn.ReLU()), "auto", CPU32, rows=8, chooser=chooser) == "aten"
