@@ -166,10 +166,11 @@ def test_the_model_family_is_explicit_and_its_keys_are_its_own() -> None:
     assert untagged.train.model.n_layer == 3
     with pytest.raises(ConfigError, match=r"config\.toml: train\.model\.base_model: unknown key, from --set"):
         load_config(SHAKESPEARE, ["train.model.base_model='/models/tiny'"])
-    for gpt_only in ("train.model.ema.enabled=true", "train.model.linear_kernel='aten'", "train.model.n_layer=2"):
+    for gpt_only in ("train.model.ema.enabled=true", "train.model.qk_norm=true", "train.model.n_layer=2"):
         key = gpt_only.split("=")[0].rsplit(".", 1)[0] if ".ema." in gpt_only else gpt_only.split("=")[0]
         with pytest.raises(ConfigError, match=rf"{re.escape(key)}: unknown key"):
             load_config(lora, [gpt_only])
+    assert load_config(lora, ["train.model.linear_kernel='aten'"]).train.model.linear_kernel == "aten"  # both have it
     with pytest.raises(ConfigError, match=r"train\.model: unknown model family 'rnn'; known: 'gpt', 'hf_lora'"):
         load_config(SHAKESPEARE, ["train.model.kind='rnn'"])
     with pytest.raises(ConfigError, match=r"sample\.weights = 'ema' needs train\.model\.ema"):
