@@ -19,13 +19,15 @@ itself, and Inductor would otherwise pick MKL), while Inductor fuses everything 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ml_playground.core.errors import ConfigError
+from ml_playground.core.measured_choice import alternating_medians, cached_choice
 
 LinearKernel = Literal["aten", "onednn"]
 LinearKernelSetting = Literal["auto", "aten", "onednn"]
@@ -57,6 +59,32 @@ def resolve_linear_kernel(
     if setting == "onednn":
         return "onednn"
     return "onednn" if device.type == "cpu" and has_onednn else "aten"
+
+
+def time_kernels(run: Callable[[LinearKernel], None], repeats: int) -> dict[LinearKernel, float]:
+    """Median seconds of ``run`` on each kernel, timed in turns."""
+    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
+    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+
+def cached_kernel(
+    file: str,
+    key: str,
+    measure: Callable[[], Mapping[LinearKernel, float]],
+    margin: float,
+    cache_dir: Path | None = None,
+) -> LinearKernel:
+    """oneDNN where ``measure()`` (seconds of ``aten`` and ``onednn``) finds it ``margin`` faster, else the
+    default: from ``file`` in the cache, or measured now and cached. A near tie stays on the default."""
+
+    def decide(seconds: Mapping[str, float]) -> str:
+        return "onednn" if seconds["aten"] >= margin * seconds["onednn"] else "aten"
+
+    def timed() -> Mapping[str, float]:
+        seconds = measure()
+        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+    return "onednn" if cached_choice(file, key, ("aten", "onednn"), timed, decide, cache_dir) == "onednn" else "aten"
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -13,14 +13,21 @@ first file holds choices measured with a stride-0 gradient, which misled them). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ml_playground.core.linear_kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
-from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
+from ml_playground.core.linear_kernels import (
+    LinearKernel,
+    LinearKernelSetting,
+    cached_kernel,
+    linear,
+    resolve_linear_kernel,
+    time_kernels,
+)
+from ml_playground.core.measured_choice import machine_key
 
 MARGIN = 1.15
 MAX_ROWS = 4096  # more rows change nothing in which kernel wins, only how long the measurement takes
@@ -59,8 +66,7 @@ def measure(workload: Workload, repeats: int = 7, product: Product = linear) -> 
                 if workload.training:
                     out.backward(grad)  # type: ignore[no-untyped-call]
 
-    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
-    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+    return time_kernels(run, repeats)
 
 
 def choose_kernel(
@@ -70,16 +76,7 @@ def choose_kernel(
     measure_fn: Callable[[Workload], dict[LinearKernel, float]] = measure,
 ) -> LinearKernel:
     """The faster kernel for ``workload`` here, from the cache or measured now (and then cached)."""
-
-    def decide(seconds: Mapping[str, float]) -> str:
-        return "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
-
-    def timed() -> Mapping[str, float]:
-        seconds = measure_fn(workload)
-        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
-
-    chosen = cached_choice(CACHE_FILE, workload.key(), ("aten", "onednn"), timed, decide, cache_dir)
-    return "onednn" if chosen == "onednn" else "aten"
+    return cached_kernel(CACHE_FILE, workload.key(), lambda: measure_fn(workload), MARGIN, cache_dir)
 
 
 def pick_linear_kernel(

@@ -21,8 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ml_playground.core.linear_kernels import LinearKernel, LinearKernelSetting, linear, resolve_linear_kernel
-from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
+from ml_playground.core.linear_kernels import (
+    LinearKernel,
+    LinearKernelSetting,
+    cached_kernel,
+    linear,
+    resolve_linear_kernel,
+    time_kernels,
+)
+from ml_playground.core.measured_choice import machine_key
 
 MARGIN = 1.15
 MAX_ROWS = 1024  # more rows change nothing in which kernel wins, only how long the measurement takes
@@ -87,8 +94,7 @@ def measure(work: FrozenWorkload, repeats: int = 5) -> dict[LinearKernel, float]
         for x, weight, grad in zip(inputs, weights, upstream, strict=True):
             linear(x, weight, None, kernel).backward(grad)  # type: ignore[no-untyped-call]
 
-    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
-    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+    return time_kernels(run, repeats)
 
 
 def choose(
@@ -98,19 +104,7 @@ def choose(
     measure_fn: Callable[[FrozenWorkload], Mapping[LinearKernel, float]] = measure,
 ) -> LinearKernel:
     """The faster kernel for ``work`` here, from the cache or measured now (and then cached)."""
-
-    def decide(seconds: Mapping[str, float]) -> str:
-        return "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
-
-    def timed() -> Mapping[str, float]:
-        seconds = measure_fn(work)
-        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
-
-    return (
-        "onednn"
-        if cached_choice(CACHE_FILE, work.key(), ("aten", "onednn"), timed, decide, cache_dir) == "onednn"
-        else "aten"
-    )
+    return cached_kernel(CACHE_FILE, work.key(), lambda: measure_fn(work), MARGIN, cache_dir)
 
 
 def pick(
