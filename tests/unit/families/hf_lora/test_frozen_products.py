@@ -72,6 +72,8 @@ def test_frozen_linears_are_the_base_projections_and_head_not_the_adapters(tmp_p
 def test_routed_projections_train_like_the_default_eager_and_compiled(tmp_path: Path) -> None:
     base, model = _lora(tmp_path)
     reference = _step(base, model, "aten")
+    with torch.no_grad():
+        plain_logits = model(_batch()[0])
     assert route_frozen_products(base, "onednn", CPU32, rows=60) == "onednn"
     routed = [m for m in frozen_products.frozen_linears(base) if "forward" in vars(m)]
     assert len(routed) == len(frozen_products.frozen_linears(base)) - 1  # every projection, not the head
@@ -82,7 +84,7 @@ def test_routed_projections_train_like_the_default_eager_and_compiled(tmp_path: 
     _assert_close(compiled, reference)
     assert "lora_A" in next(name for name in model.state_dict() if "lora_" in name)  # names unchanged
     with torch.no_grad():  # evaluation and sampling: the routed layers without a graph
-        assert torch.allclose(model(_batch()[0]), model.lm(input_ids=_batch()[0]).logits)
+        assert torch.allclose(model(_batch()[0]), plain_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_the_choice_is_measured_once_and_needs_a_margin(tmp_path: Path) -> None:
