@@ -14,14 +14,18 @@ copies). It applies to CPU float32 tensors only: under autocast or on an acceler
 to ``F.linear``. Under ``torch.compile`` the product is the custom operator
 ``ml_playground::onednn_linear``, which Dynamo keeps as one opaque call (it cannot trace the private op
 itself, and Inductor would otherwise pick MKL), while Inductor fuses everything around it.
+
+Which kernel is faster depends on the CPU and the shapes, so each family measures its own at start-up with
+the helpers at the end (``time_products``, ``cached_kernel``, ``pick_kernel``): GPT's block products
+(``families/gpt/kernel_choice.py``) and a LoRA run's frozen products (``families/hf_lora/frozen_products.py``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,7 @@ from ml_playground.core.measured_choice import alternating_medians, cached_choic
 
 LinearKernel = Literal["aten", "onednn"]
 LinearKernelSetting = Literal["auto", "aten", "onednn"]
+Work = TypeVar("Work")  # what a kernel choice is measured on (a model's shapes and rows)
 
 
 @functools.cache
@@ -59,32 +64,6 @@ def resolve_linear_kernel(
     if setting == "onednn":
         return "onednn"
     return "onednn" if device.type == "cpu" and has_onednn else "aten"
-
-
-def time_kernels(run: Callable[[LinearKernel], None], repeats: int) -> dict[LinearKernel, float]:
-    """Median seconds of ``run`` on each kernel, timed in turns."""
-    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
-    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
-
-
-def cached_kernel(
-    file: str,
-    key: str,
-    measure: Callable[[], Mapping[LinearKernel, float]],
-    margin: float,
-    cache_dir: Path | None = None,
-) -> LinearKernel:
-    """oneDNN where ``measure()`` (seconds of ``aten`` and ``onednn``) finds it ``margin`` faster, else the
-    default: from ``file`` in the cache, or measured now and cached. A near tie stays on the default."""
-
-    def decide(seconds: Mapping[str, float]) -> str:
-        return "onednn" if seconds["aten"] >= margin * seconds["onednn"] else "aten"
-
-    def timed() -> Mapping[str, float]:
-        seconds = measure()
-        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
-
-    return "onednn" if cached_choice(file, key, ("aten", "onednn"), timed, decide, cache_dir) == "onednn" else "aten"
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -183,3 +162,71 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ker
         out: torch.Tensor = _OneDnnLinear.apply(x, weight, bias)
         return out
     return F.linear(x, weight, bias)
+
+
+# Choosing between the two kernels by measurement, for the families' own shapes
+
+Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, LinearKernel], torch.Tensor]
+MARGIN = 1.15  # oneDNN is chosen only this much faster: a near tie stays on the default, not flipping between runs
+
+
+def time_products(
+    shapes: Sequence[tuple[int, int]],
+    rows: int,
+    *,
+    weight_grads: bool,
+    input_grads: bool,
+    repeats: int,
+    product: Product = linear,
+) -> dict[LinearKernel, float]:
+    """Median seconds of one product per weight shape (out, in) at ``rows`` rows on each kernel, timed in turns,
+    with the backward pass where a gradient is asked for (a frozen weight: its input's only)."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(out, inp, generator=generator, requires_grad=weight_grads) for out, inp in shapes]
+    inputs = [torch.randn(rows, inp, generator=generator, requires_grad=input_grads) for _, inp in shapes]
+    # A dense upstream gradient, as a real backward pass has: ``out.sum().backward()`` would pass a
+    # stride-0 expanded tensor, which MKL's product handles on a slow path and oneDNN's copy hides.
+    upstream = [torch.randn(rows, out, generator=generator) for out, _ in shapes]
+    backward = weight_grads or input_grads
+
+    def run(kernel: LinearKernel) -> None:
+        with torch.set_grad_enabled(backward):
+            for x, weight, grad in zip(inputs, weights, upstream, strict=True):
+                out = product(x, weight, None, kernel)
+                if backward:
+                    out.backward(grad)  # type: ignore[no-untyped-call]
+
+    seconds = alternating_medians({"aten": lambda: run("aten"), "onednn": lambda: run("onednn")}, repeats)
+    return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+
+def cached_kernel(
+    file: str,
+    key: str,
+    measure: Callable[[], Mapping[LinearKernel, float]],
+    cache_dir: Path | None = None,
+) -> LinearKernel:
+    """oneDNN where ``measure()`` (seconds of ``aten`` and ``onednn``) finds it ``MARGIN`` faster, else the
+    default: from ``file`` in the cache, or measured now and cached."""
+
+    def decide(seconds: Mapping[str, float]) -> str:
+        return "onednn" if seconds["aten"] >= MARGIN * seconds["onednn"] else "aten"
+
+    def timed() -> Mapping[str, float]:
+        seconds = measure()
+        return {"aten": seconds["aten"], "onednn": seconds["onednn"]}
+
+    return "onednn" if cached_choice(file, key, ("aten", "onednn"), timed, decide, cache_dir) == "onednn" else "aten"
+
+
+def pick_kernel(
+    setting: LinearKernelSetting,
+    device: torch.device,
+    work: Work,
+    chooser: Callable[[Work], LinearKernel],
+    *,
+    available: bool | None = None,
+) -> LinearKernel:
+    """The kernel for ``setting``: ``auto`` asks ``chooser`` about ``work`` where oneDNN is a choice at all."""
+    resolved = resolve_linear_kernel(setting, device, available=available)
+    return chooser(work) if setting == "auto" and resolved == "onednn" else resolved

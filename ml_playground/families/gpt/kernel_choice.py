@@ -8,7 +8,8 @@ So ``auto`` times both on the three products of a transformer block (``C -> 3C``
 dense upstream gradient; one row for decoding, forward only), once per machine, and keeps the
 answer in ``<cache>/linear_kernels_v2.json`` keyed by CPU, PyTorch, threads and shape (``v2``: the
 first file holds choices measured with a stride-0 gradient, which misled them). oneDNN must be
-``MARGIN`` faster to be chosen, so a near tie stays on the default instead of flipping between runs.
+``core/linear_kernels.py:MARGIN`` faster to be chosen, so a near tie stays on the default instead of
+flipping between runs.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ import torch
 from ml_playground.core.linear_kernels import (
     LinearKernel,
     LinearKernelSetting,
+    Product,
     cached_kernel,
     linear,
-    resolve_linear_kernel,
-    time_kernels,
+    pick_kernel,
+    time_products,
 )
 from ml_playground.core.measured_choice import machine_key
 
-MARGIN = 1.15
 MAX_ROWS = 4096  # more rows change nothing in which kernel wins, only how long the measurement takes
 CACHE_FILE = "linear_kernels_v2.json"
 
@@ -45,28 +46,12 @@ class Workload:
         return machine_key(f"{self.width} x {self.rows} {mode}")
 
 
-Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, LinearKernel], torch.Tensor]
-
-
 def measure(workload: Workload, repeats: int = 7, product: Product = linear) -> dict[LinearKernel, float]:
     """Median seconds of the block's three products (with their gradients when training) on each kernel."""
-    width, rows = workload.width, min(workload.rows, MAX_ROWS)
-    generator = torch.Generator().manual_seed(0)
-    shapes = ((width, 3 * width), (width, 4 * width), (4 * width, width))
-    weights = [torch.randn(out, inp, generator=generator, requires_grad=workload.training) for inp, out in shapes]
-    inputs = [torch.randn(rows, inp, generator=generator, requires_grad=workload.training) for inp, _ in shapes]
-    # A dense upstream gradient, as a real backward pass has: ``out.sum().backward()`` would pass a
-    # stride-0 expanded tensor, which MKL's product handles on a slow path and oneDNN's copy hides.
-    upstream = [torch.randn(rows, out, generator=generator) for _, out in shapes]
-
-    def run(kernel: LinearKernel) -> None:
-        with torch.set_grad_enabled(workload.training):
-            for x, weight, grad in zip(inputs, weights, upstream, strict=True):
-                out = product(x, weight, None, kernel)
-                if workload.training:
-                    out.backward(grad)  # type: ignore[no-untyped-call]
-
-    return time_kernels(run, repeats)
+    width, training = workload.width, workload.training
+    shapes = ((3 * width, width), (4 * width, width), (width, 4 * width))
+    rows = min(workload.rows, MAX_ROWS)
+    return time_products(shapes, rows, weight_grads=training, input_grads=training, repeats=repeats, product=product)
 
 
 def choose_kernel(
@@ -76,7 +61,7 @@ def choose_kernel(
     measure_fn: Callable[[Workload], dict[LinearKernel, float]] = measure,
 ) -> LinearKernel:
     """The faster kernel for ``workload`` here, from the cache or measured now (and then cached)."""
-    return cached_kernel(CACHE_FILE, workload.key(), lambda: measure_fn(workload), MARGIN, cache_dir)
+    return cached_kernel(CACHE_FILE, workload.key(), lambda: measure_fn(workload), cache_dir)
 
 
 def pick_linear_kernel(
@@ -88,5 +73,4 @@ def pick_linear_kernel(
     chooser: Callable[[Workload], LinearKernel] = choose_kernel,
 ) -> LinearKernel:
     """``train.model.linear_kernel`` for ``workload``: ``auto`` measures where oneDNN is a choice at all."""
-    resolved = resolve_linear_kernel(setting, device, available=available)
-    return chooser(workload) if setting == "auto" and resolved == "onednn" else resolved
+    return pick_kernel(setting, device, workload, chooser, available=available)

@@ -6,7 +6,8 @@ input (a frozen weight needs no gradient of its own). PyTorch sends a float32 pr
 which takes no AVX-512 path on AMD processors; oneDNN (``core/linear_kernels.py``) does. Which is
 faster depends on the CPU, so ``train.model.linear_kernel = "auto"`` times both on the model's own
 frozen shapes at the run's rows (batch x block), forward and input gradient, once per machine, and keeps
-the answer in ``<cache>/frozen_products_v1.json``. oneDNN must be ``MARGIN`` faster to be chosen.
+the answer in ``<cache>/frozen_products_v1.json``. oneDNN must be ``core/linear_kernels.py:MARGIN`` faster
+to be chosen.
 
 Only float32 products change: under bfloat16 autocast a routed layer is ``F.linear`` as before, and a run
 whose precision is not float32 does not measure at all.
@@ -26,12 +27,11 @@ from ml_playground.core.linear_kernels import (
     LinearKernelSetting,
     cached_kernel,
     linear,
-    resolve_linear_kernel,
-    time_kernels,
+    pick_kernel,
+    time_products,
 )
 from ml_playground.core.measured_choice import machine_key
 
-MARGIN = 1.15
 MAX_ROWS = 1024  # more rows change nothing in which kernel wins, only how long the measurement takes
 CACHE_FILE = "frozen_products_v1.json"
 
@@ -85,16 +85,7 @@ def route(linears: Sequence[nn.Linear], kernel: LinearKernel) -> int:
 def measure(work: FrozenWorkload, repeats: int = 5) -> dict[LinearKernel, float]:
     """Median seconds of one product per shape, forward and gradient to the input, on each kernel."""
     rows = min(work.rows, MAX_ROWS)
-    generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(out, inp, generator=generator) / inp**0.5 for out, inp in work.shapes]
-    inputs = [torch.randn(rows, inp, generator=generator, requires_grad=True) for _, inp in work.shapes]
-    upstream = [torch.randn(rows, out, generator=generator) for out, _ in work.shapes]
-
-    def run(kernel: LinearKernel) -> None:
-        for x, weight, grad in zip(inputs, weights, upstream, strict=True):
-            linear(x, weight, None, kernel).backward(grad)  # type: ignore[no-untyped-call]
-
-    return time_kernels(run, repeats)
+    return time_products(work.shapes, rows, weight_grads=False, input_grads=True, repeats=repeats)
 
 
 def choose(
@@ -104,7 +95,7 @@ def choose(
     measure_fn: Callable[[FrozenWorkload], Mapping[LinearKernel, float]] = measure,
 ) -> LinearKernel:
     """The faster kernel for ``work`` here, from the cache or measured now (and then cached)."""
-    return cached_kernel(CACHE_FILE, work.key(), lambda: measure_fn(work), MARGIN, cache_dir)
+    return cached_kernel(CACHE_FILE, work.key(), lambda: measure_fn(work), cache_dir)
 
 
 def pick(
@@ -118,7 +109,8 @@ def pick(
 ) -> LinearKernel:
     """``train.model.linear_kernel`` for a LoRA run: ``auto`` measures where oneDNN could change a product
     (a CPU whose PyTorch has it, a float32 run); elsewhere the default."""
-    resolved = resolve_linear_kernel(setting, device, available=available)
-    if setting != "auto" or resolved != "onednn":
-        return resolved
-    return chooser(work) if dtype == torch.float32 else "aten"
+    return pick_kernel(setting, device, work, chooser if dtype == torch.float32 else _default, available=available)
+
+
+def _default(work: FrozenWorkload) -> LinearKernel:
+    return "aten"

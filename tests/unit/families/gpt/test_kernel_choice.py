@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from ml_playground.core.linear_kernels import LinearKernel, linear, onednn_available
+from ml_playground.core.linear_kernels import MARGIN, LinearKernel, linear, onednn_available
 from ml_playground.families.gpt.kernel_choice import (
     CACHE_FILE,
-    MARGIN,
     Workload,
     choose_kernel,
     measure,
