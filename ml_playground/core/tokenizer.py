@@ -252,14 +252,23 @@ class BpeTokenizer(_Defaults):
         atomic_write_text(directory / SPEC_FILE, json.dumps({"kind": "bpe", "file": BPE_FILE}))
 
 
-def split_for_batch_encoding(text: str, piece_chars: int = 1 << 16) -> list[str]:
-    """Cut after a newline that has a non-space character on both sides.
+PIECE_CHARS = 1 << 13  # a piece's bookkeeping (two offsets a byte) stays within a core's own cache
+
+
+def split_for_batch_encoding(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    """Cut after a newline that has a non-space character on both sides, about every ``piece_chars``.
 
     Byte-level pre-tokenizers (the GPT-2 split pattern) never join tokens across that point: the
     newline is a piece of its own whichever side of the cut it is on, and the next piece starts
     without a leading space. So encoding the pieces separately gives exactly the ids of encoding
     the whole text. (A newline after a space is not safe: "a  \n" alone ends in one whitespace piece,
     while in "a  \nb" the spaces and the newline are two.)
+
+    The tokenizer keeps a pair of offsets for every byte of a piece while it splits and merges, so the
+    piece size decides whether that bookkeeping stays in a core's own cache. On a 2-core AMD EPYC
+    (1 MiB of L2 a core; 2026-12-07) the 8.9 MB Bundestag corpus encoded 1.2-1.5x faster in pieces of
+    8K characters than of 64K (alternating with the library's batch call on lines, 1.2-1.55x against
+    it instead of 0.85-1.09x), and trained its merges 10% faster; 2K to 16K were within noise of it.
     """
     pieces = []
     start = 0
