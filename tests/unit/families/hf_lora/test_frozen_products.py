@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from ml_playground.configuration.models import LoraConfig
 from ml_playground.core.devices import Precision
 from ml_playground.core.errors import ConfigError
 from ml_playground.core.linear_kernels import LinearKernel, onednn_available
@@ -16,9 +17,12 @@ from ml_playground.core.losses import IGNORE_INDEX
 from ml_playground.families.hf_lora import frozen_products
 from ml_playground.families.hf_lora.compiled_layers import compile_layers_for_training
 from ml_playground.families.hf_lora.frozen_products import FrozenWorkload, choose, pick
-from ml_playground.families.hf_lora.modules import target_loss
+from ml_playground.families.hf_lora.hub import load_pretrained_model
+from ml_playground.families.hf_lora.lora import apply_lora
+from ml_playground.families.hf_lora.modules import LogitsOnly, target_loss
 from ml_playground.families.hf_lora.setup import route_frozen_products
-from tests.unit.families.hf_lora.test_target_loss import _grads, _lora
+from ml_playground.families.hf_lora.tiny import build_tiny_causal_lm
+from tests.unit.families.hf_lora.test_target_loss import TEXT, _grads, _lora
 
 pytestmark = pytest.mark.unit
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
@@ -65,7 +69,7 @@ def test_frozen_linears_are_the_base_projections_and_head_not_the_adapters(tmp_p
     work = frozen_products.workload(projections, rows=60)
     assert work.shapes == tuple(sorted({(m.out_features, m.in_features) for m in projections}))
     assert frozen_products.route(projections, "aten") == 0
-    assert all("forward" not in vars(layer) for layer in projections)  # aten leaves the layers as they are
+    assert all(type(layer) is nn.Linear for layer in projections)  # aten leaves the layers as they are
 
 
 @needs_onednn
@@ -75,7 +79,7 @@ def test_routed_projections_train_like_the_default_eager_and_compiled(tmp_path: 
     with torch.no_grad():
         plain_logits = model(_batch()[0])
     assert route_frozen_products(base, "onednn", CPU32, rows=60) == "onednn"
-    routed = [m for m in frozen_products.frozen_linears(base) if "forward" in vars(m)]
+    routed = [m for m in frozen_products.frozen_linears(base) if isinstance(m, frozen_products.RoutedLinear)]
     assert len(routed) == len(frozen_products.frozen_linears(base)) - 1  # every projection, not the head
     eager = _step(base, model, "onednn")
     _assert_close(eager, reference)
@@ -85,6 +89,45 @@ def test_routed_projections_train_like_the_default_eager_and_compiled(tmp_path: 
     assert "lora_A" in next(name for name in model.state_dict() if "lora_" in name)  # names unchanged
     with torch.no_grad():  # evaluation and sampling: the routed layers without a graph
         assert torch.allclose(model(_batch()[0]), plain_logits, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_routed_layers_share_one_compiled_trace(tmp_path: Path) -> None:
+    tiny = build_tiny_causal_lm(tmp_path / "tiny", [TEXT], num_layers=4, architecture="llama")
+    base = load_pretrained_model(str(tiny), revision=None, dtype=torch.float32)
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    model = LogitsOnly(apply_lora(base, lora))
+    assert route_frozen_products(base, "onednn", CPU32, rows=60) == "onednn"
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> object:
+        graphs.append(graph)
+        return graph.forward
+
+    def compiler(forward):  # type: ignore[no-untyped-def]
+        return torch.compile(forward, backend=counting)
+
+    assert compile_layers_for_training(base, pytest.fail, compiler) == 4
+    _step(base, model, "onednn")
+    # the first layer's input needs no gradient, the others' do: two traces for four layers, none per layer
+    # (a per-layer forward object is guarded by identity, and every layer compiled again)
+    assert len(graphs) == 2
+
+
+def test_only_plain_linears_change_and_routing_twice_changes_nothing() -> None:
+    class Quantized(nn.Linear):
+        pass
+
+    plain, other = nn.Linear(4, 8), Quantized(4, 8)
+    weight = plain.weight
+    assert frozen_products.route([plain, other], "onednn") == 1
+    assert type(plain) is frozen_products.RoutedLinear
+    assert type(other) is Quantized
+    assert plain.weight is weight
+    assert frozen_products.route([plain], "onednn") == 1
+    assert type(plain) is frozen_products.RoutedLinear
+    x = torch.randn(3, 4)
+    assert torch.allclose(plain(x), x @ weight.t() + plain.bias, atol=1e-6)
 
 
 def test_the_choice_is_measured_once_and_needs_a_margin(tmp_path: Path) -> None:
