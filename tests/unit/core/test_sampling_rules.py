@@ -169,8 +169,8 @@ def test_a_temperature_divides_the_top_k_as_it_would_divide_every_logit(temperat
 
 
 def sampler_settings() -> list[SamplingParams]:
-    """A batch of streams: three sharing top-k settings, two greedy, one penalized, one without top-k, one alone
-    at its temperature."""
+    """A batch of streams: three sharing top-k settings, two greedy, one penalized, two sharing a draw from the
+    whole vocabulary (no top-k), one alone at its temperature."""
     shared = SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95)
     return [
         SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=1),
@@ -181,6 +181,7 @@ def sampler_settings() -> list[SamplingParams]:
         SamplingParams(max_new_tokens=9, temperature=0.0, top_k=7, seed=5),  # greedy all the same
         SamplingParams(max_new_tokens=9, temperature=0.6, top_k=20, seed=6),
         SamplingParams(max_new_tokens=9, temperature=1.0, top_k=50, top_p=0.95, seed=7),
+        SamplingParams(max_new_tokens=9, temperature=0.8, top_p=0.9, seed=8),
     ]
 
 
@@ -198,6 +199,24 @@ def test_rows_drawn_together_are_each_streams_own_draws() -> None:
         assert drawn == [int(sampler(logits[i : i + 1])[0, 0]) for i, sampler in enumerate(apart)]
     for mine, theirs in zip(together, apart, strict=True):  # every generator where drawing alone left it
         assert torch.equal(mine.generator.get_state(), theirs.generator.get_state())
+
+
+def test_whole_vocabulary_rows_drawn_together_are_each_streams_own_draws() -> None:
+    """The bench's GPT settings: a 65-token vocabulary, top-k 200 (all of it), temperature 1; and with top-p."""
+    for top_p in (None, 0.9):
+        settings = [SamplingParams(max_new_tokens=9, temperature=1.0, top_k=200, top_p=top_p, seed=s) for s in range(8)]
+        together = [TokenSampler(params, torch.device("cpu")) for params in settings]
+        apart = [TokenSampler(params, torch.device("cpu")) for params in settings]
+        generator = torch.Generator().manual_seed(4)
+        seen: set[int] = set()
+        for _ in range(60):
+            logits = torch.randn(len(settings), 65, generator=generator) * 2
+            drawn = draw_rows(logits, together)
+            assert drawn == [int(sampler(logits[i : i + 1])[0, 0]) for i, sampler in enumerate(apart)]
+            seen.update(drawn)
+        assert len(seen) > 30  # drawn, not the most likely token each time
+        for mine, theirs in zip(together, apart, strict=True):
+            assert torch.equal(mine.generator.get_state(), theirs.generator.get_state())
 
 
 def test_each_row_needs_its_own_generator() -> None:
