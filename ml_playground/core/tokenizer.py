@@ -266,9 +266,10 @@ def split_for_batch_encoding(text: str, piece_chars: int = PIECE_CHARS) -> list[
 
     The tokenizer keeps a pair of offsets for every byte of a piece while it splits and merges, so the
     piece size decides whether that bookkeeping stays in a core's own cache. On a 2-core AMD EPYC
-    (1 MiB of L2 a core; 2026-12-07) the 8.9 MB Bundestag corpus encoded 1.2-1.5x faster in pieces of
-    8K characters than of 64K (alternating with the library's batch call on lines, 1.2-1.55x against
-    it instead of 0.85-1.09x), and trained its merges 10% faster; 2K to 16K were within noise of it.
+    (1 MiB of L2 a core; 2026-12-07) the 8.9 MB Bundestag corpus encoded 5% faster in pieces of 8K
+    characters than of 64K with nothing between the calls, 1.35-1.45x faster alternating with the
+    library's batch call on lines (1.2-1.55x that call instead of 0.85-1.09x), and trained its merges
+    10% faster; 2K to 16K were within noise of 8K.
     """
     pieces = []
     start = 0
