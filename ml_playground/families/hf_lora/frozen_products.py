@@ -73,8 +73,8 @@ class RoutedLinear(nn.Linear):
 
     kernel: LinearKernel = "onednn"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.kernel)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return linear(input, self.weight, self.bias, self.kernel)
 
 
 ROUTED: dict[LinearKernel, type[RoutedLinear]] = {"onednn": RoutedLinear}
