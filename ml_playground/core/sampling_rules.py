@@ -120,9 +120,17 @@ def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     among_top_k = draw_among_top_k(logits, params.top_k, params.top_p, generator, params.temperature)
     if among_top_k is not None:
         return among_top_k
-    logits = logits / params.temperature
-    logits = filter_logits(logits, params.top_k, params.top_p)
-    return draw(torch.softmax(logits.float(), dim=-1), generator)
+    return draw_from_vocabulary(logits, params.temperature, params.top_k, params.top_p, generator)
+
+
+def draw_from_vocabulary(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: Generators
+) -> torch.Tensor:
+    """One token per row drawn through the whole vocabulary: ``logits`` (B, V) divided by ``temperature`` (above
+    0), filtered, each row's distribution drawn from; every operator works row by row, so a row drawn beside
+    others is the row drawn alone (``draw_rows``)."""
+    filtered = filter_logits(logits / temperature, top_k, top_p)
+    return draw(torch.softmax(filtered.float(), dim=-1), generator)
 
 
 CHUNK = 128  # vocabulary entries whose maximum ``largest`` looks at as one
@@ -242,8 +250,8 @@ def draw_rows(logits: torch.Tensor, samplers: Sequence[TokenSampler]) -> list[in
             drawn: torch.Tensor | None = together.argmax(dim=-1, keepdim=True)
         elif top_k is not None and top_k < vocabulary:
             drawn = draw_among_top_k(together, top_k, top_p, generators, temperature)
-        else:  # ``next_token``'s whole-vocabulary draw, every operator row by row
-            drawn = draw(torch.softmax(filter_logits(together / temperature, top_k, top_p).float(), dim=-1), generators)
+        else:
+            drawn = draw_from_vocabulary(together, temperature, top_k, top_p, generators)
         if drawn is not None:
             tokens.update(zip(rows, drawn[:, 0].tolist(), strict=True))
     return [tokens[i] if i in tokens else int(sampler(logits[i : i + 1])[0, 0]) for i, sampler in enumerate(samplers)]
