@@ -77,18 +77,14 @@ class RoutedLinear(nn.Linear):
         return linear(input, self.weight, self.bias, self.kernel)
 
 
-ROUTED: dict[LinearKernel, type[RoutedLinear]] = {"onednn": RoutedLinear}
-
-
 def route(linears: Sequence[nn.Linear], kernel: LinearKernel) -> int:
     """Run each of ``linears`` on ``kernel`` (nothing changes for ``aten``); how many layers run on it. Only a
     plain ``nn.Linear`` changes: a subclass keeps its own forward (a quantized layer, say)."""
     if kernel == "aten":
         return 0
-    routed = ROUTED[kernel]
-    plain = [layer for layer in linears if type(layer) in (nn.Linear, routed)]
+    plain = [layer for layer in linears if type(layer) in (nn.Linear, RoutedLinear)]
     for layer in plain:
-        layer.__class__ = routed
+        layer.__class__ = RoutedLinear
     return len(plain)
 
 
