@@ -164,6 +164,11 @@ class OptimConfig(Section):
     )
     muon_momentum: float = Field(default=0.95, ge=0.0, lt=1.0)
     muon_weight_decay: float = Field(default=0.0, ge=0.0)
+    muon_precision: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="What Muon orthogonalises in. auto: bfloat16 (torch.optim.Muon's) off the CPU and on a CPU "
+        "measured clearly faster in it, else float32.",
+    )
 
 
 class ScheduleConfig(Section):

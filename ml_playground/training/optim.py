@@ -9,7 +9,8 @@ char-level Shakespeare speedrun it reaches the target loss in about half the ste
 orthogonalises all matrices of one shape in one batched Newton-Schulz iteration instead of one matrix
 at a time: a 4-layer model has four shapes and sixteen matrices, and on 2 CPU cores the per-matrix loop
 took 16 of a 64 ms training step (measured with the profiler; batched, the step's optimizer share is
-about 6 ms). Same arithmetic in the same bfloat16 as ``torch.optim.Muon``; sums may round differently.
+about 6 ms). Same arithmetic as ``torch.optim.Muon``, in bfloat16 as it does or in float32 where this CPU was
+measured faster in it (``newton_schulz.py``); sums may round differently.
 
 Both run as one ``torch.optim.Optimizer``: the loop, gradient clipping, the grad scaler and the
 checkpoint see one object. Each parameter group carries ``lr_ratio``, its learning rate relative
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from ml_playground.configuration.models import OptimConfig
+from ml_playground.training.newton_schulz import newton_schulz_dtype, orthogonalise
 
 
 def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
@@ -50,25 +52,15 @@ def evaluate_closure(closure: Callable[[], float] | None) -> float | None:
         return closure()
 
 
-def orthogonalise(
-    updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
-) -> torch.Tensor:
-    """Newton-Schulz on a stack of same-shape matrices (N, rows, cols) in bfloat16, as ``torch.optim.Muon``
-    does for one: each matrix scaled to Frobenius norm 1, then ``steps`` quintic iterations."""
-    a, b, c = coefficients
-    tall = updates.size(-2) > updates.size(-1)
-    x = updates.to(torch.bfloat16)
-    x = x.mT if tall else x
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.mT
-        polynomial = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.baddbmm(x, polynomial, x, beta=a)
-    return x.mT if tall else x
-
-
 class GroupedMuon(torch.optim.Muon):
-    """``torch.optim.Muon`` whose step orthogonalises same-shape matrices together (module docstring)."""
+    """``torch.optim.Muon`` whose step orthogonalises same-shape matrices together (module docstring), in
+    ``newton_schulz_dtype`` (bfloat16, as ``torch.optim.Muon``, unless given)."""
+
+    def __init__(
+        self, params: Any, *args: Any, newton_schulz_dtype: torch.dtype = torch.bfloat16, **kwargs: Any
+    ) -> None:
+        super().__init__(params, *args, **kwargs)
+        self.newton_schulz_dtype = newton_schulz_dtype
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -94,7 +86,9 @@ class GroupedMuon(torch.optim.Muon):
                 by_shape.setdefault(param.shape, []).append(i)
             for shape, members in by_shape.items():
                 stacked = torch.stack([updates[i] for i in members])
-                orthogonal = orthogonalise(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                orthogonal = orthogonalise(
+                    stacked, group["ns_coefficients"], group["ns_steps"], group["eps"], self.newton_schulz_dtype
+                )
                 rate = adjusted_lr(group["lr"], group["adjust_lr_fn"], shape)
                 torch._foreach_add_([params[i] for i in members], list(orthogonal.unbind(0)), alpha=-rate)  # pyright: ignore[reportPrivateImportUsage]
         return loss
@@ -165,6 +159,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) 
         momentum=optim.muon_momentum,
         weight_decay=optim.muon_weight_decay,
         adjust_lr_fn="original",  # scale by sqrt(max(1, fan_out / fan_in)), as Keller Jordan's Muon
+        newton_schulz_dtype=newton_schulz_dtype(optim.muon_precision, [tuple(p.shape) for p in hidden], device),
     )
     rest = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
     return MuonWithAdamW(muon, torch.optim.AdamW(adamw_groups(rest, optim.weight_decay), **adamw_options))
