@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ml_playground.core.activations import gelu
 from ml_playground.core.packed_products import Chooser, PackedProducts
 from ml_playground.core.rotary import inverse_frequencies, rotary_from_angles
 from ml_playground.core.row_cache import CachedRows, RowCache
@@ -106,7 +107,7 @@ class BatchedDecoder(CachedRows):
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)
             x = x + product(y.transpose(1, 2).reshape(n, 1, C), *block.proj)
             h = product(F.layer_norm(x, weights.width, *block.ln_2, 1e-5), *block.fc)
-            h = F.relu(h).square() if weights.relu2 else F.gelu(h)
+            h = F.relu(h).square() if weights.relu2 else gelu(h)
             x = x + product(h, *block.mlp_proj)
         cache.advance(n)
         return product(F.layer_norm(x, weights.width, *weights.ln_f, 1e-5), weights.head, None)[:, 0, :]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ml_playground.core.activations import gelu
 from ml_playground.core.lazy_types import is_fsdp_module
 from ml_playground.core.linear_kernels import linear
 from ml_playground.core.row_products import RowProducts
@@ -118,6 +119,6 @@ class DecodeStep:
             y = F.scaled_dot_product_attention(q, k, v)
             x = x + product(y.transpose(1, 2).reshape(B, 1, C), *block.proj)
             h = product(F.layer_norm(x, self.width, *block.ln_2, 1e-5), *block.fc)
-            h = F.relu(h).square() if self.relu2 else F.gelu(h)
+            h = F.relu(h).square() if self.relu2 else gelu(h)
             x = x + product(h, *block.mlp_proj)
         return product(F.layer_norm(x, self.width, *self.ln_f, 1e-5), self.head, None)

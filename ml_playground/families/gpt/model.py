@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml_playground.core.activations import gelu
 from ml_playground.core.linear_kernels import LinearKernel, linear
 from ml_playground.core.rotary import inverse_frequencies, rotary_from_angles
 
@@ -230,7 +231,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc(x)
-        hidden = relu_squared(hidden) if self.relu2 else F.gelu(hidden)
+        hidden = relu_squared(hidden) if self.relu2 else gelu(hidden)
         out: torch.Tensor = self.proj(hidden)
         return F.dropout(out, self.dropout, self.training) if self.dropout else out
 
