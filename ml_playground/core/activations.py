@@ -24,7 +24,9 @@ SMALL = 1 << 17
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(x)`` (the exact form); a CPU tensor of at most ``SMALL`` elements on ATen's kernel."""
-    if x.numel() > SMALL or x.device.type != "cpu" or not torch._C._get_mkldnn_enabled():
+    if x.numel() > SMALL or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.gelu(x)  # a compiled graph computes GELU in its own generated code
+    if not torch._C._get_mkldnn_enabled():
         return F.gelu(x)
     torch._C._set_mkldnn_enabled(False)  # what setting ``torch.backends.mkldnn.enabled`` calls
     try:
