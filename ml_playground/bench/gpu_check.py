@@ -180,7 +180,7 @@ def lora_rows(
     config = load_config(experiment_config_path(LORA_EXPERIMENT))
     overrides = [
         f"prepare.input_path='{bundestag.resolve()}'", f"prepare.dataset_dir='{dataset}'",
-        f"prepare.cache_dir='{config.prepare.cache_dir.resolve()}'",
+        f"prepare.cache_dir='{config.prepare.cache_dir.expanduser().resolve()}'",
     ]  # fmt: skip
     base = base_model or family_settings(config, HfLoraModelConfig).base_model
     overrides += [f"train.model.base_model='{Path(base).resolve() if Path(base).exists() else base}'"]

@@ -54,7 +54,8 @@ def bench_overrides(bundestag: Path, dataset_dir: Path, sizes: LoraBenchSizes) -
     base_model = sizes.base_model or settings.base_model
     base_model = str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
     overrides = [f"prepare.input_path='{bundestag.resolve()}'", f"prepare.dataset_dir='{dataset_dir.resolve()}'"]
-    overrides += [f"prepare.cache_dir='{config.prepare.cache_dir.resolve()}'", f"train.model.base_model='{base_model}'"]
+    cache = config.prepare.cache_dir.expanduser().resolve()
+    overrides += [f"prepare.cache_dir='{cache}'", f"train.model.base_model='{base_model}'"]
     overrides += [f"train.model.block_size={sizes.block_size}"] if sizes.block_size else []
     overrides += [f"train.model.compile={str(sizes.compile).lower()}"] if sizes.compile is not None else []
     return overrides
