@@ -13,6 +13,7 @@ from ml_playground.configuration.section import Section
 TokenizerName = Literal["char", "bpe", "gpt2", "tiktoken", "hf"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+MuonPrecision = Literal["auto", "bfloat16", "float32"]
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -164,7 +165,7 @@ class OptimConfig(Section):
     )
     muon_momentum: float = Field(default=0.95, ge=0.0, lt=1.0)
     muon_weight_decay: float = Field(default=0.0, ge=0.0)
-    muon_precision: Literal["auto", "bfloat16", "float32"] = Field(
+    muon_precision: MuonPrecision = Field(
         default="auto",
         description="What Muon orthogonalises in. auto: bfloat16 (torch.optim.Muon's) off the CPU and on a CPU "
         "measured clearly faster in it, else float32.",

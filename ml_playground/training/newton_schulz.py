@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from ml_playground.configuration.models import MuonPrecision
 from ml_playground.core.measured_choice import alternating_medians, cached_choice, machine_key
 
-MuonPrecision = Literal["auto", "bfloat16", "float32"]
 MARGIN = 1.1
 CACHE_FILE = "muon_precision_v1.json"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
